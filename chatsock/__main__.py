@@ -1,0 +1,3 @@
+from chatsock.cli import main
+
+raise SystemExit(main())

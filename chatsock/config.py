@@ -1,0 +1,210 @@
+"""Settings: config.toml, overridden by environment variables, validated at start-up.
+
+Precedence, highest first: explicit overrides (tests, CLI flags), the fixed
+environment names (`REDIS_URL`, `CHATSOCK_PROVIDERS`,
+`CHATSOCK_DEMO_TOKENS_PER_SECOND`), `CHATSOCK_<SECTION>__<KEY>` variables,
+then the TOML file named by `--config` or `CHATSOCK_CONFIG`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG = Path("config.toml")
+
+
+class ConfigError(Exception):
+    """Start-up configuration is invalid; the message names the key and what is expected."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    cors_allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed for Socket.IO; empty means same-origin only, ['*'] any.",
+    )
+    worker_id: str = Field("", description="Identifies this worker in stream ownership.")
+    shutdown_grace_s: float = Field(5.0, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class StoreConfig(_Section):
+    redis_url: str = Field("", description="Empty means the in-memory store.")
+    key_prefix: str = Field("chatsock", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    session_ttl: int = Field(30 * 24 * 3600, ge=0, description="Seconds; 0 = never expire.")
+    max_messages_per_session: int = Field(1000, ge=2)
+    max_sessions: int = Field(10000, ge=1, description="In-memory store only: oldest evicted.")
+    op_timeout_s: float = Field(5.0, gt=0)
+
+
+class StreamConfig(_Section):
+    flush_interval_ms: int = Field(20, ge=0, le=5000)
+    flush_max_chars: int = Field(512, ge=1)
+    stop_on_disconnect: bool = False
+    log_ttl: int = Field(3600, ge=1, description="Seconds a stream's token log is kept.")
+    max_log_entries: int = Field(20000, ge=1)
+    lease_s: float = Field(10.0, gt=0)
+
+
+class LimitsConfig(_Section):
+    max_message_chars: int = Field(32000, ge=1)
+    max_streams_per_session: int = Field(1, ge=1)
+    max_history_messages: int = Field(200, ge=0)
+    max_system_prompt_chars: int = Field(32000, ge=0)
+
+
+class DemoConfig(_Section):
+    tokens_per_second: float = Field(40.0, gt=0, le=100000)
+    model: str = "demo-1"
+
+
+class HttpConfig(_Section):
+    sse_heartbeat_s: float = Field(15.0, gt=0)
+    client_max_size: int = Field(1024 * 1024, ge=1024)
+
+
+class ProviderConfig(_Section):
+    """One named provider: `[providers.<name>]` in config.toml."""
+
+    kind: Literal["openai", "anthropic", "demo"]
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    api_key_env: str | None = Field(None, description="Name of an env var holding the key.")
+    model: str | None = None
+    first_token_timeout: float = Field(30.0, gt=0)
+    idle_timeout: float = Field(60.0, gt=0)
+    connect_timeout: float = Field(10.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env) or None
+        return None
+
+
+class Settings(BaseSettings):
+    """All of chatsock's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHATSOCK_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file=None,
+    )
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    chain: list[str] = Field(
+        default_factory=list,
+        description="Provider order; CHATSOCK_PROVIDERS. Empty: those with keys, else demo.",
+    )
+    static_dir: Path | None = None
+
+    @field_validator("chain", mode="before")
+    @classmethod
+    def _split_chain(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            _FixedEnvNames(settings_cls),
+            _PrefixedEnv(settings_cls),
+            TomlConfigSettingsSource(settings_cls),
+        )
+
+
+class _PrefixedEnv(EnvSettingsSource):
+    """CHATSOCK_<SECTION>__<KEY>, minus the fixed names that mean something else."""
+
+    _RESERVED = ("chatsock_providers", "chatsock_config")
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self.env_vars = {k: v for k, v in self.env_vars.items() if k.lower() not in self._RESERVED}
+
+
+class _FixedEnvNames(PydanticBaseSettingsSource):
+    """The environment names users and deployment files rely on (README)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        env = os.environ
+        if "REDIS_URL" in env:
+            out["store"] = {"redis_url": env["REDIS_URL"]}
+        if env.get("CHATSOCK_PROVIDERS"):
+            out["chain"] = env["CHATSOCK_PROVIDERS"]
+        if env.get("CHATSOCK_DEMO_TOKENS_PER_SECOND"):
+            out["demo"] = {"tokens_per_second": env["CHATSOCK_DEMO_TOKENS_PER_SECOND"]}
+        return out
+
+
+def _describe(error: Any) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(root)"
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{key}: {error['msg']}{shown}"
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load and validate settings; raise ConfigError naming every bad key."""
+    chosen = path or os.environ.get("CHATSOCK_CONFIG")
+    toml_path: Path | None = Path(chosen) if chosen else None
+    if toml_path is None and DEFAULT_CONFIG.is_file():
+        toml_path = DEFAULT_CONFIG
+    if toml_path is not None:
+        if not toml_path.is_file():
+            raise ConfigError(f"config file {toml_path} does not exist: fix --config/CHATSOCK_CONFIG")
+        try:
+            tomllib.loads(toml_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {toml_path} is not valid TOML: {exc}") from exc
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=toml_path)
+
+    try:
+        return _FromFile(**overrides)
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(err) for err in exc.errors())
+        where = f" in {toml_path} or the environment" if toml_path else " in the environment"
+        raise ConfigError(f"invalid configuration{where}:\n  {lines}") from exc

@@ -1,0 +1,153 @@
+"""The provider contract: one async method that yields deltas, and one error tree.
+
+Every provider (demo, openai, anthropic) implements `Provider.stream`. The
+runner owns timeouts, coalescing and failover; a provider only turns one
+request into a cancellable async iterator of `Delta`s and maps its failures
+into `ProviderError` subclasses.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+Role = Literal["user", "assistant"]
+
+# The one finish-reason vocabulary every provider maps into (docs/providers.md).
+FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls", "error"})
+
+
+@dataclass(slots=True, frozen=True)
+class ChatMessage:
+    """One turn of the conversation sent to a provider."""
+
+    role: Role
+    content: str
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    """Token usage as reported by the provider."""
+
+    input_tokens: int | None
+    output_tokens: int | None
+
+
+@dataclass(slots=True, frozen=True)
+class ChatRequest:
+    """What the runner asks a provider for."""
+
+    messages: list[ChatMessage]
+    model: str | None = None
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class Delta:
+    """A piece of a streamed reply.
+
+    Text deltas carry `text`; the last delta of a stream may carry only
+    `finish_reason` and/or `usage` (with `text == ""`).
+    """
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+class ProviderError(Exception):
+    """A provider failed. `retryable` tells a client whether trying again may work."""
+
+    code: ClassVar[str] = "provider_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+    @property
+    def fails_over(self) -> bool:
+        """Whether the next provider in the chain should be tried (before any delta)."""
+        return False
+
+
+class ProviderConnectionError(ProviderError):
+    """The provider could not be reached (refused, DNS, TLS, reset before the body)."""
+
+    @property
+    def fails_over(self) -> bool:
+        return True
+
+
+# HTTP statuses before the first delta that move on to the next provider.
+FAILOVER_STATUSES = frozenset({401, 403, 404, 408, 409, 429})
+
+
+class ProviderHTTPError(ProviderError):
+    """The provider answered the request with an HTTP error status."""
+
+    @property
+    def fails_over(self) -> bool:
+        return self.status is not None and (self.status in FAILOVER_STATUSES or self.status >= 500)
+
+
+class ProviderTimeout(ProviderError):
+    """No delta arrived within the first-token or idle timeout."""
+
+    code: ClassVar[str] = "timeout"
+
+    def __init__(self, message: str, *, provider: str = "", first_token: bool = False) -> None:
+        super().__init__(message, provider=provider, retryable=True)
+        self.first_token = first_token
+
+    @property
+    def fails_over(self) -> bool:
+        return self.first_token
+
+
+class ProviderStreamError(ProviderError):
+    """The stream broke after it started: an in-stream error event or a reset mid-body."""
+
+
+class Provider(ABC):
+    """A model provider. Subclasses set `kind` and implement `stream`."""
+
+    kind: ClassVar[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        default_model: str,
+        first_token_timeout: float = 30.0,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.default_model = default_model
+        self.first_token_timeout = first_token_timeout
+        self.idle_timeout = idle_timeout
+
+    def model_for(self, request: ChatRequest) -> str:
+        return request.model or self.default_model
+
+    @abstractmethod
+    def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+        """Stream the reply. Cancelling the consumer closes the upstream response."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release clients and connection pools."""

@@ -1,0 +1,104 @@
+"""Builds the named providers and the failover chain from settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from chatsock.config import ProviderConfig, Settings
+from chatsock.errors import ChatsockError
+from chatsock.providers.base import Provider
+from chatsock.providers.demo import DemoProvider
+
+ProviderFactory = Callable[[str, ProviderConfig, Settings], Provider]
+
+
+def _demo(name: str, config: ProviderConfig, settings: Settings) -> Provider:
+    return DemoProvider(
+        name,
+        tokens_per_second=settings.demo.tokens_per_second,
+        model=config.model or settings.demo.model,
+    )
+
+
+# kind -> factory. Real providers register here (see providers/openai.py, anthropic.py).
+PROVIDER_KINDS: dict[str, ProviderFactory] = {"demo": _demo}
+
+# Built-in names that exist when their SDK's standard key variable is set.
+BUILTIN_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
+class ProviderRegistry:
+    """The configured providers by name, and the default chain."""
+
+    def __init__(self, providers: dict[str, Provider], chain: list[str]) -> None:
+        unknown = [name for name in chain if name not in providers]
+        if unknown:
+            raise ChatsockError(
+                "invalid_request",
+                f"provider chain names unknown provider(s) {unknown}; "
+                f"configured: {sorted(providers)}",
+            )
+        self.providers = providers
+        self.chain = chain
+
+    def chain_for(self, requested: str | None) -> list[Provider]:
+        """The providers to try, in order: the requested one alone, else the chain."""
+        if requested is None:
+            return [self.providers[name] for name in self.chain]
+        provider = self.providers.get(requested)
+        if provider is None:
+            raise ChatsockError(
+                "invalid_request",
+                f"provider: unknown provider {requested!r}; configured: {sorted(self.providers)}",
+            )
+        return [provider]
+
+    def __iter__(self) -> Iterable[Provider]:
+        return iter(self.providers.values())
+
+    async def aclose(self) -> None:
+        for provider in self.providers.values():
+            await provider.aclose()
+
+
+def configured_providers(settings: Settings) -> dict[str, ProviderConfig]:
+    """Named provider configs: config.toml's, plus built-ins whose key variable is set."""
+    configs = dict(settings.providers)
+    for name, env in BUILTIN_KEY_ENV.items():
+        if name not in configs and os.environ.get(env):
+            configs[name] = ProviderConfig(kind=name)  # type: ignore[arg-type]
+    configs.setdefault("demo", ProviderConfig(kind="demo"))
+    return configs
+
+
+def default_chain(configs: dict[str, ProviderConfig]) -> list[str]:
+    keyed = [
+        name
+        for name, config in configs.items()
+        if config.kind != "demo" and (config.resolved_api_key() or _env_key(config))
+    ]
+    return keyed or ["demo"]
+
+
+def _env_key(config: ProviderConfig) -> bool:
+    env = BUILTIN_KEY_ENV.get(config.kind)
+    return bool(env and os.environ.get(env))
+
+
+def build_registry(settings: Settings, extra: dict[str, Provider] | None = None) -> ProviderRegistry:
+    """Create every configured provider. `extra` adds ready-made ones (tests, embedding)."""
+    configs = configured_providers(settings)
+    providers: dict[str, Provider] = {}
+    for name, config in configs.items():
+        factory = PROVIDER_KINDS.get(config.kind)
+        if factory is None:
+            raise ChatsockError(
+                "invalid_request",
+                f"providers.{name}.kind: {config.kind!r} is not available "
+                f"(known kinds: {sorted(PROVIDER_KINDS)})",
+            )
+        providers[name] = factory(name, config, settings)
+    providers.update(extra or {})
+    chain = settings.chain or default_chain(configs)
+    return ProviderRegistry(providers, chain)
