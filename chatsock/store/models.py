@@ -1,0 +1,90 @@
+"""What the store keeps: sessions, messages, stream records and token-log entries."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+MessageStatus = Literal["complete", "stopped", "error"]
+StreamStatus = Literal["streaming", "complete", "stopped", "error"]
+
+
+@dataclass(slots=True)
+class Message:
+    """One stored chat message. Assistant messages carry how their stream ended."""
+
+    message_id: str
+    role: Literal["user", "assistant"]
+    content: str
+    created_at: str
+    status: MessageStatus = "complete"
+    stream_id: str | None = None
+    client_message_id: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    error_code: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Message:
+        return cls(**data)
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    """A session's header (its messages are read separately)."""
+
+    session_id: str
+    created_at: str
+    updated_at: str
+    owner: str | None = None
+    title: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SessionInfo:
+        return cls(**data)
+
+
+@dataclass(slots=True)
+class StreamRecord:
+    """The registry entry of one stream. `status` and `last_seq` are filled on read."""
+
+    stream_id: str
+    session_id: str
+    message_id: str
+    owner: str
+    provider: str | None
+    model: str | None
+    started_at: str
+    client_message_id: str | None = None
+    status: StreamStatus = "streaming"
+    last_seq: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StreamRecord:
+        return cls(**data)
+
+
+@dataclass(slots=True, frozen=True)
+class Terminal:
+    """How a stream ended: the terminal event name and its exact payload."""
+
+    status: StreamStatus
+    event: str
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True, frozen=True)
+class LogEntry:
+    """One `chat_token` payload as it was sent, at its `seq`."""
+
+    seq: int
+    payload: dict[str, Any]
