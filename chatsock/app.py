@@ -1,0 +1,93 @@
+"""The app factory: builds every part of a chatsock worker, nothing at import time."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+
+import socketio
+from aiohttp import web
+
+from chatsock import jsoncodec
+from chatsock.config import Settings
+from chatsock.fanout import Fanout
+from chatsock.ids import new_id
+from chatsock.namespace import ChatNamespace
+from chatsock.providers.base import Provider
+from chatsock.providers.registry import ProviderRegistry, build_registry
+from chatsock.runner import StreamRunner
+from chatsock.sessions import SessionService
+from chatsock.store import Store, create_store
+from chatsock.web import add_page_routes
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+REGISTRY = web.AppKey("registry", ProviderRegistry)
+SIO = web.AppKey("sio", socketio.AsyncServer)
+FANOUT = web.AppKey("fanout", Fanout)
+RUNNER = web.AppKey("runner", StreamRunner)
+SESSIONS = web.AppKey("sessions", SessionService)
+
+
+def _worker_id(settings: Settings) -> str:
+    return settings.server.worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_id('w')[2:8]}"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    providers: dict[str, Provider] | None = None,
+    store: Store | None = None,
+) -> web.Application:
+    """Build a worker. `providers` adds ready-made providers (tests, embedding)."""
+    app = web.Application(client_max_size=settings.http.client_max_size)
+    origins = settings.server.cors_allowed_origins
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        json=jsoncodec,
+        cors_allowed_origins=origins if origins else None,
+        max_http_buffer_size=settings.http.client_max_size,
+    )
+    sio.attach(app)
+    store = store or create_store(settings)
+    registry = build_registry(settings, providers)
+    fanout = Fanout(sio, store)
+    runner = StreamRunner(settings, store, registry, fanout, worker_id=_worker_id(settings))
+    sessions = SessionService(
+        store, runner, fanout, stop_on_disconnect=settings.stream.stop_on_disconnect
+    )
+    sio.register_namespace(ChatNamespace(runner, fanout, sessions))
+
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[REGISTRY] = registry
+    app[SIO] = sio
+    app[FANOUT] = fanout
+    app[RUNNER] = runner
+    app[SESSIONS] = sessions
+
+    add_page_routes(app, settings.static_dir)
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_shutdown_streams)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    await store.open()
+    log.info("chatsock worker %s ready (store: %s, providers: %s)",
+             app[RUNNER].worker_id, type(store).__name__, ", ".join(app[REGISTRY].chain))
+    yield
+    await app[RUNNER].shutdown()  # no-op when on_shutdown already ran
+    await app[REGISTRY].aclose()
+    await store.close()
+
+
+async def _shutdown_streams(app: web.Application) -> None:
+    # on_shutdown runs while client connections are still open, so clients
+    # receive chat_stream_error(server_shutdown) before they are closed.
+    await app[RUNNER].shutdown()

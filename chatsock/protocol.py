@@ -1,0 +1,165 @@
+"""The wire protocol: every event name and every payload sent to a client.
+
+docs/protocol.md documents exactly what this module builds. Socket.IO events
+and the HTTP/SSE API share these payloads.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from chatsock.store.models import Message, SessionInfo, StreamRecord
+
+# Client -> server events.
+CHAT_STREAM: Final = "chat_stream"
+CHAT_STOP: Final = "chat_stop"
+SESSION_JOIN: Final = "session_join"
+CHAT_RESUME: Final = "chat_resume"
+
+# Server -> session room events.
+STREAM_START: Final = "chat_stream_start"
+TOKEN: Final = "chat_token"
+COMPLETE: Final = "chat_complete"
+STREAM_ERROR: Final = "chat_stream_error"
+
+Payload = dict[str, Any]
+
+
+def now_iso() -> str:
+    """The current time, ISO 8601 in UTC (`...Z`)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def session_room(session_id: str) -> str:
+    """The Socket.IO room of a session."""
+    return f"session:{session_id}"
+
+
+# -- acks ------------------------------------------------------------------
+def ack_ok(**fields: Any) -> Payload:
+    return {"ok": True, **fields}
+
+
+def ack_error(code: str, message: str) -> Payload:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+def error_body(code: str, message: str) -> Payload:
+    """The HTTP API's error body."""
+    return {"error": {"code": code, "message": message}}
+
+
+def stream_ack(stream_id: str, session_id: str, message_id: str) -> Payload:
+    return ack_ok(stream_id=stream_id, session_id=session_id, message_id=message_id)
+
+
+# -- stream events ---------------------------------------------------------
+def stream_start(
+    stream_id: str, session_id: str, message_id: str, provider: str | None, model: str | None
+) -> Payload:
+    return {
+        "stream_id": stream_id,
+        "session_id": session_id,
+        "message_id": message_id,
+        "provider": provider,
+        "model": model,
+    }
+
+
+def token(stream_id: str, session_id: str, seq: int, text: str, count: int) -> Payload:
+    """One coalesced flush: only the text since the previous event, never the whole reply."""
+    return {"stream_id": stream_id, "session_id": session_id, "seq": seq, "token": text, "count": count}
+
+
+def complete(
+    *,
+    stream_id: str,
+    session_id: str,
+    message_id: str,
+    full_response: str,
+    stopped: bool,
+    finish_reason: str | None,
+    tokens: int,
+    duration: float,
+    provider: str | None,
+    model: str | None,
+    usage: Payload | None,
+    persist_failed: bool,
+) -> Payload:
+    return {
+        "stream_id": stream_id,
+        "session_id": session_id,
+        "message_id": message_id,
+        "full_response": full_response,
+        "stopped": stopped,
+        "finish_reason": finish_reason,
+        "tokens": tokens,
+        "duration": round(duration, 4),
+        "tokens_per_second": round(tokens / duration, 2) if duration > 0 else 0.0,
+        "provider": provider,
+        "model": model,
+        "usage": usage,
+        "persist_failed": persist_failed,
+        "timestamp": now_iso(),
+    }
+
+
+def stream_error(
+    *, stream_id: str, session_id: str, code: str, error: str, partial: str, retryable: bool
+) -> Payload:
+    return {
+        "stream_id": stream_id,
+        "session_id": session_id,
+        "code": code,
+        "error": error,
+        "partial": partial,
+        "retryable": retryable,
+    }
+
+
+def usage(input_tokens: int | None, output_tokens: int | None) -> Payload:
+    return {"input_tokens": input_tokens, "output_tokens": output_tokens}
+
+
+# -- views of stored things ------------------------------------------------
+def message_view(message: Message) -> Payload:
+    return message.to_dict()
+
+
+def active_stream_view(record: StreamRecord | None, seq: int | None = None) -> Payload | None:
+    if record is None:
+        return None
+    return {"stream_id": record.stream_id, "seq": record.last_seq if seq is None else seq}
+
+
+def stream_summary(record: StreamRecord) -> Payload:
+    return {
+        "stream_id": record.stream_id,
+        "session_id": record.session_id,
+        "started_at": record.started_at,
+        "seq": record.last_seq,
+        "provider": record.provider,
+        "model": record.model,
+    }
+
+
+def session_summary(info: SessionInfo, message_count: int) -> Payload:
+    return {
+        "session_id": info.session_id,
+        "created_at": info.created_at,
+        "updated_at": info.updated_at,
+        "message_count": message_count,
+        "title": info.title,
+    }
+
+
+def session_view(
+    info: SessionInfo, messages: list[Message], active: Payload | None
+) -> Payload:
+    return {
+        "session_id": info.session_id,
+        "created_at": info.created_at,
+        "messages": [message_view(m) for m in messages],
+        "active_stream": active,
+    }

@@ -1,0 +1,92 @@
+"""Validation of what clients send, shared by the Socket.IO and HTTP transports."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from chatsock.config import LimitsConfig
+from chatsock.errors import ChatsockError
+
+SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+StreamId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class HistoryItem(_Request):
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class ChatStreamRequest(_Request):
+    """`chat_stream` / `POST /api/chat/stream`."""
+
+    message: Annotated[str, StringConstraints(min_length=1)]
+    session_id: SessionId | None = None
+    system_prompt: str | None = None
+    history: list[HistoryItem] | None = None
+    provider: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    model: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    client_message_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+
+
+class StopRequest(_Request):
+    stream_id: StreamId
+
+
+class JoinRequest(_Request):
+    session_id: SessionId
+
+
+class ResumeRequest(_Request):
+    stream_id: StreamId
+    after: Annotated[int, Field(ge=0)] = 0
+
+
+R = TypeVar("R", bound=_Request)
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "payload"
+
+
+def parse(model: type[R], payload: Any) -> R:
+    """Validate `payload` or raise `invalid_request` naming the first bad field."""
+    if not isinstance(payload, dict):
+        raise ChatsockError(
+            "invalid_request",
+            f"payload: expected a JSON object, got {type(payload).__name__}",
+        )
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ChatsockError("invalid_request", f"{_field(first['loc'])}: {first['msg']}") from None
+
+
+def check_limits(request: ChatStreamRequest, limits: LimitsConfig) -> None:
+    """The configurable bounds pydantic cannot know at import time."""
+    if len(request.message) > limits.max_message_chars:
+        raise ChatsockError(
+            "invalid_request",
+            f"message: at most {limits.max_message_chars} characters allowed "
+            f"(got {len(request.message)})",
+        )
+    if request.system_prompt is not None and (
+        len(request.system_prompt) > limits.max_system_prompt_chars
+    ):
+        raise ChatsockError(
+            "invalid_request",
+            f"system_prompt: at most {limits.max_system_prompt_chars} characters allowed",
+        )
+    if request.history is not None and len(request.history) > limits.max_history_messages:
+        raise ChatsockError(
+            "invalid_request",
+            f"history: at most {limits.max_history_messages} messages allowed",
+        )

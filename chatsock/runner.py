@@ -1,0 +1,463 @@
+"""The stream runner: owns every stream task from start to persisted end.
+
+A stream is two owned tasks. The *reader* iterates the provider chain (with
+first-token/idle timeouts and failover) and appends deltas to a buffer. The
+*pump* (the stream task itself) coalesces that buffer into `chat_token`
+flushes, at most one per `flush_interval_ms` unless `flush_max_chars` is
+reached, appends each flush to the token log and sends it to the room. Stop
+and shutdown cancel the reader; the pump then flushes what it holds,
+persists the message with its status, and sends the terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatsock import protocol
+from chatsock.config import Settings
+from chatsock.errors import ChatsockError
+from chatsock.fanout import Fanout, Feed
+from chatsock.ids import new_id
+from chatsock.providers.base import (
+    ChatMessage,
+    ChatRequest,
+    Provider,
+    ProviderError,
+    ProviderTimeout,
+    Usage,
+)
+from chatsock.providers.registry import ProviderRegistry
+from chatsock.requests import ChatStreamRequest
+from chatsock.store import Store
+from chatsock.store.models import Message, MessageStatus, SessionInfo, StreamRecord, Terminal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class ActiveStream:
+    """The runner's state for one stream it owns."""
+
+    record: StreamRecord
+    request: ChatRequest
+    chain: list[Provider]
+    feed: Feed
+    started: float
+    buffer: list[str] = field(default_factory=list)
+    buffered: int = 0
+    count: int = 0
+    seq: int = 0
+    parts: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    provider: str | None = None
+    model: str | None = None
+    first_token_at: float | None = None
+    end_reason: str | None = None  # "stopped" | "server_shutdown" | other error code
+    reader: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None
+    waiter: asyncio.Future[None] | None = None
+    wait_any: bool = False
+
+    def wake(self, urgent: bool) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done() and (urgent or self.wait_any):
+            waiter.set_result(None)
+
+
+@dataclass(slots=True)
+class StreamHooks:
+    """Observers the app wires in (metrics); all optional."""
+
+    on_start: Callable[[StreamRecord], None] | None = None
+    on_first_token: Callable[[StreamRecord, float], None] | None = None
+    on_flush: Callable[[int], None] | None = None
+    on_end: Callable[[StreamRecord, str, float], None] | None = None
+    on_failover: Callable[[str], None] | None = None
+
+
+class StreamRunner:
+    """Starts, stops and finishes streams; keeps every task it creates."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        registry: ProviderRegistry,
+        fanout: Fanout,
+        *,
+        worker_id: str,
+        hooks: StreamHooks | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._registry = registry
+        self._fanout = fanout
+        self.worker_id = worker_id
+        self.hooks = hooks or StreamHooks()
+        self.streams: dict[str, ActiveStream] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self.limits = settings.limits
+        self._interval = settings.stream.flush_interval_ms / 1000
+        self._max_chars = settings.stream.flush_max_chars
+
+    # -- starting -----------------------------------------------------------
+    async def start(self, request: ChatStreamRequest, session_id: str) -> protocol.Payload:
+        """Start a stream for `request` in `session_id`; return the `chat_stream` ack."""
+        if self._closing:
+            raise ChatsockError("server_shutdown", "the server is shutting down; retry shortly")
+        cmid = request.client_message_id
+        if cmid is not None:
+            earlier = await self._store.find_client_message(session_id, cmid)
+            if earlier is not None:
+                return earlier
+        chain = self._registry.chain_for(request.provider)
+        now = protocol.now_iso()
+        await self._store.ensure_session(SessionInfo(session_id, now, now, owner=None))
+        history = await self._history(request, session_id)
+
+        stream_id, message_id = new_id("st"), new_id("msg")
+        ack = protocol.stream_ack(stream_id, session_id, message_id)
+        first = chain[0]
+        record = StreamRecord(
+            stream_id=stream_id,
+            session_id=session_id,
+            message_id=message_id,
+            owner=self.worker_id,
+            provider=first.name,
+            model=first.model_for(ChatRequest([], model=request.model)),
+            started_at=now,
+            client_message_id=cmid,
+        )
+        limit = self._settings.limits.max_streams_per_session
+        if not await self._store.create_stream(record, limit):
+            raise ChatsockError(
+                "too_many_streams",
+                f"session {session_id} already has {limit} active stream(s); "
+                "stop it or wait for it to finish",
+            )
+        if cmid is not None:
+            earlier = await self._store.claim_client_message(session_id, cmid, ack)
+            if earlier is not None:  # lost a race with the same client_message_id
+                await self._store.finish_stream(record, self._discarded(record))
+                return earlier
+
+        user = Message(new_id("msg"), "user", request.message, now, client_message_id=cmid)
+        await self._store.add_message(session_id, user)  # persisted before any provider call
+
+        chat = ChatRequest(
+            messages=[*history, ChatMessage("user", request.message)],
+            model=request.model,
+            system_prompt=request.system_prompt,
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+        )
+        stream = ActiveStream(
+            record=record,
+            request=chat,
+            chain=chain,
+            feed=self._fanout.open(stream_id, session_id),
+            started=time.monotonic(),
+            provider=record.provider,
+            model=record.model,
+        )
+        self.streams[stream_id] = stream
+        stream.task = self._spawn(self._run(stream), f"stream {stream_id}")
+        if self.hooks.on_start:
+            self.hooks.on_start(record)
+        return ack
+
+    async def _history(self, request: ChatStreamRequest, session_id: str) -> list[ChatMessage]:
+        limit = self._settings.limits.max_history_messages
+        if request.history is not None:
+            return [ChatMessage(item.role, item.content) for item in request.history]
+        stored = await self._store.get_messages(session_id)
+        usable = [m for m in stored if m.content]
+        return [ChatMessage(m.role, m.content) for m in usable[-limit:]] if limit else []
+
+    def _discarded(self, record: StreamRecord) -> Terminal:
+        payload = protocol.stream_error(
+            stream_id=record.stream_id,
+            session_id=record.session_id,
+            code="invalid_request",
+            error="duplicate client_message_id",
+            partial="",
+            retryable=False,
+        )
+        return Terminal("error", protocol.STREAM_ERROR, payload)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- stopping -----------------------------------------------------------
+    async def stop(self, stream_id: str) -> bool:
+        """Stop a stream this worker owns. False when it is not running here."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.end_reason is not None:
+            return False
+        self._end(stream, "stopped")
+        return True
+
+    def _end(self, stream: ActiveStream, reason: str) -> None:
+        if stream.end_reason is None:
+            stream.end_reason = reason
+        if stream.reader is not None:
+            stream.reader.cancel()
+        stream.wake(urgent=True)
+
+    async def shutdown(self) -> None:
+        """End every stream with `server_shutdown`, persist them, and await all tasks."""
+        self._closing = True
+        for stream in list(self.streams.values()):
+            self._end(stream, "server_shutdown")
+        if self._tasks:
+            grace = self._settings.server.shutdown_grace_s
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+
+    # -- the stream task ----------------------------------------------------
+    async def _run(self, stream: ActiveStream) -> None:
+        record = stream.record
+        failure: ChatsockError | ProviderError | None = None
+        stream.reader = self._spawn(self._read(stream), f"reader {record.stream_id}")
+        try:
+            await self._fanout.emit(
+                stream.feed,
+                protocol.STREAM_START,
+                protocol.stream_start(
+                    record.stream_id, record.session_id, record.message_id,
+                    stream.provider, stream.model,
+                ),
+            )
+            await self._pump(stream)
+            await asyncio.wait({stream.reader})
+            if not stream.reader.cancelled():
+                exc = stream.reader.exception()
+                if isinstance(exc, ChatsockError | ProviderError):
+                    failure = exc
+                elif exc is not None:
+                    log.error("stream %s: provider iteration crashed", record.stream_id,
+                              exc_info=exc)
+                    failure = ChatsockError("internal", "internal error while streaming")
+        except asyncio.CancelledError:
+            # Hard cancel (shutdown grace exceeded): record the end below, then propagate.
+            self._end(stream, "server_shutdown")
+            raise
+        except Exception as exc:
+            log.exception("stream %s: flush failed", record.stream_id)
+            failure = ChatsockError("internal", f"streaming failed: {exc}")
+            self._end(stream, "internal")
+        finally:
+            if stream.reader is not None and not stream.reader.done():
+                stream.reader.cancel()
+            await self._finish(stream, failure)
+
+    async def _read(self, stream: ActiveStream) -> None:
+        """Iterate the provider chain; fail over while nothing has been received."""
+        reasons: list[str] = []
+        loop = asyncio.get_running_loop()
+        try:
+            for provider in stream.chain:
+                stream.provider = provider.name
+                stream.model = provider.model_for(stream.request)
+                try:
+                    async with asyncio.timeout(provider.first_token_timeout) as deadline:
+                        async with aclosing(provider.stream(stream.request)) as deltas:
+                            async for delta in deltas:
+                                if delta.text:
+                                    self._take(stream, delta.text)
+                                    deadline.reschedule(loop.time() + provider.idle_timeout)
+                                if delta.finish_reason is not None:
+                                    stream.finish_reason = delta.finish_reason
+                                if delta.usage is not None:
+                                    stream.usage = delta.usage
+                    return
+                except TimeoutError:
+                    first = stream.count == 0
+                    which = "first token" if first else "idle"
+                    limit = provider.first_token_timeout if first else provider.idle_timeout
+                    error: ProviderError = ProviderTimeout(
+                        f"{provider.name}: no {which} within {limit:g}s",
+                        provider=provider.name,
+                        first_token=first,
+                    )
+                except ProviderError as exc:
+                    error = exc
+                if stream.count > 0 or not error.fails_over:
+                    raise error
+                reasons.append(f"{provider.name}: {error.message}")
+                log.warning("provider %s failed before the first token, failing over: %s",
+                            provider.name, error.message)
+                if self.hooks.on_failover:
+                    self.hooks.on_failover(provider.name)
+            raise ChatsockError(
+                "provider_unavailable",
+                "every provider failed: " + "; ".join(reasons),
+                retryable=bool(error.retryable),
+            )
+        finally:
+            stream.wake(urgent=True)
+
+    def _take(self, stream: ActiveStream, text: str) -> None:
+        if stream.first_token_at is None:
+            stream.first_token_at = time.monotonic()
+            if self.hooks.on_first_token:
+                self.hooks.on_first_token(stream.record, stream.first_token_at - stream.started)
+        stream.buffer.append(text)
+        stream.buffered += len(text)
+        stream.count += 1
+        stream.wake(urgent=stream.buffered >= self._max_chars)
+
+    async def _pump(self, stream: ActiveStream) -> None:
+        """Coalesce the buffer into flushes until the reader is done."""
+        loop = asyncio.get_running_loop()
+        reader = stream.reader
+        assert reader is not None
+        last_flush = -1e9
+        while True:
+            if not stream.buffer:
+                if reader.done():
+                    return
+                await self._wait(stream, None, wait_any=True)
+                continue
+            due = last_flush + self._interval
+            if not reader.done() and stream.buffered < self._max_chars and loop.time() < due:
+                await self._wait(stream, due, wait_any=False)
+                continue
+            await self._flush(stream)
+            last_flush = loop.time()
+
+    async def _wait(self, stream: ActiveStream, deadline: float | None, *, wait_any: bool) -> None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        stream.waiter, stream.wait_any = waiter, wait_any
+        timer = loop.call_at(deadline, _resolve, waiter) if deadline is not None else None
+        try:
+            await waiter
+        finally:
+            stream.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    async def _flush(self, stream: ActiveStream) -> None:
+        text = "".join(stream.buffer) if len(stream.buffer) > 1 else stream.buffer[0]
+        stream.buffer.clear()
+        stream.buffered = 0
+        stream.seq += 1
+        record = stream.record
+        payload = protocol.token(record.stream_id, record.session_id, stream.seq, text, stream.count)
+        await self._store.append_token(record.stream_id, stream.seq, payload)
+        stream.parts.append(text)
+        await self._fanout.emit(stream.feed, protocol.TOKEN, payload, stream.seq)
+        if self.hooks.on_flush:
+            self.hooks.on_flush(stream.seq)
+
+    # -- the end ------------------------------------------------------------
+    async def _finish(self, stream: ActiveStream, failure: ChatsockError | ProviderError | None) -> None:
+        record = stream.record
+        try:
+            if stream.buffer and stream.end_reason != "internal":
+                try:
+                    await self._flush(stream)
+                except Exception:
+                    log.exception("stream %s: final flush failed", record.stream_id)
+                    stream.buffer.clear()
+            text = "".join(stream.parts)
+            status, terminal = self._terminal(stream, failure, text)
+            persist_failed = not await self._persist(stream, status, text, terminal)
+            if terminal.event == protocol.COMPLETE:
+                terminal.payload["persist_failed"] = persist_failed
+            try:
+                await self._store.finish_stream(record, terminal)
+            except Exception:
+                log.exception("stream %s: could not record its end", record.stream_id)
+            await self._fanout.end(stream.feed, terminal)
+            if self.hooks.on_end:
+                code = terminal.payload.get("code", status)
+                self.hooks.on_end(record, str(code), time.monotonic() - stream.started)
+        except Exception:
+            log.exception("stream %s: finishing failed", record.stream_id)
+        finally:
+            self.streams.pop(record.stream_id, None)
+
+    def _terminal(
+        self, stream: ActiveStream, failure: ChatsockError | ProviderError | None, text: str
+    ) -> tuple[MessageStatus, Terminal]:
+        record = stream.record
+        reason = stream.end_reason
+        if failure is None and reason in (None, "stopped"):
+            stopped = reason == "stopped"
+            usage = stream.usage
+            payload = protocol.complete(
+                stream_id=record.stream_id,
+                session_id=record.session_id,
+                message_id=record.message_id,
+                full_response=text,
+                stopped=stopped,
+                finish_reason="stopped" if stopped else (stream.finish_reason or "stop"),
+                tokens=stream.count,
+                duration=time.monotonic() - stream.started,
+                provider=stream.provider,
+                model=stream.model,
+                usage=protocol.usage(usage.input_tokens, usage.output_tokens) if usage else None,
+                persist_failed=False,
+            )
+            status: MessageStatus = "stopped" if stopped else "complete"
+            return status, Terminal(status, protocol.COMPLETE, payload)
+        if reason == "server_shutdown":
+            code, message, retryable = "server_shutdown", "the server is shutting down", True
+        elif isinstance(failure, ProviderError):
+            code, message, retryable = failure.code, failure.message, failure.retryable
+        elif isinstance(failure, ChatsockError):
+            code, message, retryable = failure.code, failure.message, failure.retryable
+        else:
+            code, message, retryable = "internal", "the stream ended unexpectedly", False
+        payload = protocol.stream_error(
+            stream_id=record.stream_id,
+            session_id=record.session_id,
+            code=code,
+            error=message,
+            partial=text,
+            retryable=retryable,
+        )
+        return "error", Terminal("error", protocol.STREAM_ERROR, payload)
+
+    async def _persist(
+        self, stream: ActiveStream, status: MessageStatus, text: str, terminal: Terminal
+    ) -> bool:
+        record = stream.record
+        message = Message(
+            record.message_id,
+            "assistant",
+            text,
+            protocol.now_iso(),
+            status=status,
+            stream_id=record.stream_id,
+            provider=stream.provider,
+            model=stream.model,
+            error_code=terminal.payload.get("code") if status == "error" else None,
+        )
+        try:
+            await self._store.add_message(record.session_id, message)
+            return True
+        except Exception:
+            log.exception("stream %s: persisting the reply failed", record.stream_id)
+            return False
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -1,0 +1,86 @@
+"""Shared fixtures: settings isolated from the environment, a real server, real clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from chatsock.app import create_app
+from chatsock.config import Settings, load_settings
+from chatsock.providers.base import Provider
+from tests.fakes.provider import ScriptedProvider
+from tests.support.clients import RecordingClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never pick up the developer's keys, Redis or config."""
+    for name in list(os.environ):
+        if name.startswith(("CHATSOCK_", "OPENAI_", "ANTHROPIC_")) or name == "REDIS_URL":
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+
+    def make(**overrides: Any) -> Settings:
+        return load_settings(empty, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def fake_provider() -> ScriptedProvider:
+    return ScriptedProvider("fake")
+
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+
+
+@pytest.fixture
+async def start_server(
+    aiohttp_server: Any, make_settings: Callable[..., Settings]
+) -> ServerFactory:
+    """Start a real chatsock app on a loopback port: `await start_server(settings, providers)`."""
+
+    async def start(
+        settings: Settings | None = None, providers: dict[str, Provider] | None = None, **kw: Any
+    ) -> TestServer:
+        app = create_app(settings or make_settings(**kw), providers=providers)
+        server: TestServer = await aiohttp_server(app)
+        return server
+
+    return start
+
+
+@pytest.fixture
+async def server(start_server: ServerFactory, fake_provider: ScriptedProvider) -> TestServer:
+    """A server whose default chain is the scripted fake provider."""
+    return await start_server(chain=["fake"], providers={"fake": fake_provider})
+
+
+def url_of(server: TestServer) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Callable[[TestServer], Awaitable[RecordingClient]]]:
+    clients: list[RecordingClient] = []
+
+    async def make(server: TestServer) -> RecordingClient:
+        client = await RecordingClient().connect(url_of(server))
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()

@@ -1,0 +1,1 @@
+"""Fakes of the far end: a scripted provider and loopback upstream servers."""

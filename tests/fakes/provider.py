@@ -1,0 +1,77 @@
+"""A fake provider you enqueue scripted replies into (a fake, not a mock)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+from chatsock.providers.base import ChatRequest, Delta, Provider, ProviderError, Usage
+
+
+@dataclass
+class Script:
+    """One scripted reply: steps are text pieces, gates to wait on, sleeps or an error."""
+
+    steps: list[object] = field(default_factory=list)
+    finish_reason: str = "stop"
+    usage: Usage | None = None
+
+    def text(self, *pieces: str) -> Script:
+        self.steps.extend(pieces)
+        return self
+
+    def gate(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self.steps.append(event)
+        return event
+
+    def sleep(self, seconds: float) -> Script:
+        self.steps.append(seconds)
+        return self
+
+    def fail(self, error: ProviderError) -> Script:
+        self.steps.append(error)
+        return self
+
+
+class ScriptedProvider(Provider):
+    """Replies with enqueued `Script`s in order; records every request it got."""
+
+    kind = "scripted"
+
+    def __init__(self, name: str = "fake", *, model: str = "fake-1", **timeouts: float) -> None:
+        super().__init__(name, default_model=model, **timeouts)
+        self.scripts: deque[Script] = deque()
+        self.requests: list[ChatRequest] = []
+        self.closed: list[bool] = []
+        self.started = asyncio.Event()
+
+    def enqueue(self, *pieces: str, finish_reason: str = "stop", usage: Usage | None = None) -> Script:
+        script = Script(list(pieces), finish_reason, usage)
+        self.scripts.append(script)
+        return script
+
+    def enqueue_many(self, pieces: Iterable[str]) -> Script:
+        return self.enqueue(*pieces)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+        self.requests.append(request)
+        script = self.scripts.popleft() if self.scripts else Script(["ok"])
+        self.started.set()
+        index = len(self.closed)
+        self.closed.append(False)
+        try:
+            for step in script.steps:
+                if isinstance(step, str):
+                    yield Delta(step)
+                elif isinstance(step, asyncio.Event):
+                    await step.wait()
+                elif isinstance(step, float | int):
+                    await asyncio.sleep(step)
+                elif isinstance(step, ProviderError):
+                    raise step
+            yield Delta(finish_reason=script.finish_reason, usage=script.usage)
+        finally:
+            self.closed[index] = True

@@ -1,0 +1,1 @@
+"""Real services and clients the tests drive."""
