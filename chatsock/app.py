@@ -91,3 +91,8 @@ async def _shutdown_streams(app: web.Application) -> None:
     # on_shutdown runs while client connections are still open, so clients
     # receive chat_stream_error(server_shutdown) before they are closed.
     await app[RUNNER].shutdown()
+    sio = app[SIO]
+    if sio.eio.sockets:
+        # An Engine.IO-level close: socket.io-client reconnects (to another worker).
+        await sio.eio.disconnect()
+    await sio.shutdown()

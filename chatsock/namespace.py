@@ -74,7 +74,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         rooms = [r for r in self.rooms(sid) if r != sid]
         await self.sessions.disconnected(sid, rooms)
 
-    async def on_chat_stream(self, sid: str, data: Any = None) -> Any:
+    async def on_chat_stream(self, sid: str, data: Any = None, *_: Any) -> Any:
         async def work() -> protocol.Payload:
             request = parse(ChatStreamRequest, data)
             check_limits(request, self.runner.limits)
@@ -85,14 +85,14 @@ class ChatNamespace(socketio.AsyncNamespace):
 
         return await _answer("chat_stream", sid, work)
 
-    async def on_chat_stop(self, sid: str, data: Any = None) -> Any:
+    async def on_chat_stop(self, sid: str, data: Any = None, *_: Any) -> Any:
         async def work() -> protocol.Payload:
             request = parse(StopRequest, data)
             return protocol.ack_ok(stopped=await self.sessions.stop(request.stream_id))
 
         return await _answer("chat_stop", sid, work)
 
-    async def on_session_join(self, sid: str, data: Any = None) -> Any:
+    async def on_session_join(self, sid: str, data: Any = None, *_: Any) -> Any:
         async def work() -> protocol.Payload:
             request = parse(JoinRequest, data)
             messages = await self.sessions.messages(request.session_id)
@@ -105,7 +105,7 @@ class ChatNamespace(socketio.AsyncNamespace):
 
         return await _answer("session_join", sid, work)
 
-    async def on_chat_resume(self, sid: str, data: Any = None) -> Any:
+    async def on_chat_resume(self, sid: str, data: Any = None, *_: Any) -> Any:
         async def work() -> protocol.Payload:
             request = parse(ResumeRequest, data)
             record = await self.sessions.stream(request.stream_id)

@@ -64,6 +64,7 @@ class ActiveStream:
     task: asyncio.Task[None] | None = None
     waiter: asyncio.Future[None] | None = None
     wait_any: bool = False
+    drained: asyncio.Future[None] | None = None
 
     def wake(self, urgent: bool) -> None:
         waiter = self.waiter
@@ -280,6 +281,10 @@ class StreamRunner:
                                 if delta.text:
                                     self._take(stream, delta.text)
                                     deadline.reschedule(loop.time() + provider.idle_timeout)
+                                    if stream.buffered >= self._max_chars:
+                                        # Backpressure: let the pump take a full buffer.
+                                        stream.drained = loop.create_future()
+                                        await stream.drained
                                 if delta.finish_reason is not None:
                                     stream.finish_reason = delta.finish_reason
                                 if delta.usage is not None:
@@ -356,6 +361,9 @@ class StreamRunner:
         text = "".join(stream.buffer) if len(stream.buffer) > 1 else stream.buffer[0]
         stream.buffer.clear()
         stream.buffered = 0
+        if stream.drained is not None:
+            _resolve(stream.drained)
+            stream.drained = None
         stream.seq += 1
         record = stream.record
         payload = protocol.token(record.stream_id, record.session_id, stream.seq, text, stream.count)
