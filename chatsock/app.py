@@ -79,8 +79,12 @@ def create_app(
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await store.open()
-    log.info("chatsock worker %s ready (store: %s, providers: %s)",
-             app[RUNNER].worker_id, type(store).__name__, ", ".join(app[REGISTRY].chain))
+    log.info(
+        "chatsock worker %s ready (store: %s, providers: %s)",
+        app[RUNNER].worker_id,
+        type(store).__name__,
+        ", ".join(app[REGISTRY].chain),
+    )
     yield
     await app[RUNNER].shutdown()  # no-op when on_shutdown already ran
     await app[REGISTRY].aclose()
@@ -92,7 +96,9 @@ async def _shutdown_streams(app: web.Application) -> None:
     # receive chat_stream_error(server_shutdown) before they are closed.
     await app[RUNNER].shutdown()
     sio = app[SIO]
-    if sio.eio.sockets:
-        # An Engine.IO-level close: socket.io-client reconnects (to another worker).
-        await sio.eio.disconnect()
+    # An Engine.IO-level close, so socket.io-client reconnects (to another
+    # worker). wait=False: a socket whose peer already vanished would never
+    # drain its queue, and `eio.disconnect()` would wait on it forever.
+    for eio_socket in list(sio.eio.sockets.values()):
+        await eio_socket.close(wait=False, reason=sio.eio.reason.SERVER_DISCONNECT)
     await sio.shutdown()

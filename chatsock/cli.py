@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         from chatsock.check import run_check
 
-        return asyncio.run(run_check(settings, args.ping))
+        code: int = asyncio.run(run_check(settings, args.ping))
+        return code
     from chatsock.app import create_app
 
     try:

@@ -193,7 +193,9 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         toml_path = DEFAULT_CONFIG
     if toml_path is not None:
         if not toml_path.is_file():
-            raise ConfigError(f"config file {toml_path} does not exist: fix --config/CHATSOCK_CONFIG")
+            raise ConfigError(
+                f"config file {toml_path} does not exist: fix --config/CHATSOCK_CONFIG"
+            )
         try:
             tomllib.loads(toml_path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:

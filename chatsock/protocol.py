@@ -69,7 +69,13 @@ def stream_start(
 
 def token(stream_id: str, session_id: str, seq: int, text: str, count: int) -> Payload:
     """One coalesced flush: only the text since the previous event, never the whole reply."""
-    return {"stream_id": stream_id, "session_id": session_id, "seq": seq, "token": text, "count": count}
+    return {
+        "stream_id": stream_id,
+        "session_id": session_id,
+        "seq": seq,
+        "token": text,
+        "count": count,
+    }
 
 
 def complete(
@@ -154,9 +160,7 @@ def session_summary(info: SessionInfo, message_count: int) -> Payload:
     }
 
 
-def session_view(
-    info: SessionInfo, messages: list[Message], active: Payload | None
-) -> Payload:
+def session_view(info: SessionInfo, messages: list[Message], active: Payload | None) -> Payload:
     return {
         "session_id": info.session_id,
         "created_at": info.created_at,

@@ -239,8 +239,11 @@ class StreamRunner:
                 stream.feed,
                 protocol.STREAM_START,
                 protocol.stream_start(
-                    record.stream_id, record.session_id, record.message_id,
-                    stream.provider, stream.model,
+                    record.stream_id,
+                    record.session_id,
+                    record.message_id,
+                    stream.provider,
+                    stream.model,
                 ),
             )
             await self._pump(stream)
@@ -250,8 +253,9 @@ class StreamRunner:
                 if isinstance(exc, ChatsockError | ProviderError):
                     failure = exc
                 elif exc is not None:
-                    log.error("stream %s: provider iteration crashed", record.stream_id,
-                              exc_info=exc)
+                    log.error(
+                        "stream %s: provider iteration crashed", record.stream_id, exc_info=exc
+                    )
                     failure = ChatsockError("internal", "internal error while streaming")
         except asyncio.CancelledError:
             # Hard cancel (shutdown grace exceeded): record the end below, then propagate.
@@ -304,8 +308,11 @@ class StreamRunner:
                 if stream.count > 0 or not error.fails_over:
                     raise error
                 reasons.append(f"{provider.name}: {error.message}")
-                log.warning("provider %s failed before the first token, failing over: %s",
-                            provider.name, error.message)
+                log.warning(
+                    "provider %s failed before the first token, failing over: %s",
+                    provider.name,
+                    error.message,
+                )
                 if self.hooks.on_failover:
                     self.hooks.on_failover(provider.name)
             raise ChatsockError(
@@ -366,7 +373,9 @@ class StreamRunner:
             stream.drained = None
         stream.seq += 1
         record = stream.record
-        payload = protocol.token(record.stream_id, record.session_id, stream.seq, text, stream.count)
+        payload = protocol.token(
+            record.stream_id, record.session_id, stream.seq, text, stream.count
+        )
         await self._store.append_token(record.stream_id, stream.seq, payload)
         stream.parts.append(text)
         await self._fanout.emit(stream.feed, protocol.TOKEN, payload, stream.seq)
@@ -374,7 +383,9 @@ class StreamRunner:
             self.hooks.on_flush(stream.seq)
 
     # -- the end ------------------------------------------------------------
-    async def _finish(self, stream: ActiveStream, failure: ChatsockError | ProviderError | None) -> None:
+    async def _finish(
+        self, stream: ActiveStream, failure: ChatsockError | ProviderError | None
+    ) -> None:
         record = stream.record
         try:
             if stream.buffer and stream.end_reason != "internal":

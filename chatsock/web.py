@@ -6,8 +6,15 @@ from pathlib import Path
 
 from aiohttp import web
 
-ROOT = Path(__file__).resolve().parent.parent
-VENDOR_FILES = {"socket.io.min.js": ROOT / "node_modules/socket.io-client/dist/socket.io.min.js"}
+
+
+def _root() -> Path:
+    """The checkout (editable install), else the working directory (installed package)."""
+    checkout = Path(__file__).resolve().parent.parent
+    return checkout if (checkout / "static").is_dir() else Path.cwd()
+
+
+VENDOR = {"socket.io.min.js": Path("node_modules/socket.io-client/dist/socket.io.min.js")}
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -15,16 +22,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def add_page_routes(app: web.Application, static_dir: Path | None) -> None:
-    static = static_dir or ROOT / "static"
+    root = _root()
+    static = static_dir or root / "static"
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(static / "index.html")
 
     async def vendor(request: web.Request) -> web.StreamResponse:
-        path = VENDOR_FILES.get(request.match_info["name"])
+        relative = VENDOR.get(request.match_info["name"])
+        path = root / relative if relative else None
         if path is None or not path.is_file():
             raise web.HTTPNotFound(
-                text="vendor file missing: run `npm ci` (make run does it) to install socket.io-client"
+                text="vendor file missing: run `npm ci` (`make run` does it) "
+                "to install socket.io-client"
             )
         return web.FileResponse(path)
 

@@ -15,8 +15,11 @@ import pytest
         ("chat_stream", {"message": "hi", "session_id": "bad id!"}, "session_id"),
         ("chat_stream", {"message": "hi", "session_id": "x" * 129}, "session_id"),
         ("chat_stream", {"message": "hi", "history": "nope"}, "history"),
-        ("chat_stream", {"message": "hi", "history": [{"role": "system", "content": "x"}]},
-         "history.0.role"),
+        (
+            "chat_stream",
+            {"message": "hi", "history": [{"role": "system", "content": "x"}]},
+            "history.0.role",
+        ),
         ("chat_stream", {"message": "hi", "temperature": "hot"}, "temperature"),
         ("chat_stream", {"message": "hi", "temperature": 9}, "temperature"),
         ("chat_stream", {"message": "hi", "max_tokens": 0}, "max_tokens"),
@@ -32,7 +35,9 @@ import pytest
         ("no_such_event", {"x": 1}, "event"),
     ],
 )
-async def test_malformed_requests_get_invalid_request_naming_the_field(server, connect, event, payload, field):
+async def test_malformed_requests_get_invalid_request_naming_the_field(
+    server, connect, event, payload, field
+):
     client = await connect(server)
     reply = await client.call(event, payload)
     assert reply["ok"] is False
@@ -62,7 +67,8 @@ async def test_unknown_ids_are_not_found(server, connect, event, payload):
 async def test_spoofed_reserved_event_is_rejected(server, connect):
     client = await connect(server)
     reply = await client.call("disconnect", {"x": 1})
-    assert reply["ok"] is False and reply["error"]["code"] == "invalid_request"
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "invalid_request"
     assert client.sio.connected
     ok = await client.call("chat_stream", {"message": "still here"})
     assert ok["ok"] is True

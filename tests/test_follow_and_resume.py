@@ -36,7 +36,9 @@ async def test_second_client_session_join_receives_the_same_tokens(server, conne
     assert first.tokens(sid)[seen:] == second_tokens
 
 
-async def test_session_join_after_end_lists_messages_and_no_active_stream(server, connect, fake_provider):
+async def test_session_join_after_end_lists_messages_and_no_active_stream(
+    server, connect, fake_provider
+):
     fake_provider.enqueue("done")
     client = await connect(server)
     ack = await client.call("chat_stream", {"message": "hi", "session_id": "ended"})
@@ -45,7 +47,9 @@ async def test_session_join_after_end_lists_messages_and_no_active_stream(server
     joined = await other.call("session_join", {"session_id": "ended"})
     assert joined["active_stream"] is None
     assert [(m["role"], m["content"], m["status"]) for m in joined["messages"]] == [
-        ("user", "hi", "complete"), ("assistant", "done", "complete")]
+        ("user", "hi", "complete"),
+        ("assistant", "done", "complete"),
+    ]
 
 
 async def test_session_join_unknown_session_is_not_found(server, connect):
@@ -56,7 +60,9 @@ async def test_session_join_unknown_session_is_not_found(server, connect):
     assert "session_id" in reply["error"]["message"]
 
 
-async def test_resume_mid_stream_after_disconnect_has_no_gap_or_duplicate(server, connect, fake_provider):
+async def test_resume_mid_stream_after_disconnect_has_no_gap_or_duplicate(
+    server, connect, fake_provider
+):
     script = fake_provider.enqueue(*[f"t{i} " for i in range(5)])
     gate = script.gate()
     script.text(*[f"u{i} " for i in range(5)])
@@ -87,8 +93,9 @@ async def test_resume_races_a_fast_stream_without_gap_or_duplicate(start_server,
     script = provider.enqueue()
     for i in range(300):
         script.text(f"p{i} ").sleep(0.002)
-    server = await start_server(chain=["fast"], providers={"fast": provider},
-                                stream={"flush_interval_ms": 1})
+    server = await start_server(
+        chain=["fast"], providers={"fast": provider}, stream={"flush_interval_ms": 1}
+    )
     first = await connect(server)
     ack = await first.call("chat_stream", {"message": "hi", "session_id": "race"})
     sid = ack["stream_id"]
@@ -96,7 +103,7 @@ async def test_resume_races_a_fast_stream_without_gap_or_duplicate(start_server,
     # A second tab resumes from zero while tokens keep flowing.
     second = await connect(server)
     assert (await second.call("chat_resume", {"stream_id": sid, "after": 0}))["ok"]
-    _, done = await second.wait_terminal(sid, timeout=20)
+    _, done = await second.wait_terminal(sid, within=20)
     tokens = second.tokens(sid)
     assert _seqs(tokens) == list(range(1, len(tokens) + 1))
     assert "".join(t["token"] for t in tokens) == done["full_response"]
@@ -134,7 +141,8 @@ async def test_resume_after_error_replays_the_error(server, connect, fake_provid
 async def test_resume_unknown_stream_is_not_found(server, connect):
     client = await connect(server)
     reply = await client.call("chat_resume", {"stream_id": "st_missing", "after": 0})
-    assert reply["ok"] is False and reply["error"]["code"] == "not_found"
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "not_found"
     assert "stream_id" in reply["error"]["message"]
 
 
@@ -142,8 +150,9 @@ async def test_stop_on_disconnect_stops_when_last_member_leaves(start_server, co
     provider = ScriptedProvider("fake")
     script = provider.enqueue("a ")
     gate = script.gate()
-    server = await start_server(chain=["fake"], providers={"fake": provider},
-                                stream={"stop_on_disconnect": True})
+    server = await start_server(
+        chain=["fake"], providers={"fake": provider}, stream={"stop_on_disconnect": True}
+    )
     client = await connect(server)
     ack = await client.call("chat_stream", {"message": "hi", "session_id": "leave"})
     await client.wait_for(lambda _: client.tokens(ack["stream_id"]))

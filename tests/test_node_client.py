@@ -16,11 +16,13 @@ def _tokens(result, stream_id):
 @pytest.mark.parametrize("transports", [["websocket"], ["polling", "websocket"]])
 async def test_node_client_streams_a_demo_reply(start_server, transports):
     server = await start_server(demo={"tokens_per_second": 2000})
-    result = await run_node_client(f"http://127.0.0.1:{server.port}", "stream",
-                                   transports=transports, message="node says hi")
+    result = await run_node_client(
+        f"http://127.0.0.1:{server.port}", "stream", transports=transports, message="node says hi"
+    )
     assert not result.get("timedOut"), result
     ack, (event, end) = result["ack"], result["end"]
-    assert ack["ok"] and event == "chat_complete"
+    assert ack["ok"]
+    assert event == "chat_complete"
     tokens = _tokens(result, ack["stream_id"])
     assert [t["seq"] for t in tokens] == list(range(1, len(tokens) + 1))
     assert "".join(t["token"] for t in tokens) == end["full_response"]
@@ -33,7 +35,8 @@ async def test_node_client_stop(start_server):
     result = await run_node_client(f"http://127.0.0.1:{server.port}", "stop")
     event, end = result["end"]
     assert result["stopAck"] == {"ok": True, "stopped": True}
-    assert event == "chat_complete" and end["stopped"] is True
+    assert event == "chat_complete"
+    assert end["stopped"] is True
     tokens = _tokens(result, result["ack"]["stream_id"])
     assert end["full_response"] == "".join(t["token"] for t in tokens)
 
@@ -43,8 +46,13 @@ async def test_node_client_resume_after_end(start_server, connect):
     py = await connect(server)
     ack = await py.call("chat_stream", {"message": "resume me", "session_id": "node-resume"})
     _, done = await py.wait_terminal(ack["stream_id"])
-    result = await run_node_client(f"http://127.0.0.1:{server.port}", "resume",
-                                   session_id="node-resume", stream_id=ack["stream_id"], after=3)
+    result = await run_node_client(
+        f"http://127.0.0.1:{server.port}",
+        "resume",
+        session_id="node-resume",
+        stream_id=ack["stream_id"],
+        after=3,
+    )
     assert result["resume"] == {"ok": True, "status": "complete"}
     tokens = _tokens(result, ack["stream_id"])
     assert [t["seq"] for t in tokens] == list(range(4, len(py.tokens(ack["stream_id"])) + 1))

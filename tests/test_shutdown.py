@@ -19,8 +19,11 @@ async def test_app_shutdown_sends_server_shutdown_and_persists_partial(make_sett
     script = provider.enqueue("so far ")
     gate = script.gate()
     store = MemoryStore()
-    app = create_app(make_settings(chain=["fake"], server={"shutdown_grace_s": 2}),
-                     providers={"fake": provider}, store=store)
+    app = create_app(
+        make_settings(chain=["fake"], server={"shutdown_grace_s": 2}),
+        providers={"fake": provider},
+        store=store,
+    )
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     client = await RecordingClient().connect(f"http://127.0.0.1:{server.port}")
@@ -31,13 +34,21 @@ async def test_app_shutdown_sends_server_shutdown_and_persists_partial(make_sett
         err = client.of("chat_stream_error", ack["stream_id"])
         assert len(err) == 1
         assert (err[0]["code"], err[0]["partial"], err[0]["retryable"]) == (
-            "server_shutdown", "so far ", True)
-        assert provider.closed == [True] and not gate.is_set()
+            "server_shutdown",
+            "so far ",
+            True,
+        )
+        assert provider.closed == [True]
+        assert not gate.is_set()
         messages = await store.get_messages("bye")
         assert (messages[-1].status, messages[-1].content, messages[-1].error_code) == (
-            "error", "so far ", "server_shutdown")
+            "error",
+            "so far ",
+            "server_shutdown",
+        )
         terminal = await store.get_terminal(ack["stream_id"])
-        assert terminal is not None and terminal.payload["code"] == "server_shutdown"
+        assert terminal is not None
+        assert terminal.payload["code"] == "server_shutdown"
     finally:
         await client.close()
 
@@ -50,7 +61,7 @@ async def test_sigterm_on_a_real_worker_ends_streams_with_server_shutdown():
         ack = await client.call("chat_stream", {"message": "a long demo reply please"})
         await client.wait_for(lambda _: len(client.tokens(ack["stream_id"])) >= 2)
         worker.signal(signal.SIGTERM)
-        event, err = await client.wait_terminal(ack["stream_id"], timeout=15)
+        event, err = await client.wait_terminal(ack["stream_id"], within=15)
         assert event == "chat_stream_error"
         assert err["code"] == "server_shutdown"
         assert err["partial"] == "".join(t["token"] for t in client.tokens(ack["stream_id"]))

@@ -17,8 +17,9 @@ async def test_tokens_are_coalesced_with_contiguous_seq(start_server, connect):
     provider = ScriptedProvider("fake")
     pieces = [f"w{i} " for i in range(400)]
     provider.enqueue(*pieces)
-    server = await start_server(chain=["fake"], providers={"fake": provider},
-                                stream={"flush_interval_ms": 20})
+    server = await start_server(
+        chain=["fake"], providers={"fake": provider}, stream={"flush_interval_ms": 20}
+    )
     client = await connect(server)
     ack = await client.call("chat_stream", {"message": "go"})
     event, done = await client.wait_terminal(ack["stream_id"])
@@ -35,8 +36,11 @@ async def test_flush_max_chars_bounds_each_flush(start_server, connect):
     provider = ScriptedProvider("fake")
     gate_free = provider.enqueue(*["abc"] * 30)
     gate_free.sleep(0.3)
-    server = await start_server(chain=["fake"], providers={"fake": provider},
-                                stream={"flush_interval_ms": 5000, "flush_max_chars": 10})
+    server = await start_server(
+        chain=["fake"],
+        providers={"fake": provider},
+        stream={"flush_interval_ms": 5000, "flush_max_chars": 10},
+    )
     client = await connect(server)
     ack = await client.call("chat_stream", {"message": "go"})
     await client.wait_terminal(ack["stream_id"])
@@ -81,11 +85,18 @@ async def test_mid_stream_provider_error_sends_exact_partial(server, connect, fa
     event, err = await client.wait_terminal(ack["stream_id"])
     assert event == "chat_stream_error"
     assert err["code"] == "provider_error"
-    assert err["partial"] == "partial text" == "".join(t["token"] for t in client.tokens(ack["stream_id"]))
+    assert (
+        err["partial"]
+        == "partial text"
+        == "".join(t["token"] for t in client.tokens(ack["stream_id"]))
+    )
     assert err["retryable"] is True
     messages = await server.app[STORE].get_messages(ack["session_id"])
     assert (messages[-1].status, messages[-1].content, messages[-1].error_code) == (
-        "error", "partial text", "provider_error")
+        "error",
+        "partial text",
+        "provider_error",
+    )
 
 
 async def test_failure_before_first_token_fails_over_silently(start_server, connect):
@@ -97,22 +108,32 @@ async def test_failure_before_first_token_fails_over_silently(start_server, conn
     ack = await client.call("chat_stream", {"message": "go"})
     event, done = await client.wait_terminal(ack["stream_id"])
     assert event == "chat_complete"
-    assert (done["full_response"], done["provider"], done["model"]) == ("from good", "good", "good-1")
+    assert (done["full_response"], done["provider"], done["model"]) == (
+        "from good",
+        "good",
+        "good-1",
+    )
     assert not client.of("chat_stream_error")
 
 
 async def test_every_provider_failing_is_provider_unavailable(start_server, connect):
     one, two = ScriptedProvider("one"), ScriptedProvider("two")
-    one.enqueue().fail(ProviderConnectionError("connection refused at http://127.0.0.1:9", provider="one"))
-    two.enqueue().fail(ProviderHTTPError("HTTP 429 rate limited", provider="two", status=429,
-                                         retryable=True, retry_after=2))
+    one.enqueue().fail(
+        ProviderConnectionError("connection refused at http://127.0.0.1:9", provider="one")
+    )
+    two.enqueue().fail(
+        ProviderHTTPError(
+            "HTTP 429 rate limited", provider="two", status=429, retryable=True, retry_after=2
+        )
+    )
     server = await start_server(chain=["one", "two"], providers={"one": one, "two": two})
     client = await connect(server)
     ack = await client.call("chat_stream", {"message": "go"})
     event, err = await client.wait_terminal(ack["stream_id"])
     assert event == "chat_stream_error"
     assert err["code"] == "provider_unavailable"
-    assert "one: connection refused" in err["error"] and "two: HTTP 429" in err["error"]
+    assert "one: connection refused" in err["error"]
+    assert "two: HTTP 429" in err["error"]
     assert err["partial"] == ""
     assert err["retryable"] is True  # the last provider said 429 + Retry-After
 
@@ -133,12 +154,17 @@ async def test_first_token_timeout_fails_over(start_server, connect):
     stalled.enqueue().sleep(3)
     backup = ScriptedProvider("backup")
     backup.enqueue("rescued")
-    server = await start_server(chain=["stalled", "backup"],
-                                providers={"stalled": stalled, "backup": backup})
+    server = await start_server(
+        chain=["stalled", "backup"], providers={"stalled": stalled, "backup": backup}
+    )
     client = await connect(server)
     ack = await client.call("chat_stream", {"message": "go"})
     event, done = await client.wait_terminal(ack["stream_id"])
-    assert (event, done["full_response"], done["provider"]) == ("chat_complete", "rescued", "backup")
+    assert (event, done["full_response"], done["provider"]) == (
+        "chat_complete",
+        "rescued",
+        "backup",
+    )
 
 
 async def test_provider_crash_is_internal_and_worker_survives(server, connect, fake_provider):
@@ -183,7 +209,9 @@ async def test_client_message_id_is_idempotent(server, connect, fake_provider):
     assert [m.role for m in messages] == ["user", "assistant"]
 
 
-async def test_user_message_is_persisted_before_the_provider_is_called(server, connect, fake_provider):
+async def test_user_message_is_persisted_before_the_provider_is_called(
+    server, connect, fake_provider
+):
     script = fake_provider.enqueue("reply")
     gate = script.gate()
     client = await connect(server)
@@ -195,32 +223,52 @@ async def test_user_message_is_persisted_before_the_provider_is_called(server, c
     await client.wait_terminal(ack["stream_id"])
     stored = await server.app[STORE].get_messages("s3")
     assert [(m.role, m.status, m.content, m.message_id) for m in stored][1] == (
-        "assistant", "complete", "reply", ack["message_id"])
+        "assistant",
+        "complete",
+        "reply",
+        ack["message_id"],
+    )
 
 
-async def test_stored_history_and_explicit_history_reach_the_provider(server, connect, fake_provider):
+async def test_stored_history_and_explicit_history_reach_the_provider(
+    server, connect, fake_provider
+):
     fake_provider.enqueue("first reply")
     fake_provider.enqueue("second reply")
     fake_provider.enqueue("third reply")
     client = await connect(server)
-    ack = await client.call("chat_stream", {"message": "q1", "session_id": "h", "system_prompt": "be brief"})
+    ack = await client.call(
+        "chat_stream", {"message": "q1", "session_id": "h", "system_prompt": "be brief"}
+    )
     await client.wait_terminal(ack["stream_id"])
     ack = await client.call("chat_stream", {"message": "q2", "session_id": "h"})
     await client.wait_terminal(ack["stream_id"])
     second = fake_provider.requests[1]
     assert [(m.role, m.content) for m in second.messages] == [
-        ("user", "q1"), ("assistant", "first reply"), ("user", "q2")]
+        ("user", "q1"),
+        ("assistant", "first reply"),
+        ("user", "q2"),
+    ]
     assert fake_provider.requests[0].system_prompt == "be brief"
-    ack = await client.call("chat_stream", {
-        "message": "q3", "session_id": "h",
-        "history": [{"role": "user", "content": "other"}], "temperature": 0.5, "max_tokens": 7})
+    ack = await client.call(
+        "chat_stream",
+        {
+            "message": "q3",
+            "session_id": "h",
+            "history": [{"role": "user", "content": "other"}],
+            "temperature": 0.5,
+            "max_tokens": 7,
+        },
+    )
     await client.wait_terminal(ack["stream_id"])
     third = fake_provider.requests[2]
     assert [(m.role, m.content) for m in third.messages] == [("user", "other"), ("user", "q3")]
     assert (third.temperature, third.max_tokens) == (0.5, 7)
 
 
-async def test_persist_failure_still_completes_with_persist_failed(start_server, connect, make_settings):
+async def test_persist_failure_still_completes_with_persist_failed(
+    start_server, connect, make_settings
+):
     from chatsock.app import create_app
     from tests.fakes.store import FlakyStore
 
@@ -237,7 +285,11 @@ async def test_persist_failure_still_completes_with_persist_failed(start_server,
         store.fail_assistant_messages = True
         ack = await client.call("chat_stream", {"message": "go"})
         event, done = await client.wait_terminal(ack["stream_id"])
-        assert (event, done["full_response"], done["persist_failed"]) == ("chat_complete", "said", True)
+        assert (event, done["full_response"], done["persist_failed"]) == (
+            "chat_complete",
+            "said",
+            True,
+        )
         await client.close()
     finally:
         await server.close()

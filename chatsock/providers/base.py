@@ -9,7 +9,7 @@ into `ProviderError` subclasses.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -146,7 +146,7 @@ class Provider(ABC):
         return request.model or self.default_model
 
     @abstractmethod
-    def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+    def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         """Stream the reply. Cancelling the consumer closes the upstream response."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from chatsock.providers.base import ChatRequest, Delta, Provider, Usage
 
@@ -48,7 +48,7 @@ class DemoProvider(Provider):
         super().__init__(name, default_model=model)
         self.tokens_per_second = tokens_per_second
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         pieces = split_pieces(demo_reply(last_user))
         if request.max_tokens is not None:

@@ -67,7 +67,7 @@ def configured_providers(settings: Settings) -> dict[str, ProviderConfig]:
     configs = dict(settings.providers)
     for name, env in BUILTIN_KEY_ENV.items():
         if name not in configs and os.environ.get(env):
-            configs[name] = ProviderConfig(kind=name)  # type: ignore[arg-type]
+            configs[name] = ProviderConfig.model_validate({"kind": name})
     configs.setdefault("demo", ProviderConfig(kind="demo"))
     return configs
 

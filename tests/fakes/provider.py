@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 
-from chatsock.providers.base import ChatRequest, Delta, Provider, ProviderError, Usage
+from chatsock.providers.base import ChatRequest, Delta, Provider, Usage
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Script:
         self.steps.append(seconds)
         return self
 
-    def fail(self, error: ProviderError) -> Script:
+    def fail(self, error: Exception) -> Script:
         self.steps.append(error)
         return self
 
@@ -48,7 +48,9 @@ class ScriptedProvider(Provider):
         self.closed: list[bool] = []
         self.started = asyncio.Event()
 
-    def enqueue(self, *pieces: str, finish_reason: str = "stop", usage: Usage | None = None) -> Script:
+    def enqueue(
+        self, *pieces: str, finish_reason: str = "stop", usage: Usage | None = None
+    ) -> Script:
         script = Script(list(pieces), finish_reason, usage)
         self.scripts.append(script)
         return script
@@ -56,7 +58,7 @@ class ScriptedProvider(Provider):
     def enqueue_many(self, pieces: Iterable[str]) -> Script:
         return self.enqueue(*pieces)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         self.requests.append(request)
         script = self.scripts.popleft() if self.scripts else Script(["ok"])
         self.started.set()
@@ -70,7 +72,7 @@ class ScriptedProvider(Provider):
                     await step.wait()
                 elif isinstance(step, float | int):
                     await asyncio.sleep(step)
-                elif isinstance(step, ProviderError):
+                elif isinstance(step, Exception):
                     raise step
             yield Delta(finish_reason=script.finish_reason, usage=script.usage)
         finally:

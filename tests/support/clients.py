@@ -27,19 +27,21 @@ class RecordingClient:
         await self.sio.connect(url, transports=["websocket"], wait_timeout=10)
         return self
 
-    async def call(self, event: str, data: Any = None, timeout: float = 10) -> Any:
-        return await self.sio.call(event, data, timeout=timeout)
+    async def call(self, event: str, data: Any = None, within: float = 10) -> Any:
+        return await self.sio.call(event, data, timeout=within)
 
     def of(self, event: str, stream_id: str | None = None) -> list[Any]:
         return [
-            d for e, d in self.events
-            if e == event and (stream_id is None or (isinstance(d, dict) and d.get("stream_id") == stream_id))
+            d
+            for e, d in self.events
+            if e == event
+            and (stream_id is None or (isinstance(d, dict) and d.get("stream_id") == stream_id))
         ]
 
     async def wait_for(
-        self, predicate: Callable[[list[tuple[str, Any]]], Any], timeout: float = 10
+        self, predicate: Callable[[list[tuple[str, Any]]], Any], within: float = 10
     ) -> Any:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             async with self._changed:
                 while True:
                     found = predicate(self.events)
@@ -47,18 +49,21 @@ class RecordingClient:
                         return found
                     await self._changed.wait()
 
-    async def wait_event(self, event: str, stream_id: str | None = None, timeout: float = 10) -> Any:
-        found = await self.wait_for(lambda _: self.of(event, stream_id), timeout)
+    async def wait_event(self, event: str, stream_id: str | None = None, within: float = 10) -> Any:
+        found = await self.wait_for(lambda _: self.of(event, stream_id), within)
         return found[0]
 
-    async def wait_terminal(self, stream_id: str, timeout: float = 10) -> tuple[str, Any]:
+    async def wait_terminal(self, stream_id: str, within: float = 10) -> tuple[str, Any]:
         def terminal(events: list[tuple[str, Any]]) -> tuple[str, Any] | None:
             for event, data in events:
-                if event in ("chat_complete", "chat_stream_error") and data.get("stream_id") == stream_id:
+                if (
+                    event in ("chat_complete", "chat_stream_error")
+                    and data.get("stream_id") == stream_id
+                ):
                     return event, data
             return None
 
-        return await self.wait_for(terminal, timeout)  # type: ignore[no-any-return]
+        return await self.wait_for(terminal, within)  # type: ignore[no-any-return]
 
     def tokens(self, stream_id: str) -> list[Any]:
         return self.of("chat_token", stream_id)

@@ -23,8 +23,14 @@ def require_node() -> str:
 
 async def run_node_client(url: str, scenario: str, **args: Any) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
-        require_node(), str(CLIENT), url, scenario, json.dumps(args),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        require_node(),
+        str(CLIENT),
+        url,
+        scenario,
+        json.dumps(args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()

@@ -36,13 +36,22 @@ class Worker:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20) -> Worker:
-        args = [sys.executable, "-m", "chatsock", "serve", "--host", "127.0.0.1",
-                "--port", str(self.port)]
+        args = [
+            sys.executable,
+            "-m",
+            "chatsock",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         if self.config is not None:
             args += ["--config", str(self.config)]
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,0 +1,130 @@
+"""Configuration loading, env overrides, start-up errors and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from chatsock.config import ConfigError, load_settings
+from chatsock.providers.registry import build_registry
+from tests.support.process import ROOT, Worker
+
+
+def test_defaults_are_embedded(tmp_path):
+    empty = tmp_path / "c.toml"
+    empty.write_text("")
+    settings = load_settings(empty)
+    assert settings.server.port == 8080
+    assert settings.server.host == "127.0.0.1"
+    assert settings.store.redis_url == ""
+    assert settings.stream.flush_interval_ms == 20
+    assert settings.limits.max_message_chars == 32000
+    assert settings.limits.max_streams_per_session == 1
+    assert settings.demo.tokens_per_second == 40
+    assert build_registry(settings).chain == ["demo"]
+
+
+def test_the_shipped_config_toml_loads():
+    settings = load_settings(ROOT / "config.toml")
+    assert settings.server.port == 8080
+
+
+def test_toml_values_and_env_overrides(tmp_path, monkeypatch):
+    path = tmp_path / "c.toml"
+    path.write_text("[stream]\nflush_interval_ms = 50\n[demo]\ntokens_per_second = 10\n")
+    assert load_settings(path).stream.flush_interval_ms == 50
+    monkeypatch.setenv("CHATSOCK_STREAM__FLUSH_INTERVAL_MS", "7")
+    monkeypatch.setenv("CHATSOCK_DEMO_TOKENS_PER_SECOND", "99")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("CHATSOCK_PROVIDERS", "demo , demo")
+    settings = load_settings(path)
+    assert settings.stream.flush_interval_ms == 7
+    assert settings.demo.tokens_per_second == 99
+    assert settings.store.redis_url == "redis://127.0.0.1:1/0"
+    assert settings.chain == ["demo", "demo"]
+
+
+def test_config_path_from_env(tmp_path, monkeypatch):
+    path = tmp_path / "other.toml"
+    path.write_text("[server]\nport = 9191\n")
+    monkeypatch.setenv("CHATSOCK_CONFIG", str(path))
+    assert load_settings().server.port == 9191
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[stream]\nflush_interval_ms = -1\n", "stream.flush_interval_ms"),
+        ('[server]\nport = "eighty"\n', "server.port"),
+        ("[limits]\nmax_streams_per_session = 0\n", "limits.max_streams_per_session"),
+        ("[stream]\nflush_intervall_ms = 5\n", "stream.flush_intervall_ms"),
+        ('[providers.local]\nkind = "llama"\n', "providers.local.kind"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, toml, key):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert key in str(caught.value)
+
+
+def test_unparseable_toml_and_missing_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[stream\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "absent.toml")
+
+
+def test_bad_env_value_stops_startup_with_the_key(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "chatsock", "serve", "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "CHATSOCK_STREAM__FLUSH_MAX_CHARS": "zero"},
+    )
+    assert result.returncode == 2
+    assert "stream.flush_max_chars" in result.stderr
+
+
+def test_unknown_provider_in_chain_stops_startup():
+    result = subprocess.run(
+        [sys.executable, "-m", "chatsock", "serve", "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "CHATSOCK_PROVIDERS": "nonesuch"},
+    )
+    assert result.returncode == 2
+    assert "nonesuch" in result.stderr
+
+
+async def test_serve_starts_on_embedded_defaults_with_host_and_port_flags():
+    worker = Worker().start()
+    try:
+
+        def fetch(path: str) -> tuple[int, bytes]:
+            with urllib.request.urlopen(f"{worker.url}{path}", timeout=5) as reply:
+                return reply.status, reply.read()
+
+        status, body = await asyncio.to_thread(fetch, "/healthz")
+        assert (status, body) == (200, b'{"status": "ok"}')
+        status, page = await asyncio.to_thread(fetch, "/")
+        assert status == 200
+        assert b"/static/vendor/socket.io.min.js" in page
+        status, vendor = await asyncio.to_thread(fetch, "/static/vendor/socket.io.min.js")
+        assert status == 200
+        assert len(vendor) > 10000
+        assert "MemoryStore" in worker.log()
+        assert "providers: demo" in worker.log()
+    finally:
+        worker.stop()
