@@ -133,6 +133,14 @@ class Fanout:
 
         return await self._replay(record, after, listener.send, feed, attach)
 
+    def attach(self, stream_id: str, listener: Listener) -> bool:
+        """Follow a live stream from its next event on (call right after `runner.start`)."""
+        feed = self.feeds.get(stream_id)
+        if feed is None:
+            return False
+        feed.listeners.add(listener)
+        return True
+
     def detach(self, listener: Listener) -> None:
         for feed in self.feeds.values():
             feed.listeners.discard(listener)
