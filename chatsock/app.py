@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -19,6 +20,8 @@ from chatsock.providers.base import Provider
 from chatsock.providers.registry import ProviderRegistry, build_registry
 from chatsock.runner import StreamRunner
 from chatsock.sessions import SessionService
+from chatsock.signals import SignalBus
+from chatsock.sio_manager import WatchedRedisManager
 from chatsock.store import Store, create_store
 from chatsock.web import add_page_routes
 
@@ -31,6 +34,8 @@ SIO = web.AppKey("sio", socketio.AsyncServer)
 FANOUT = web.AppKey("fanout", Fanout)
 RUNNER = web.AppKey("runner", StreamRunner)
 SESSIONS = web.AppKey("sessions", SessionService)
+BUS = web.AppKey("bus", SignalBus)
+MANAGER = web.AppKey("manager", WatchedRedisManager)
 
 
 def _worker_id(settings: Settings) -> str:
@@ -46,19 +51,28 @@ def create_app(
     """Build a worker. `providers` adds ready-made providers (tests, embedding)."""
     app = web.Application(client_max_size=settings.http.client_max_size)
     origins = settings.server.cors_allowed_origins
+    store = store or create_store(settings)
+    manager = None
+    if store.shared and settings.store.redis_url:
+        # Rooms span workers; stream tokens do not go through it (see tailer.py).
+        manager = WatchedRedisManager(
+            settings.store.redis_url, channel=f"{settings.store.key_prefix}:socketio"
+        )
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
         json=jsoncodec,
+        client_manager=manager,
         cors_allowed_origins=origins if origins else None,
         max_http_buffer_size=settings.http.client_max_size,
     )
     sio.attach(app)
-    store = store or create_store(settings)
     registry = build_registry(settings, providers)
+    worker_id = _worker_id(settings)
+    bus = SignalBus(store, worker_id)
     fanout = Fanout(sio, store)
-    runner = StreamRunner(settings, store, registry, fanout, worker_id=_worker_id(settings))
+    runner = StreamRunner(settings, store, registry, fanout, worker_id=worker_id, bus=bus)
     sessions = SessionService(
-        store, runner, fanout, stop_on_disconnect=settings.stream.stop_on_disconnect
+        store, runner, fanout, stop_on_disconnect=settings.stream.stop_on_disconnect, bus=bus
     )
     sio.register_namespace(ChatNamespace(runner, fanout, sessions))
 
@@ -69,6 +83,9 @@ def create_app(
     app[FANOUT] = fanout
     app[RUNNER] = runner
     app[SESSIONS] = sessions
+    app[BUS] = bus
+    if manager is not None:
+        app[MANAGER] = manager
 
     add_page_routes(app, settings.static_dir)
     app.cleanup_ctx.append(_lifecycle)
@@ -79,6 +96,13 @@ def create_app(
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await store.open()
+    sessions, runner = app[SESSIONS], app[RUNNER]
+    background = [
+        asyncio.create_task(app[BUS].run(sessions.on_started, sessions.on_stop), name="signals"),
+        asyncio.create_task(runner.maintain(), name="lease upkeep"),
+    ]
+    if MANAGER in app:
+        background.append(asyncio.create_task(app[MANAGER].watch(), name="socket.io watchdog"))
     log.info(
         "chatsock worker %s ready (store: %s, providers: %s)",
         app[RUNNER].worker_id,
@@ -87,6 +111,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await app[RUNNER].shutdown()  # no-op when on_shutdown already ran
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    await sessions.tailers.close()
     await app[REGISTRY].aclose()
     await store.close()
 

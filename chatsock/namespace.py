@@ -95,8 +95,7 @@ class ChatNamespace(socketio.AsyncNamespace):
     async def on_session_join(self, sid: str, data: Any = None, *_: Any) -> Any:
         async def work() -> protocol.Payload:
             request = parse(JoinRequest, data)
-            messages = await self.sessions.messages(request.session_id)
-            active = await self.fanout.join(sid, request.session_id)
+            messages, active = await self.sessions.join(sid, request.session_id)
             return protocol.ack_ok(
                 session_id=request.session_id,
                 messages=[protocol.message_view(m) for m in messages],
@@ -108,8 +107,7 @@ class ChatNamespace(socketio.AsyncNamespace):
     async def on_chat_resume(self, sid: str, data: Any = None, *_: Any) -> Any:
         async def work() -> protocol.Payload:
             request = parse(ResumeRequest, data)
-            record = await self.sessions.stream(request.stream_id)
-            status = await self.fanout.resume_socket(sid, record, request.after)
+            status = await self.sessions.resume_socket(sid, request.stream_id, request.after)
             return protocol.ack_ok(status=status)
 
         return await _answer("chat_resume", sid, work)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from chatsock import protocol
 from chatsock.config import Settings
@@ -34,10 +34,15 @@ from chatsock.providers.base import (
 )
 from chatsock.providers.registry import ProviderRegistry
 from chatsock.requests import ChatStreamRequest
-from chatsock.store import Store
+from chatsock.signals import SignalBus
+from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, MessageStatus, SessionInfo, StreamRecord, Terminal
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+STOP_POLL_S = 0.5  # backup check of stop flags, for a missed stop signal
+STORE_RETRY_S = 3.0  # how long stream writes ride out a store outage
 
 
 @dataclass(eq=False)
@@ -94,6 +99,7 @@ class StreamRunner:
         fanout: Fanout,
         *,
         worker_id: str,
+        bus: SignalBus | None = None,
         hooks: StreamHooks | None = None,
     ) -> None:
         self._settings = settings
@@ -101,7 +107,9 @@ class StreamRunner:
         self._registry = registry
         self._fanout = fanout
         self.worker_id = worker_id
+        self.bus = bus
         self.hooks = hooks or StreamHooks()
+        self._lease_s = settings.stream.lease_s
         self.streams: dict[str, ActiveStream] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -138,7 +146,9 @@ class StreamRunner:
             client_message_id=cmid,
         )
         limit = self._settings.limits.max_streams_per_session
-        if not await self._store.create_stream(record, limit):
+        if not await self._store.create_stream(record, limit) and not await self._reap(
+            session_id, record, limit
+        ):
             raise ChatsockError(
                 "too_many_streams",
                 f"session {session_id} already has {limit} active stream(s); "
@@ -150,6 +160,7 @@ class StreamRunner:
                 await self._store.finish_stream(record, self._discarded(record))
                 return earlier
 
+        await self._store.refresh_lease(stream_id, self.worker_id, self._lease_s)
         user = Message(new_id("msg"), "user", request.message, now, client_message_id=cmid)
         await self._store.add_message(session_id, user)  # persisted before any provider call
 
@@ -182,6 +193,19 @@ class StreamRunner:
         stored = await self._store.get_messages(session_id)
         usable = [m for m in stored if m.content]
         return [ChatMessage(m.role, m.content) for m in usable[-limit:]] if limit else []
+
+    async def _reap(self, session_id: str, record: StreamRecord, limit: int) -> bool:
+        """Free slots held by streams whose owner died, then try to register again."""
+        from chatsock.tailer import declare_lost
+
+        reaped = False
+        for other in await self._store.active_streams(session_id):
+            if other.stream_id not in self.streams and not await self._store.lease_alive(
+                other.stream_id
+            ):
+                await declare_lost(self._store, other)
+                reaped = True
+        return reaped and await self._store.create_stream(record, limit)
 
     def _discarded(self, record: StreamRecord) -> Terminal:
         payload = protocol.stream_error(
@@ -229,23 +253,44 @@ class StreamRunner:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
 
+    async def maintain(self) -> None:
+        """Run until cancelled: refresh owner leases and honour stop flags (the backup
+        for a stop signal this worker missed)."""
+        if not self._store.shared:
+            return
+        refresh_every = self._lease_s / 3
+        last_refresh = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(STOP_POLL_S)
+            streams = [s for s in self.streams.values() if s.end_reason is None]
+            try:
+                for stream in streams:
+                    if await self._store.stop_requested(stream.record.stream_id):
+                        log.info("stream %s: stop flag seen", stream.record.stream_id)
+                        self._end(stream, "stopped")
+                if loop.time() - last_refresh >= refresh_every:
+                    for stream in self.streams.values():
+                        await self._store.refresh_lease(
+                            stream.record.stream_id, self.worker_id, self._lease_s
+                        )
+                    last_refresh = loop.time()
+            except StoreUnavailable as exc:
+                log.warning("lease/stop upkeep: %s", exc)
+
     # -- the stream task ----------------------------------------------------
     async def _run(self, stream: ActiveStream) -> None:
         record = stream.record
         failure: ChatsockError | ProviderError | None = None
         stream.reader = self._spawn(self._read(stream), f"reader {record.stream_id}")
         try:
-            await self._fanout.emit(
-                stream.feed,
-                protocol.STREAM_START,
-                protocol.stream_start(
-                    record.stream_id,
-                    record.session_id,
-                    record.message_id,
-                    stream.provider,
-                    stream.model,
-                ),
+            start = protocol.stream_start(
+                record.stream_id, record.session_id, record.message_id, stream.provider, stream.model
             )
+            await self._fanout.emit(stream.feed, protocol.STREAM_START, start)
+            bus = self.bus
+            if bus is not None:
+                await _retrying(lambda: bus.started(record.to_dict(), start))
             await self._pump(stream)
             await asyncio.wait({stream.reader})
             if not stream.reader.cancelled():
@@ -261,6 +306,10 @@ class StreamRunner:
             # Hard cancel (shutdown grace exceeded): record the end below, then propagate.
             self._end(stream, "server_shutdown")
             raise
+        except StoreUnavailable as exc:
+            log.error("stream %s: the store stayed unreachable: %s", record.stream_id, exc)
+            failure = ChatsockError("store_unavailable", str(exc), retryable=True)
+            self._end(stream, "internal")
         except Exception as exc:
             log.exception("stream %s: flush failed", record.stream_id)
             failure = ChatsockError("internal", f"streaming failed: {exc}")
@@ -376,7 +425,7 @@ class StreamRunner:
         payload = protocol.token(
             record.stream_id, record.session_id, stream.seq, text, stream.count
         )
-        await self._store.append_token(record.stream_id, stream.seq, payload)
+        await _retrying(lambda: self._store.append_token(record.stream_id, stream.seq, payload))
         stream.parts.append(text)
         await self._fanout.emit(stream.feed, protocol.TOKEN, payload, stream.seq)
         if self.hooks.on_flush:
@@ -396,13 +445,19 @@ class StreamRunner:
                     stream.buffer.clear()
             text = "".join(stream.parts)
             status, terminal = self._terminal(stream, failure, text)
-            persist_failed = not await self._persist(stream, status, text, terminal)
-            if terminal.event == protocol.COMPLETE:
-                terminal.payload["persist_failed"] = persist_failed
-            try:
-                await self._store.finish_stream(record, terminal)
-            except Exception:
-                log.exception("stream %s: could not record its end", record.stream_id)
+            declared = await self._declared_end(record.stream_id)
+            if declared is not None:
+                # Another worker took this stream for lost (our lease lapsed, e.g.
+                # during a Redis outage) and stored its end: follow that record.
+                terminal = declared
+            else:
+                persist_failed = not await self._persist(stream, status, text, terminal)
+                if terminal.event == protocol.COMPLETE:
+                    terminal.payload["persist_failed"] = persist_failed
+                try:
+                    await _retrying(lambda: self._store.finish_stream(record, terminal))
+                except Exception:
+                    log.exception("stream %s: could not record its end", record.stream_id)
             await self._fanout.end(stream.feed, terminal)
             if self.hooks.on_end:
                 code = terminal.payload.get("code", status)
@@ -454,6 +509,12 @@ class StreamRunner:
         )
         return "error", Terminal("error", protocol.STREAM_ERROR, payload)
 
+    async def _declared_end(self, stream_id: str) -> Terminal | None:
+        try:
+            return await self._store.get_terminal(stream_id)
+        except StoreUnavailable:
+            return None
+
     async def _persist(
         self, stream: ActiveStream, status: MessageStatus, text: str, terminal: Terminal
     ) -> bool:
@@ -470,11 +531,28 @@ class StreamRunner:
             error_code=terminal.payload.get("code") if status == "error" else None,
         )
         try:
-            await self._store.add_message(record.session_id, message)
+            await _retrying(lambda: self._store.add_message(record.session_id, message))
             return True
         except Exception:
             log.exception("stream %s: persisting the reply failed", record.stream_id)
             return False
+
+
+async def _retrying(
+    operation: Callable[[], Awaitable[T]], within: float = STORE_RETRY_S
+) -> T:
+    """Retry a store write through a short outage (a Redis restart), then give up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    delay = 0.05
+    while True:
+        try:
+            return await operation()
+        except StoreUnavailable:
+            if loop.time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

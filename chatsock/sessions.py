@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from chatsock.errors import ChatsockError
-from chatsock.fanout import Fanout
+from chatsock.fanout import Fanout, Listener
+from chatsock.protocol import Payload
 from chatsock.runner import StreamRunner
+from chatsock.signals import SignalBus
 from chatsock.store import Store
 from chatsock.store.models import Message, SessionInfo, StreamRecord
+from chatsock.tailer import Tailers, declare_lost
 
 log = logging.getLogger(__name__)
 
@@ -17,12 +21,20 @@ class SessionService:
     """Looks things up, stops streams wherever they run, and reacts to disconnects."""
 
     def __init__(
-        self, store: Store, runner: StreamRunner, fanout: Fanout, *, stop_on_disconnect: bool
+        self,
+        store: Store,
+        runner: StreamRunner,
+        fanout: Fanout,
+        *,
+        stop_on_disconnect: bool,
+        bus: SignalBus | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
         self.fanout = fanout
         self.stop_on_disconnect = stop_on_disconnect
+        self.bus = bus
+        self.tailers = Tailers(store, fanout, is_local=runner.streams.__contains__)
         self.connected_sids: set[str] = set()
 
     async def session(self, session_id: str) -> SessionInfo:
@@ -48,9 +60,60 @@ class SessionService:
             return False
         if await self.runner.stop(stream_id):
             return True
-        # Owned by another worker (Redis): raise the flag its owner watches.
+        # Owned by another worker (Redis): a signal for speed, a flag its owner
+        # also polls in case the signal is missed.
         await self.store.request_stop(stream_id)
+        if self.bus is not None:
+            await self.bus.stop(stream_id)
         return True
+
+    # -- following (a stream may run on another worker) ---------------------
+    async def _live_elsewhere(self, record: StreamRecord) -> StreamRecord | None:
+        """`record` if it streams on another worker and its owner is alive; records a
+        dead owner's stream as worker_lost."""
+        if record.status != "streaming" or record.stream_id in self.runner.streams:
+            return None
+        if await self.store.lease_alive(record.stream_id):
+            return record
+        await declare_lost(self.store, record)
+        return None
+
+    async def join(self, sid: str, session_id: str) -> tuple[list[Message], Payload | None]:
+        """session_join: the messages, and the active stream this sid now follows."""
+        await self.session(session_id)
+        for record in await self.store.active_streams(session_id):
+            if await self._live_elsewhere(record):
+                self.tailers.ensure(record, start_at=record.last_seq)
+        messages = await self.store.get_messages(session_id)  # after any worker_lost record
+        return messages, await self.fanout.join(sid, session_id)
+
+    async def resume_socket(self, sid: str, stream_id: str, after: int) -> str:
+        record = await self._follow(stream_id)
+        return await self.fanout.resume_socket(sid, record, after)
+
+    async def resume_listener(self, listener: Listener, stream_id: str, after: int) -> str:
+        record = await self._follow(stream_id)
+        return await self.fanout.resume_listener(listener, record, after)
+
+    async def _follow(self, stream_id: str) -> StreamRecord:
+        record = await self.stream(stream_id)
+        if await self._live_elsewhere(record):
+            self.tailers.ensure(record, start_at=record.last_seq)
+        elif record.status == "streaming" and stream_id not in self.runner.streams:
+            record = await self.stream(stream_id)  # declared lost just now
+        return record
+
+    # -- signals from other workers -----------------------------------------
+    async def on_started(self, record: dict[str, Any], start: Payload) -> None:
+        """Another worker started a stream: tail it if this worker has its room's members."""
+        stream = StreamRecord.from_dict(record)
+        if stream.owner == self.runner.worker_id or stream.stream_id in self.runner.streams:
+            return
+        if self.fanout.room_size(stream.session_id) > 0:
+            self.tailers.ensure(stream, start_at=0, start=start)
+
+    async def on_stop(self, stream_id: str) -> None:
+        await self.runner.stop(stream_id)
 
     async def delete(self, session_id: str) -> None:
         await self.session(session_id)

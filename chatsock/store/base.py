@@ -9,6 +9,8 @@ against both.
 
 from __future__ import annotations
 
+import asyncio
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
@@ -80,7 +82,9 @@ class Store(ABC):
         key = self._k("session", session.session_id)
         created = await self._set(key, _dumps(session.to_dict()), self.session_ttl, nx=True)
         if created:
-            await self._index_add(self._k("sessions"), session.session_id, _score(session.created_at))
+            await self._index_add(
+                self._k("sessions"), session.session_id, _score(session.created_at)
+            )
             await self._evict_sessions()
             return session
         found = await self.get_session(session.session_id)
@@ -158,10 +162,10 @@ class Store(ABC):
         slots = self._k("session", record.session_id, "active")
         if not await self._claim_slot(slots, record.stream_id, max_per_session, self.log_ttl):
             return False
-        await self._set(
-            self._k("stream", record.stream_id), _dumps(record.to_dict()), self.log_ttl
+        await self._set(self._k("stream", record.stream_id), _dumps(record.to_dict()), self.log_ttl)
+        await self._index_add(
+            self._k("streams", "active"), record.stream_id, _score(record.started_at)
         )
-        await self._index_add(self._k("streams", "active"), record.stream_id, _score(record.started_at))
         return True
 
     async def get_stream(self, stream_id: str) -> StreamRecord | None:
@@ -184,7 +188,10 @@ class Store(ABC):
         records = []
         for stream_id in ids:
             record = await self.get_stream(stream_id)
-            if record is not None and record.status == "streaming":
+            if record is None and session_id is None:
+                # Expired without finish_stream (its worker died): keep the index bounded.
+                await self._index_remove(self._k("streams", "active"), stream_id)
+            elif record is not None and record.status == "streaming":
                 records.append(record)
         return sorted(records, key=lambda r: r.started_at)
 
@@ -207,7 +214,9 @@ class Store(ABC):
         """Mark the stream ended with `terminal`. Only the first caller wins (returns True)."""
         won = await self._set(
             self._k("stream", record.stream_id, "end"),
-            _dumps({"status": terminal.status, "event": terminal.event, "payload": terminal.payload}),
+            _dumps(
+                {"status": terminal.status, "event": terminal.event, "payload": terminal.payload}
+            ),
             self.log_ttl,
             nx=True,
         )
@@ -229,6 +238,35 @@ class Store(ABC):
 
     async def stop_requested(self, stream_id: str) -> bool:
         return await self._get(self._k("stream", stream_id, "stop")) is not None
+
+    # -- owner leases -----------------------------------------------------
+    async def refresh_lease(self, stream_id: str, owner: str, lease_s: float) -> None:
+        """The owner of a running stream says it is alive for another `lease_s`."""
+        ttl = max(1, math.ceil(lease_s))
+        await self._set(self._k("stream", stream_id, "lease"), owner.encode(), ttl)
+
+    async def lease_alive(self, stream_id: str) -> bool:
+        return await self._get(self._k("stream", stream_id, "lease")) is not None
+
+    # -- following a stream generated elsewhere ---------------------------
+    @property
+    def shared(self) -> bool:
+        """Whether other workers see this store (streams may run elsewhere)."""
+        return False
+
+    async def wait_tokens(self, stream_id: str, after: int, timeout_ms: int) -> list[LogEntry]:
+        """Entries with seq > after, waiting up to `timeout_ms` for one (polling fallback)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while True:
+            entries = await self.read_tokens(stream_id, after)
+            if entries or loop.time() >= deadline:
+                return entries
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+
+    async def publish(self, channel: str, data: bytes) -> int:
+        """Publish a signal to other workers (nobody else in memory)."""
+        return 0
 
     # -- retention --------------------------------------------------------
     async def _evict_sessions(self) -> None:

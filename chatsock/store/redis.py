@@ -14,14 +14,14 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
 from chatsock.store.base import Store, StoreUnavailable
@@ -94,18 +94,26 @@ def _mapped(
 ) -> Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, T]]:
     """Turn Redis and socket errors raised by `method` into StoreUnavailable."""
 
-    @functools.wraps(method)
-    async def wrapper(self: RedisStore, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def wrapper(self: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(self, *args, **kwargs)
         except (RedisError, OSError) as exc:
             raise self.unavailable(exc) from exc
 
+    functools.update_wrapper(wrapper, method)
     return wrapper
+
+
+# Replies as they arrive with decode_responses=False (redis-py types them as bytes | str).
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 def _seq(entry_id: bytes) -> int:
     return int(entry_id.rpartition(b"-")[2])
+
+
+def _decoded(members: Any) -> list[str]:
+    return [bytes(m).decode() for m in members]
 
 
 class RedisStore(Store):
@@ -117,15 +125,12 @@ class RedisStore(Store):
     hold the connections ordinary commands need.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        socket_timeout: float = 5.0,
-        retries: int = 3,
-        health_check_interval: int = 10,
-        **options: Any,
-    ) -> None:
+    def __init__(self, url: str, **options: Any) -> None:
+        """`options` are the Store's, plus `socket_timeout` (s, default 5), `retries`
+        (per command, default 3) and `health_check_interval` (s, default 10)."""
+        socket_timeout = float(options.pop("socket_timeout", 5.0))
+        retries = int(options.pop("retries", 3))
+        health_check_interval = int(options.pop("health_check_interval", 10))
         super().__init__(**options)
         self.url = mask_url(url)
         self._secrets = _secrets(url)
@@ -140,6 +145,15 @@ class RedisStore(Store):
         self._client = aioredis.Redis.from_url(url, socket_timeout=socket_timeout, **common)
         # No socket timeout: a blocking read is bounded by its own BLOCK argument.
         self._blocking = aioredis.Redis.from_url(url, socket_timeout=None, **common)
+        # Subscriptions recover in `Subscription`, which logs every attempt; a
+        # silent reconnect inside redis-py would hide an outage from the logs.
+        self._listening = aioredis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=None,
+            socket_connect_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
         self._index_trim_script = self._client.register_script(_INDEX_TRIM)
         self._claim_slot_script = self._client.register_script(_CLAIM_SLOT)
         self._log_append_script = self._client.register_script(_LOG_APPEND)
@@ -170,6 +184,7 @@ class RedisStore(Store):
     async def close(self) -> None:
         await self._client.aclose()
         await self._blocking.aclose()
+        await self._listening.aclose()
 
     @_mapped
     async def ping(self) -> None:
@@ -178,8 +193,7 @@ class RedisStore(Store):
     # -- strings ----------------------------------------------------------
     @_mapped
     async def _get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._client.get(key)
-        return value
+        return cast("bytes | None", await self._client.get(key))
 
     @_mapped
     async def _set(self, key: str, value: bytes, ttl: int | None, *, nx: bool = False) -> bool:
@@ -203,7 +217,7 @@ class RedisStore(Store):
 
     @_mapped
     async def _range(self, key: str) -> list[bytes]:
-        return list(await self._client.lrange(key, 0, -1))
+        return cast("list[bytes]", await self._client.lrange(key, 0, -1))
 
     @_mapped
     async def _length(self, key: str) -> int:
@@ -222,12 +236,11 @@ class RedisStore(Store):
     async def _index_range(self, key: str, limit: int) -> list[str]:
         if limit <= 0:
             return []
-        return [m.decode() for m in await self._client.zrevrange(key, 0, limit - 1)]
+        return _decoded(await self._client.zrevrange(key, 0, limit - 1))
 
     @_mapped
     async def _index_trim(self, key: str, keep: int) -> list[str]:
-        dropped = await self._index_trim_script(keys=[key], args=[keep])
-        return [m.decode() for m in dropped]
+        return _decoded(await self._index_trim_script(keys=[key], args=[keep]))
 
     # -- sets -------------------------------------------------------------
     @_mapped
@@ -236,7 +249,7 @@ class RedisStore(Store):
 
     @_mapped
     async def _members(self, key: str) -> Sequence[str]:
-        return [m.decode() for m in await self._client.smembers(key)]
+        return _decoded(await self._client.smembers(key))
 
     @_mapped
     async def _remove_member(self, key: str, member: str) -> None:
@@ -249,15 +262,19 @@ class RedisStore(Store):
 
     @_mapped
     async def _log_read(self, key: str, after: int) -> list[tuple[int, bytes]]:
-        entries = await self._client.xrange(key, min=f"(0-{after}", max="+")
+        entries = cast(_Entries, await self._client.xrange(key, min=f"(0-{after}", max="+"))
         return [(_seq(entry_id), fields[b"d"]) for entry_id, fields in entries]
 
     @_mapped
     async def _log_last(self, key: str) -> int:
-        entries = await self._client.xrevrange(key, max="+", min="-", count=1)
+        entries = cast(_Entries, await self._client.xrevrange(key, max="+", min="-", count=1))
         return _seq(entries[0][0]) if entries else 0
 
     # -- cross-worker helpers --------------------------------------------
+    @property
+    def shared(self) -> bool:
+        return True
+
     @_mapped
     async def wait_tokens(self, stream_id: str, after: int, timeout_ms: int) -> list[LogEntry]:
         """Log entries with seq > after, waiting up to `timeout_ms` for one; [] on timeout.
@@ -269,7 +286,10 @@ class RedisStore(Store):
         block = timeout_ms if timeout_ms > 0 else None
         # Bounds the wait when the server vanishes without closing the socket.
         async with asyncio.timeout(max(timeout_ms, 0) / 1000 + self.socket_timeout):
-            reply = await self._blocking.xread({key: f"0-{after}"}, block=block)
+            reply = cast(
+                list[tuple[bytes, _Entries]],
+                await self._blocking.xread({key: f"0-{after}"}, block=block),
+            )
         if not reply:
             return []
         entries = reply[0][1]
@@ -288,8 +308,8 @@ class RedisStore(Store):
         """
         return Subscription(self, channels)
 
-    def _pubsub(self) -> PubSub:
-        return self._blocking.pubsub()
+    def _new_pubsub(self) -> PubSub:
+        return self._listening.pubsub()
 
 
 class Subscription:
@@ -314,6 +334,7 @@ class Subscription:
         self._interval = max(float(store.health_check_interval), 0.5)
         self._last_seen = 0.0
         self._last_ping = 0.0
+        self._lost = False
 
     async def __aenter__(self) -> Subscription:
         await self._connect()
@@ -342,7 +363,10 @@ class Subscription:
                         await self._pubsub.ping(self._PING)
                     continue
             except (RedisError, OSError) as exc:
-                log.warning("Redis subscription at %s lost (%s)", self._store.url, exc)
+                log.warning(
+                    "Redis subscription at %s lost (%s); reconnecting", self._store.url, exc
+                )
+                self._lost = True
                 await self._drop()
                 continue
             self._last_seen = now
@@ -362,17 +386,24 @@ class Subscription:
                 delay = min(self._BACKOFF_CAP, self._BACKOFF_BASE * 2**attempt)
                 log.warning(
                     "Redis subscription at %s: reconnect attempt %d failed (%s); retrying in %.1fs",
-                    self._store.url, attempt, self._store.unavailable(exc), delay,
+                    self._store.url,
+                    attempt,
+                    self._store.unavailable(exc),
+                    delay,
                 )
                 await asyncio.sleep(delay)
                 continue
-            if attempt:
-                log.info("Redis subscription at %s restored after %d attempts", self._store.url,
-                         attempt)
+            if attempt or self._lost:
+                self._lost = False
+                log.info(
+                    "Redis subscription at %s restored (%d failed attempts)",
+                    self._store.url,
+                    attempt,
+                )
             return
 
     async def _subscribe_once(self) -> None:
-        pubsub = self._pubsub = self._store._pubsub()
+        pubsub = self._pubsub = self._store._new_pubsub()
         await pubsub.subscribe(*self._names)
         pending = set(self._names)
         async with asyncio.timeout(self._store.socket_timeout):
@@ -386,6 +417,6 @@ class Subscription:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             try:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
             except (RedisError, OSError):
                 log.debug("closing a lost subscription failed", exc_info=True)

@@ -1,0 +1,77 @@
+"""python-socketio's Redis manager, with a watchdog on its pub/sub listener.
+
+Rooms span workers through `AsyncRedisManager`. Its listener can go quiet
+after Redis drops it (python-socketio #1581), and its retry backoff grows to
+a minute. The watchdog publishes a heartbeat through the manager every
+`HEARTBEAT_S`; the listener notes everything it hears. When the listener task
+has ended, or has heard nothing for `DEAF_AFTER_S`, it is replaced by a fresh
+connection and a fresh listener task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import socketio
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+DEAF_AFTER_S = 4.0
+
+
+class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+    """`AsyncRedisManager` whose listener is restarted when it dies or goes deaf."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        super().__init__(url, channel=channel)
+        self.last_heard: float | None = None
+        self.restarts = 0
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        async for data in super()._listen():
+            self.last_heard = asyncio.get_running_loop().time()
+            yield data
+
+    def deaf_for(self) -> float | None:
+        if self.last_heard is None:
+            return None
+        return asyncio.get_running_loop().time() - self.last_heard
+
+    async def watch(self) -> None:
+        """Run until cancelled: heartbeat, and restart a dead or deaf listener."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            thread = getattr(self, "thread", None)
+            if thread is None:  # not initialised yet (no client has connected)
+                started = loop.time()
+                continue
+            try:
+                await self._publish({"method": "chatsock_heartbeat", "host_id": self.host_id})
+            except Exception as exc:  # _publish logs and swallows; belt and braces
+                log.debug("socket.io heartbeat publish failed: %s", exc)
+            heard = self.last_heard if self.last_heard is not None else started
+            if thread.done() or loop.time() - heard > DEAF_AFTER_S:
+                await self._restart_listener(thread)
+                started = loop.time()
+                self.last_heard = None
+
+    async def _restart_listener(self, thread: asyncio.Task[Any]) -> None:
+        self.restarts += 1
+        log.warning("socket.io Redis listener %s; restarting it (restart #%d)",
+                    "ended" if thread.done() else "went deaf", self.restarts)
+        thread.cancel()
+        await asyncio.gather(thread, return_exceptions=True)
+        try:
+            old = self.redis
+            self._redis_connect()
+            if old is not None:
+                await old.aclose()
+        except Exception as exc:
+            log.warning("socket.io Redis reconnect failed: %s", exc)
+        self.thread = self.server.start_background_task(self._thread)
