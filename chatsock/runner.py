@@ -285,7 +285,11 @@ class StreamRunner:
         stream.reader = self._spawn(self._read(stream), f"reader {record.stream_id}")
         try:
             start = protocol.stream_start(
-                record.stream_id, record.session_id, record.message_id, stream.provider, stream.model
+                record.stream_id,
+                record.session_id,
+                record.message_id,
+                stream.provider,
+                stream.model,
             )
             await self._fanout.emit(stream.feed, protocol.STREAM_START, start)
             bus = self.bus
@@ -538,9 +542,7 @@ class StreamRunner:
             return False
 
 
-async def _retrying(
-    operation: Callable[[], Awaitable[T]], within: float = STORE_RETRY_S
-) -> T:
+async def _retrying(operation: Callable[[], Awaitable[T]], within: float = STORE_RETRY_S) -> T:
     """Retry a store write through a short outage (a Redis restart), then give up."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within

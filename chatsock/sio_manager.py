@@ -63,8 +63,11 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
 
     async def _restart_listener(self, thread: asyncio.Task[Any]) -> None:
         self.restarts += 1
-        log.warning("socket.io Redis listener %s; restarting it (restart #%d)",
-                    "ended" if thread.done() else "went deaf", self.restarts)
+        log.warning(
+            "socket.io Redis listener %s; restarting it (restart #%d)",
+            "ended" if thread.done() else "went deaf",
+            self.restarts,
+        )
         thread.cancel()
         await asyncio.gather(thread, return_exceptions=True)
         try:

@@ -57,9 +57,7 @@ class Tailers:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
 
     def _followed(self, feed: Feed) -> bool:
-        return bool(
-            feed.listeners or feed.catching_up or self.fanout.room_size(feed.session_id)
-        )
+        return bool(feed.listeners or feed.catching_up or self.fanout.room_size(feed.session_id))
 
     async def _tail(self, feed: Feed, record: StreamRecord, start: dict[str, Any] | None) -> None:
         loop = asyncio.get_running_loop()
@@ -120,7 +118,9 @@ async def declare_lost(store: Store, record: StreamRecord) -> Terminal:
     )
     terminal = Terminal("error", protocol.STREAM_ERROR, payload)
     if await store.finish_stream(record, terminal):
-        log.warning("stream %s: owner %s lost; recorded worker_lost", record.stream_id, record.owner)
+        log.warning(
+            "stream %s: owner %s lost; recorded worker_lost", record.stream_id, record.owner
+        )
         message = Message(
             record.message_id,
             "assistant",

@@ -122,8 +122,11 @@ async def test_second_tab_on_b_receives_every_token_of_a_stream_on_a(cluster, cl
     first = await on_a.call("chat_stream", {"message": "open the session", "session_id": "tabs"})
     await on_a.wait_terminal(first["stream_id"], within=20)
     joined = await on_b.call("session_join", {"session_id": "tabs"})
-    assert joined["ok"] and joined["active_stream"] is None
-    ack = await on_a.call("chat_stream", {"message": "the second tab watches", "session_id": "tabs"})
+    assert joined["ok"]
+    assert joined["active_stream"] is None
+    ack = await on_a.call(
+        "chat_stream", {"message": "the second tab watches", "session_id": "tabs"}
+    )
     sid = ack["stream_id"]
     _, done_a = await on_a.wait_terminal(sid, within=20)
     _, done_b = await on_b.wait_terminal(sid, within=20)
@@ -176,7 +179,10 @@ async def test_sigkill_of_the_owner_gives_worker_lost_to_followers_elsewhere(
         assert again["active_stream"] is None
         last = again["messages"][-1]
         assert (last["role"], last["status"], last["error_code"]) == (
-            "assistant", "error", "worker_lost")
+            "assistant",
+            "error",
+            "worker_lost",
+        )
         assert last["content"] == err["partial"]
         # The session is usable again: its slot was freed.
         new = await on_b.call("chat_stream", {"message": "after the loss", "session_id": "lost"})
@@ -216,7 +222,8 @@ async def test_redis_restart_mid_run_then_new_streams_work_on_both(private_redis
             assert end["partial"] == _text(on_a.tokens(sid))
         # Workers reconnected by themselves, listeners included.
         for worker in (a, b):
-            assert worker.proc is not None and worker.proc.poll() is None
+            assert worker.proc is not None
+            assert worker.proc.poll() is None
         for _ in range(100):
             if all(_ready(w)[0] == 200 for w in (a, b)):
                 break
