@@ -7,7 +7,6 @@ from pathlib import Path
 from aiohttp import web
 
 
-
 def _root() -> Path:
     """The checkout (editable install), else the working directory (installed package)."""
     checkout = Path(__file__).resolve().parent.parent
