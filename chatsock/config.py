@@ -51,7 +51,7 @@ class StoreConfig(_Section):
     key_prefix: str = Field("chatsock", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     session_ttl: int = Field(30 * 24 * 3600, ge=0, description="Seconds; 0 = never expire.")
     max_messages_per_session: int = Field(1000, ge=2)
-    max_sessions: int = Field(10000, ge=1, description="In-memory store only: oldest evicted.")
+    max_sessions: int = Field(10000, ge=1, description="Least recently updated are evicted.")
     op_timeout_s: float = Field(5.0, gt=0)
 
 

@@ -18,6 +18,8 @@ from tests.support.clients import RecordingClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.support.fixtures"]  # redis_server, redis_url, private_redis_server
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.support.clients import RecordingClient
-from tests.support.fixtures import private_redis_server  # noqa: F401 - fixture
 from tests.support.node import run_node_client
 from tests.support.process import Worker
 from tests.support.redis_server import RedisServer
@@ -34,7 +33,7 @@ def _workers(redis: RedisServer, tps: int, **env: str) -> tuple[Worker, Worker]:
 
 
 @pytest.fixture
-async def cluster(private_redis_server: RedisServer) -> AsyncIterator[tuple[Worker, Worker]]:  # noqa: F811
+async def cluster(private_redis_server: RedisServer) -> AsyncIterator[tuple[Worker, Worker]]:
     a, b = _workers(private_redis_server, tps=60)
     await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
     yield a, b
@@ -152,7 +151,7 @@ async def test_node_second_tab_on_b_resumes_a_live_stream_from_a(cluster, client
 
 
 async def test_sigkill_of_the_owner_gives_worker_lost_to_followers_elsewhere(
-    private_redis_server,  # noqa: F811
+    private_redis_server,
     clients,
 ):
     a, b = _workers(private_redis_server, tps=10, lease="2")
@@ -201,7 +200,7 @@ def _ready(worker: Worker) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-async def test_redis_restart_mid_run_then_new_streams_work_on_both(private_redis_server, clients):  # noqa: F811
+async def test_redis_restart_mid_run_then_new_streams_work_on_both(private_redis_server, clients):
     redis = private_redis_server
     a, b = _workers(redis, tps=30)
     await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))

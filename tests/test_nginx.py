@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 
-from tests.support.fixtures import redis_server, redis_url  # noqa: F401 - fixtures
 from tests.support.nginx import Nginx
 from tests.support.node import run_node_client
 from tests.support.process import Worker
@@ -14,7 +13,7 @@ from tests.support.process import Worker
 pytestmark = [pytest.mark.redis, pytest.mark.node]
 
 
-async def test_stream_through_nginx_polling_then_websocket_upgrade(redis_url):  # noqa: F811
+async def test_stream_through_nginx_polling_then_websocket_upgrade(redis_url):
     env = {"REDIS_URL": redis_url, "CHATSOCK_DEMO_TOKENS_PER_SECOND": "500"}
     workers = [Worker(env=env), Worker(env=env)]
     await asyncio.gather(*(asyncio.to_thread(w.start) for w in workers))

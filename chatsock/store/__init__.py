@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from chatsock.config import Settings
 from chatsock.store.base import Store, StoreUnavailable
 from chatsock.store.memory import MemoryStore
@@ -11,15 +13,18 @@ __all__ = ["Store", "StoreUnavailable", "create_store"]
 
 def create_store(settings: Settings) -> Store:
     """The Redis store when `store.redis_url` (REDIS_URL) is set, else the memory store."""
-    options = {
+    options: dict[str, Any] = {
         "prefix": settings.store.key_prefix,
         "session_ttl": settings.store.session_ttl,
         "log_ttl": settings.stream.log_ttl,
         "max_log_entries": settings.stream.max_log_entries,
         "max_messages": settings.store.max_messages_per_session,
+        "max_sessions": settings.store.max_sessions,
     }
     if settings.store.redis_url:
         from chatsock.store.redis import RedisStore
 
-        return RedisStore(settings.store.redis_url, **options)
-    return MemoryStore(max_sessions=settings.store.max_sessions, **options)
+        return RedisStore(
+            settings.store.redis_url, socket_timeout=settings.store.op_timeout_s, **options
+        )
+    return MemoryStore(**options)
