@@ -14,7 +14,9 @@ from aiohttp import web
 from chatsock import jsoncodec
 from chatsock.config import Settings
 from chatsock.fanout import Fanout
+from chatsock.http_api import HttpApi
 from chatsock.ids import new_id
+from chatsock.metrics import Metrics
 from chatsock.namespace import ChatNamespace
 from chatsock.providers.base import Provider
 from chatsock.providers.registry import ProviderRegistry, build_registry
@@ -36,6 +38,7 @@ RUNNER = web.AppKey("runner", StreamRunner)
 SESSIONS = web.AppKey("sessions", SessionService)
 BUS = web.AppKey("bus", SignalBus)
 MANAGER = web.AppKey("manager", WatchedRedisManager)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 def _worker_id(settings: Settings) -> str:
@@ -75,6 +78,8 @@ def create_app(
         store, runner, fanout, stop_on_disconnect=settings.stream.stop_on_disconnect, bus=bus
     )
     sio.register_namespace(ChatNamespace(runner, fanout, sessions))
+    metrics = Metrics(runner, sessions)
+    runner.hooks = metrics.stream_hooks()
 
     app[SETTINGS] = settings
     app[STORE] = store
@@ -84,10 +89,12 @@ def create_app(
     app[RUNNER] = runner
     app[SESSIONS] = sessions
     app[BUS] = bus
+    app[METRICS] = metrics
     if manager is not None:
         app[MANAGER] = manager
 
     add_page_routes(app, settings.static_dir)
+    HttpApi(settings, store, runner, fanout, sessions, metrics).add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_shutdown_streams)
     return app
@@ -100,6 +107,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     background = [
         asyncio.create_task(app[BUS].run(sessions.on_started, sessions.on_stop), name="signals"),
         asyncio.create_task(runner.maintain(), name="lease upkeep"),
+        asyncio.create_task(sessions.upkeep(), name="presence upkeep"),
     ]
     if MANAGER in app:
         background.append(asyncio.create_task(app[MANAGER].watch(), name="socket.io watchdog"))

@@ -91,6 +91,15 @@ class Fanout:
         room = protocol.session_room(session_id)
         return sum(1 for _ in self._sio.manager.get_participants("/", room))
 
+    def followed_sessions(self) -> set[str]:
+        """Sessions with a room member or a listener on this worker."""
+        sessions = {f.session_id for f in self.feeds.values() if f.listeners}
+        for room in self._sio.manager.rooms.get("/", {}):
+            session_id = protocol.session_of_room(room) if isinstance(room, str) else None
+            if session_id is not None and self.room_size(session_id):
+                sessions.add(session_id)
+        return sessions
+
     def listener_count(self, session_id: str) -> int:
         return sum(len(f.listeners) for f in self.feeds.values() if f.session_id == session_id)
 

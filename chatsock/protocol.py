@@ -31,9 +31,17 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+ROOM_PREFIX: Final = "session:"
+
+
 def session_room(session_id: str) -> str:
     """The Socket.IO room of a session."""
-    return f"session:{session_id}"
+    return ROOM_PREFIX + session_id
+
+
+def session_of_room(room: str) -> str | None:
+    """The session id of a session room; None for any other room."""
+    return room[len(ROOM_PREFIX) :] if room.startswith(ROOM_PREFIX) else None
 
 
 # -- acks ------------------------------------------------------------------
@@ -167,3 +175,30 @@ def session_view(info: SessionInfo, messages: list[Message], active: Payload | N
         "messages": [message_view(m) for m in messages],
         "active_stream": active,
     }
+
+
+# -- HTTP API replies (docs/http.md) ------------------------------------------
+def stream_error_body(error: Payload) -> Payload:
+    """The JSON reply of `POST /api/chat/stream` for a stream that ended in an error."""
+    return {
+        **error_body(error["code"], error["error"]),
+        "stream_id": error["stream_id"],
+        "session_id": error["session_id"],
+        "partial": error["partial"],
+        "retryable": error["retryable"],
+    }
+
+
+def active_streams_view(records: list[StreamRecord]) -> Payload:
+    return {"streams": [stream_summary(r) for r in records], "count": len(records)}
+
+
+def sessions_view(summaries: list[Payload]) -> Payload:
+    return {"sessions": summaries}
+
+
+def readiness(reason: str | None) -> Payload:
+    """`GET /readyz`: `reason` says why the worker is not ready (None when it is)."""
+    if reason is None:
+        return {"status": "ready"}
+    return {"status": "unavailable", "reason": reason}

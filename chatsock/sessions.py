@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
+from chatsock import protocol
 from chatsock.errors import ChatsockError
 from chatsock.fanout import Fanout, Listener
 from chatsock.protocol import Payload
 from chatsock.runner import StreamRunner
 from chatsock.signals import SignalBus
-from chatsock.store import Store
+from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, SessionInfo, StreamRecord
 from chatsock.tailer import Tailers, declare_lost
 
 log = logging.getLogger(__name__)
+
+PRESENCE_REFRESH_S = 0.5
+PRESENCE_TTL_S = 3
 
 
 class SessionService:
@@ -81,6 +86,7 @@ class SessionService:
     async def join(self, sid: str, session_id: str) -> tuple[list[Message], Payload | None]:
         """session_join: the messages, and the active stream this sid now follows."""
         await self.session(session_id)
+        await self._present(session_id)
         for record in await self.store.active_streams(session_id):
             if await self._live_elsewhere(record):
                 self.tailers.ensure(record, start_at=record.last_seq)
@@ -97,6 +103,7 @@ class SessionService:
 
     async def _follow(self, stream_id: str) -> StreamRecord:
         record = await self.stream(stream_id)
+        await self._present(record.session_id)
         if await self._live_elsewhere(record):
             self.tailers.ensure(record, start_at=record.last_seq)
         elif record.status == "streaming" and stream_id not in self.runner.streams:
@@ -128,22 +135,57 @@ class SessionService:
         self.connected_sids.discard(sid)
         if not self.stop_on_disconnect:
             return
-        for stream in list(self.runner.streams.values()):
-            session_id = stream.record.session_id
-            room = stream.feed.room
-            if room not in rooms:
-                continue
+        for room in rooms:
+            session_id = protocol.session_of_room(room)
             # The leaving sid is still listed in the room while its handler runs.
-            others = self.fanout.room_size(session_id) - 1
-            if others <= 0 and self.fanout.listener_count(session_id) == 0:
-                log.info("stream %s: last follower left, stopping", stream.record.stream_id)
-                await self.runner.stop(stream.record.stream_id)
+            if session_id is not None and self._local_followers(session_id, leaving=1) == 0:
+                await self._nobody_here(session_id)
 
     async def follower_left(self, session_id: str) -> None:
         """An SSE follower went away: stop the session's streams if nobody is left."""
-        if not self.stop_on_disconnect:
+        if self.stop_on_disconnect and self._local_followers(session_id) == 0:
+            await self._nobody_here(session_id)
+
+    def _local_followers(self, session_id: str, leaving: int = 0) -> int:
+        room = self.fanout.room_size(session_id) - leaving
+        return room + self.fanout.listener_count(session_id)
+
+    async def _nobody_here(self, session_id: str) -> None:
+        """This worker has no follower of the session left (stop_on_disconnect)."""
+        worker = self.runner.worker_id
+        if self.store.shared:
+            await self.store.clear_present(session_id, worker)
+            if await self.store.present_elsewhere(session_id, worker):
+                return
+        for stream in list(self.runner.streams.values()):
+            if stream.record.session_id == session_id:
+                log.info("stream %s: no follower left, stopping", stream.record.stream_id)
+                await self.runner.stop(stream.record.stream_id)
+
+    async def _present(self, session_id: str) -> None:
+        if self.stop_on_disconnect and self.store.shared:
+            await self.store.mark_present(session_id, self.runner.worker_id, PRESENCE_TTL_S)
+
+    async def upkeep(self) -> None:
+        """Run until cancelled (stop_on_disconnect with Redis): say which sessions this
+        worker has followers of, and stop owned streams nobody follows anywhere."""
+        if not (self.stop_on_disconnect and self.store.shared):
             return
-        if self.fanout.room_size(session_id) == 0 and self.fanout.listener_count(session_id) == 0:
-            for stream in list(self.runner.streams.values()):
-                if stream.record.session_id == session_id:
-                    await self.runner.stop(stream.record.stream_id)
+        worker = self.runner.worker_id
+        while True:
+            await asyncio.sleep(PRESENCE_REFRESH_S)
+            try:
+                for session_id in self.fanout.followed_sessions():
+                    await self.store.mark_present(session_id, worker, PRESENCE_TTL_S)
+                for stream in list(self.runner.streams.values()):
+                    session_id = stream.record.session_id
+                    if self._local_followers(session_id) == 0 and not (
+                        await self.store.present_elsewhere(session_id, worker)
+                    ):
+                        log.info(
+                            "stream %s: no follower on any worker, stopping",
+                            stream.record.stream_id,
+                        )
+                        await self.runner.stop(stream.record.stream_id)
+            except StoreUnavailable as exc:
+                log.warning("presence upkeep: %s", exc)

@@ -245,3 +245,27 @@ async def test_redis_restart_mid_run_then_new_streams_work_on_both(private_redis
         assert time.monotonic() - started < 0.45  # the signal, not the 0.5 s flag poll
     finally:
         await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))
+
+
+async def test_stop_on_disconnect_counts_followers_on_every_worker(private_redis_server, clients):
+    a, b = _workers(private_redis_server, tps=20, CHATSOCK_STREAM__STOP_ON_DISCONNECT="true")
+    await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
+    try:
+        on_a, on_b = await _client(clients, a), await _client(clients, b)
+        ack = await on_a.call("chat_stream", {"message": "who is watching", "session_id": "pres"})
+        sid = ack["stream_id"]
+        joined = await on_b.call("session_join", {"session_id": "pres"})
+        assert joined["active_stream"]["stream_id"] == sid
+        await on_a.close()  # the owner's own follower leaves; the tab on B remains
+        await asyncio.sleep(2.0)
+        count = len(on_b.tokens(sid))
+        await on_b.wait_for(lambda _: len(on_b.tokens(sid)) > count + 5, within=10)
+        assert not on_b.of("chat_complete", sid)
+        await on_b.close()  # now nobody follows it anywhere
+        await asyncio.sleep(4.0)  # presence lapses (3 s) and the owner checks every 0.5 s
+        watcher = await _client(clients, a)
+        later = await watcher.call("session_join", {"session_id": "pres"})
+        assert later["active_stream"] is None
+        assert later["messages"][-1]["status"] == "stopped"
+    finally:
+        await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
@@ -26,6 +27,8 @@ from chatsock.store.models import (
     StreamStatus,
     Terminal,
 )
+
+MAX_WORKERS = 256  # workers remembered for presence checks
 
 
 class StoreUnavailable(Exception):
@@ -247,6 +250,26 @@ class Store(ABC):
 
     async def lease_alive(self, stream_id: str) -> bool:
         return await self._get(self._k("stream", stream_id, "lease")) is not None
+
+    # -- presence: which workers have followers of a session ---------------
+    async def mark_present(self, session_id: str, worker_id: str, ttl: int) -> None:
+        """This worker has followers of the session, for the next `ttl` seconds."""
+        await self._set(self._k("session", session_id, "present", worker_id), b"1", ttl)
+        workers = self._k("workers")
+        await self._index_add(workers, worker_id, time.time())
+        await self._index_trim(workers, MAX_WORKERS)
+
+    async def clear_present(self, session_id: str, worker_id: str) -> None:
+        await self._delete(self._k("session", session_id, "present", worker_id))
+
+    async def present_elsewhere(self, session_id: str, worker_id: str) -> bool:
+        """Whether another worker has said it has followers of the session."""
+        for other in await self._index_range(self._k("workers"), MAX_WORKERS):
+            if other != worker_id and await self._get(
+                self._k("session", session_id, "present", other)
+            ):
+                return True
+        return False
 
     # -- following a stream generated elsewhere ---------------------------
     @property
