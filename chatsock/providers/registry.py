@@ -7,8 +7,10 @@ from collections.abc import Callable, Iterable
 
 from chatsock.config import ProviderConfig, Settings
 from chatsock.errors import ChatsockError
+from chatsock.providers.anthropic import AnthropicProvider
 from chatsock.providers.base import Provider
 from chatsock.providers.demo import DemoProvider
+from chatsock.providers.openai import OpenAIProvider
 
 ProviderFactory = Callable[[str, ProviderConfig, Settings], Provider]
 
@@ -21,11 +23,57 @@ def _demo(name: str, config: ProviderConfig, settings: Settings) -> Provider:
     )
 
 
-# kind -> factory. Real providers register here (see providers/openai.py, anthropic.py).
-PROVIDER_KINDS: dict[str, ProviderFactory] = {"demo": _demo}
+def _openai(name: str, config: ProviderConfig, settings: Settings) -> Provider:
+    return OpenAIProvider(
+        name,
+        base_url=config.base_url or os.environ.get("OPENAI_BASE_URL") or None,
+        api_key=api_key_for(config),
+        default_model=config.model or "gpt-4o-mini",
+        first_token_timeout=config.first_token_timeout,
+        idle_timeout=config.idle_timeout,
+        connect_timeout=config.connect_timeout,
+        max_retries=config.max_retries,
+        headers=dict(config.headers),
+    )
+
+
+def _anthropic(name: str, config: ProviderConfig, settings: Settings) -> Provider:
+    return AnthropicProvider(
+        name,
+        base_url=config.base_url or os.environ.get("ANTHROPIC_BASE_URL") or None,
+        api_key=api_key_for(config),
+        default_model=config.model or "claude-sonnet-4-5",
+        first_token_timeout=config.first_token_timeout,
+        idle_timeout=config.idle_timeout,
+        connect_timeout=config.connect_timeout,
+        max_retries=config.max_retries,
+        headers=dict(config.headers),
+    )
+
+
+# kind -> factory.
+PROVIDER_KINDS: dict[str, ProviderFactory] = {
+    "demo": _demo,
+    "openai": _openai,
+    "anthropic": _anthropic,
+}
 
 # Built-in names that exist when their SDK's standard key variable is set.
 BUILTIN_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
+def api_key_for(config: ProviderConfig) -> str | None:
+    """The provider's key: `api_key`, else `api_key_env`, else the SDK's standard variable.
+
+    The standard variable (OPENAI_API_KEY, ANTHROPIC_API_KEY) is only a fallback
+    for a provider without its own `base_url` and `api_key_env`, so a second
+    OpenAI-compatible service or a local server never receives OpenAI's key.
+    """
+    key = config.resolved_api_key()
+    if key is None and not config.api_key_env and not config.base_url:
+        env = BUILTIN_KEY_ENV.get(config.kind)
+        key = os.environ.get(env) or None if env else None
+    return key
 
 
 class ProviderRegistry:
@@ -86,7 +134,9 @@ def _env_key(config: ProviderConfig) -> bool:
     return bool(env and os.environ.get(env))
 
 
-def build_registry(settings: Settings, extra: dict[str, Provider] | None = None) -> ProviderRegistry:
+def build_registry(
+    settings: Settings, extra: dict[str, Provider] | None = None
+) -> ProviderRegistry:
     """Create every configured provider. `extra` adds ready-made ones (tests, embedding)."""
     configs = configured_providers(settings)
     providers: dict[str, Provider] = {}

@@ -1,0 +1,216 @@
+"""The `openai` provider: OpenAI and every OpenAI-compatible server (Ollama, vLLM, ...).
+
+The official SDK builds the request, authenticates, retries the initial
+connection (connect errors, 408/409/429/5xx, `max_retries` times) and turns
+HTTP errors into exception types. The body is then read raw and parsed here
+(sse.py + orjson): iterating the SDK's typed chunks costs ~200 µs per token,
+this path ~15 µs (shared/FACTS.md, benchmarks/providers.py).
+
+Finish reasons map into base.FINISH_REASONS:
+
+    stop                      -> stop
+    length                    -> length
+    content_filter            -> content_filter
+    tool_calls, function_call -> tool_calls
+    abort, error              -> error    (vLLM, some proxies)
+    anything else, or none    -> stop     (the server ended the stream normally)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+import openai
+import orjson
+
+from chatsock.providers.base import (
+    ChatRequest,
+    Delta,
+    Provider,
+    ProviderHTTPError,
+    ProviderStreamError,
+    Usage,
+)
+from chatsock.providers.errors import ErrorMapper, upstream_message
+from chatsock.providers.sse import SSEParser
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+# Local servers ignore the key, but the SDK refuses to build a client without one.
+PLACEHOLDER_API_KEY = "no-key"
+
+FINISH_REASON_MAP = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "abort": "error",
+    "error": "error",
+}
+
+
+def map_finish_reason(reason: str | None) -> str:
+    """An OpenAI-compatible finish_reason in chatsock's vocabulary (see module doc)."""
+    return FINISH_REASON_MAP.get(reason or "stop", "stop")
+
+
+def sdk_timeout(connect: float, first_token: float, idle: float) -> httpx2.Timeout:
+    """The SDK's timeouts. The runner enforces first-token and idle timeouts; the read
+    timeout is only a backstop for callers without a runner (e.g. `chatsock check`)."""
+    return httpx2.Timeout(max(first_token, idle) + 10.0, connect=connect)
+
+
+class _ChunkReader:
+    """The state of one OpenAI stream: turns each `data:` payload into text."""
+
+    __slots__ = ("done", "finish_reason", "usage")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+
+    def read(self, data: str) -> str | None:
+        """Text to yield for one event, or None. Raises ValueError on a malformed chunk."""
+        if data == "[DONE]":
+            self.done = True
+            return None
+        chunk = orjson.loads(data)
+        choices = chunk.get("choices")
+        text = None
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta")
+            if delta:
+                text = delta.get("content") or None
+            reason = choice.get("finish_reason")
+            if reason:
+                self.finish_reason = reason
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        if "error" in chunk:
+            raise _InStreamError(chunk["error"])
+        return text
+
+
+class _InStreamError(Exception):
+    """An OpenAI-compatible server sent `data: {"error": ...}` after HTTP 200."""
+
+    def __init__(self, body: object) -> None:
+        super().__init__(upstream_message({"error": body}))
+        self.body = body
+
+
+class OpenAIProvider(Provider):
+    """Streams chat completions from OpenAI or an OpenAI-compatible `base_url`."""
+
+    kind = "openai"
+
+    def __init__(
+        self,
+        name: str = "openai",
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        default_model: str = DEFAULT_MODEL,
+        first_token_timeout: float = 30.0,
+        idle_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        max_retries: int = 2,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            default_model=default_model,
+            first_token_timeout=first_token_timeout,
+            idle_timeout=idle_timeout,
+        )
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.has_api_key = bool(api_key)
+        self._errors = ErrorMapper(name, self.base_url, api_key)
+        # OpenAI's own API wants max_completion_tokens (reasoning models reject
+        # max_tokens); compatible servers mostly know only max_tokens.
+        official = urlsplit(self.base_url).hostname == "api.openai.com"
+        self._max_tokens_field = "max_completion_tokens" if official else "max_tokens"
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=api_key or PLACEHOLDER_API_KEY,
+            timeout=sdk_timeout(connect_timeout, first_token_timeout, idle_timeout),
+            max_retries=max_retries,
+            default_headers=headers or None,
+        )
+
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The JSON body for `request` (without `stream`, which stream() adds)."""
+        messages: list[dict[str, str]] = []
+        if request.system_prompt:
+            messages.append({"role": "system", "content": request.system_prompt})
+        messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+        body: dict[str, Any] = {
+            "model": self.model_for(request),
+            "messages": messages,
+            "stream_options": {"include_usage": True},
+        }
+        if request.max_tokens is not None:
+            body[self._max_tokens_field] = request.max_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        return body
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
+        body = self.request_body(request)
+        parser = SSEParser()
+        reader = _ChunkReader()
+        started = False
+        refused: ProviderHTTPError | None = None
+        create = self._client.chat.completions.with_streaming_response.create
+        try:
+            async with create(stream=True, **body) as response:
+                async for raw in response.http_response.aiter_bytes():
+                    for _event, data in parser.feed(raw):
+                        text = reader.read(data)
+                        if text:
+                            started = True
+                            yield Delta(text)
+                        elif reader.done:
+                            break
+                    if reader.done:
+                        break
+                else:
+                    for _event, data in parser.close():
+                        text = reader.read(data)
+                        if text:
+                            yield Delta(text)
+        except openai.APIStatusError as exc:
+            # Raised below, outside this block, so no traceback carries the SDK's
+            # error: its message quotes the upstream body, which may echo the key.
+            refused = self._errors.http_status(exc.status_code, exc.response.headers, exc.body)
+        except openai.APIConnectionError as exc:
+            raise self._errors.connection(exc) from exc
+        except httpx2.TransportError as exc:
+            raise self._errors.broken_stream(exc, started=started) from exc
+        except _InStreamError as exc:
+            raise self._errors.stream_event(f"error event: {exc}", retryable=True) from None
+        except ValueError as exc:  # orjson.JSONDecodeError, non-dict chunks
+            raise self._errors.stream_event(f"malformed chunk: {exc}", retryable=True) from exc
+        except (AttributeError, TypeError, IndexError) as exc:
+            raise self._errors.stream_event(
+                f"unexpected chunk shape: {exc}", retryable=True
+            ) from exc
+        if refused is not None:
+            raise refused
+        if not reader.done and reader.finish_reason is None:
+            raise ProviderStreamError(
+                f"the stream from {self.base_url} ended without a finish_reason or [DONE]",
+                provider=self.name,
+                retryable=True,
+            )
+        yield Delta(finish_reason=map_finish_reason(reader.finish_reason), usage=reader.usage)
+
+    async def aclose(self) -> None:
+        await self._client.close()

@@ -1,0 +1,421 @@
+"""The openai provider through the official SDK against a loopback fake of the real API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from chatsock.providers.base import (
+    ChatMessage,
+    ChatRequest,
+    Delta,
+    ProviderConnectionError,
+    ProviderHTTPError,
+    ProviderStreamError,
+    Usage,
+)
+from chatsock.providers.openai import OpenAIProvider
+from tests.fakes.upstream import FakeOpenAI, Reply, unused_port
+
+MODEL = "fake-model"
+SECRET = "sk-test-0123456789abcdef"
+HELLO = ChatRequest([ChatMessage("user", "hi")])
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def make_provider(
+    upstream: FakeOpenAI,
+) -> AsyncIterator[Callable[..., OpenAIProvider]]:
+    made: list[OpenAIProvider] = []
+
+    def make(**options: Any) -> OpenAIProvider:
+        settings: dict[str, Any] = {
+            "base_url": upstream.base_url,
+            "api_key": SECRET,
+            "default_model": MODEL,
+            "max_retries": 0,
+        }
+        settings.update(options)
+        provider = OpenAIProvider("primary", **settings)
+        made.append(provider)
+        return provider
+
+    yield make
+    for provider in made:
+        await provider.aclose()
+
+
+@pytest.fixture
+def provider(make_provider: Callable[..., OpenAIProvider]) -> OpenAIProvider:
+    return make_provider()
+
+
+async def collect(provider: OpenAIProvider, request: ChatRequest = HELLO) -> list[Delta]:
+    return [delta async for delta in provider.stream(request)]
+
+
+async def drain_into(received: list[str], provider: OpenAIProvider) -> None:
+    """Read the stream into `received` until it ends or raises."""
+    async for delta in provider.stream(HELLO):
+        received.append(delta.text)
+
+
+def text_of(deltas: list[Delta]) -> str:
+    return "".join(delta.text for delta in deltas)
+
+
+# -- streaming -------------------------------------------------------------
+
+
+async def test_streams_text_then_one_final_delta_with_finish_and_usage(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    upstream.enqueue(Reply(pieces=["Hello", ",", " world"], usage=(12, 3)))
+    deltas = await collect(provider)
+    assert [d.text for d in deltas] == ["Hello", ",", " world", ""]
+    assert deltas[-1].finish_reason == "stop"
+    assert deltas[-1].usage == Usage(input_tokens=12, output_tokens=3)
+    assert all(d.finish_reason is None and d.usage is None for d in deltas[:-1])
+
+
+async def test_role_only_first_chunk_and_empty_deltas_yield_nothing(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    reply = Reply(pieces=["a", "b"], role_chunk=True, empty_deltas=True)
+    assert b'"role":"assistant","content":""' in upstream.render(reply, MODEL)
+    upstream.enqueue(reply)
+    deltas = await collect(provider)
+    assert [d.text for d in deltas] == ["a", "b", ""]
+
+
+async def test_emoji_and_cjk_arrive_intact(upstream: FakeOpenAI, provider: OpenAIProvider) -> None:
+    pieces = ["你好", "、世界", " 🎉👩‍👩‍👧", " ok"]
+    upstream.enqueue(Reply(pieces=pieces))
+    assert text_of(await collect(provider)) == "".join(pieces)
+
+
+@pytest.mark.parametrize(
+    "split_after",
+    [
+        pytest.param(lambda body: body.index(b"\n\n") + 1, id="between-the-two-newlines"),
+        pytest.param(lambda body: body.index(b'"content":"Hi') + 5, id="mid-line"),
+        pytest.param(lambda body: body.index(b"data: ", 10) + 3, id="mid-field-name"),
+        pytest.param(lambda body: body.index("🎉".encode()) + 2, id="mid-emoji"),
+        pytest.param(lambda body: body.index("世".encode()) + 1, id="mid-cjk"),
+    ],
+)
+async def test_chunk_boundaries_anywhere_give_the_same_text(
+    upstream: FakeOpenAI,
+    provider: OpenAIProvider,
+    split_after: Callable[[bytes], int],
+) -> None:
+    reply = Reply(pieces=["Hi", " 世界", " 🎉"])
+    body = upstream.render(reply, MODEL)
+    cut = split_after(body)
+    reply.split_at = [cut]
+    upstream.enqueue(reply)
+    deltas = await collect(provider)
+    assert text_of(deltas) == "Hi 世界 🎉"
+    assert deltas[-1].finish_reason == "stop"
+
+
+async def test_tiny_chunks_of_three_bytes_give_the_same_text(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    upstream.enqueue(Reply(pieces=["日本語", "🎉", "x"], chunk_size=3, gap=0.001))
+    deltas = await collect(provider)
+    assert [d.text for d in deltas] == ["日本語", "🎉", "x", ""]
+
+
+async def test_server_without_usage_or_done_still_completes(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    # Some OpenAI-compatible servers ignore include_usage and close without [DONE].
+    upstream.enqueue(Reply(pieces=["ok"], usage=None, send_done=False))
+    deltas = await collect(provider)
+    assert text_of(deltas) == "ok"
+    assert deltas[-1].finish_reason == "stop"
+    assert deltas[-1].usage is None
+
+
+async def test_done_without_its_blank_line_still_completes(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    body = b'data: {"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"length"}]}\n\n'
+    upstream.enqueue(Reply(raw_body=body + b"data: [DONE]"))
+    deltas = await collect(provider)
+    assert text_of(deltas) == "x"
+    assert deltas[-1].finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    ("upstream_reason", "expected"),
+    [
+        ("stop", "stop"),
+        ("length", "length"),
+        ("content_filter", "content_filter"),
+        ("tool_calls", "tool_calls"),
+        ("function_call", "tool_calls"),
+        ("abort", "error"),
+        ("eos_token", "stop"),
+    ],
+)
+async def test_finish_reasons_map_into_the_chatsock_vocabulary(
+    upstream: FakeOpenAI, provider: OpenAIProvider, upstream_reason: str, expected: str
+) -> None:
+    upstream.enqueue(Reply(pieces=["x"], finish_reason=upstream_reason))
+    deltas = await collect(provider)
+    assert deltas[-1].finish_reason == expected
+
+
+# -- the request -----------------------------------------------------------
+
+
+async def test_request_body_carries_model_system_prompt_limits_and_usage_option(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    request = ChatRequest(
+        [ChatMessage("user", "hi"), ChatMessage("assistant", "hello"), ChatMessage("user", "more")],
+        model="picked-model",
+        system_prompt="Be brief.",
+        temperature=0.3,
+        max_tokens=42,
+    )
+    await collect(provider, request)
+    body = upstream.requests[-1].body
+    assert body["model"] == "picked-model"
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "more"},
+    ]
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["max_tokens"] == 42
+    assert body["temperature"] == 0.3
+
+
+async def test_defaults_leave_out_unset_options_and_use_the_configured_model(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    await collect(provider)
+    body = upstream.requests[-1].body
+    assert body["model"] == MODEL
+    assert "max_tokens" not in body
+    assert "temperature" not in body
+
+
+async def test_api_key_and_configured_headers_are_sent(
+    upstream: FakeOpenAI, make_provider: Callable[..., OpenAIProvider]
+) -> None:
+    provider = make_provider(headers={"X-Team": "chat", "OpenAI-Organization": "org-1"})
+    await collect(provider)
+    headers = upstream.requests[-1].headers
+    assert headers["Authorization"] == f"Bearer {SECRET}"
+    assert headers["X-Team"] == "chat"
+    assert headers["OpenAI-Organization"] == "org-1"
+
+
+async def test_local_server_without_a_key_gets_a_placeholder(
+    upstream: FakeOpenAI, make_provider: Callable[..., OpenAIProvider]
+) -> None:
+    provider = make_provider(api_key=None)
+    assert not provider.has_api_key
+    assert text_of(await collect(provider)) == "Hello world"
+    assert upstream.requests[-1].headers["Authorization"] == "Bearer no-key"
+
+
+def test_openai_itself_gets_max_completion_tokens() -> None:
+    provider = OpenAIProvider("openai", api_key=SECRET)
+    body = provider.request_body(ChatRequest([ChatMessage("user", "hi")], max_tokens=5))
+    assert provider.base_url == "https://api.openai.com/v1"
+    assert body["max_completion_tokens"] == 5
+    assert "max_tokens" not in body
+
+
+# -- failures before the first delta ---------------------------------------
+
+
+async def test_http_401_fails_over_without_leaking_the_key(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    upstream.enqueue(Reply(status=401, error_message=f"Incorrect API key provided: {SECRET}"))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect(provider)
+    error = caught.value
+    assert (error.status, error.fails_over, error.retryable) == (401, True, False)
+    assert error.provider == "primary"
+    assert upstream.base_url in error.message
+    assert "Incorrect API key provided" in error.message
+    assert SECRET not in str(error)
+    assert SECRET not in repr(error.__cause__) + repr(error.__context__)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "seconds"),
+    [("7", 7.0), ("1.5", 1.5), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), (None, None)],
+)
+async def test_http_429_is_retryable_and_reports_retry_after(
+    upstream: FakeOpenAI, provider: OpenAIProvider, retry_after: str | None, seconds: float | None
+) -> None:
+    upstream.enqueue(Reply(status=429, retry_after=retry_after, error_message="Rate limit"))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect(provider)
+    error = caught.value
+    assert (error.status, error.fails_over, error.retryable) == (429, True, True)
+    assert error.retry_after == seconds
+
+
+async def test_http_500_is_retryable_and_fails_over(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    upstream.enqueue(Reply(status=500, error_message="The server had an error"))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect(provider)
+    assert (caught.value.status, caught.value.fails_over, caught.value.retryable) == (
+        500,
+        True,
+        True,
+    )
+    assert "The server had an error" in caught.value.message
+
+
+async def test_http_400_does_not_fail_over(upstream: FakeOpenAI, provider: OpenAIProvider) -> None:
+    upstream.enqueue(Reply(status=400, error_message="messages: too long"))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect(provider)
+    assert (caught.value.status, caught.value.fails_over, caught.value.retryable) == (
+        400,
+        False,
+        False,
+    )
+
+
+async def test_sdk_retries_a_500_before_streaming_when_configured(
+    upstream: FakeOpenAI, make_provider: Callable[..., OpenAIProvider]
+) -> None:
+    provider = make_provider(max_retries=1)
+    upstream.enqueue(Reply(status=500, retry_after="0.05"), Reply(pieces=["second try"]))
+    assert text_of(await collect(provider)) == "second try"
+    assert len(upstream.requests) == 2
+
+
+async def test_connection_refused_is_a_connection_error_naming_the_url() -> None:
+    base_url = f"http://127.0.0.1:{unused_port()}/v1"
+    provider = OpenAIProvider("local", base_url=base_url, max_retries=0, api_key=SECRET)
+    try:
+        with pytest.raises(ProviderConnectionError) as caught:
+            await collect(provider)
+    finally:
+        await provider.aclose()
+    assert caught.value.fails_over
+    assert caught.value.provider == "local"
+    assert caught.value.message == f"connection refused at {base_url}"
+
+
+# -- failures after the first delta ----------------------------------------
+
+
+async def test_mid_stream_reset_is_a_stream_error_after_the_partial(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    upstream.enqueue(Reply(pieces=["one", "two", "three"], cut_after=2, ending="reset"))
+    received: list[str] = []
+    with pytest.raises(ProviderStreamError) as caught:
+        await drain_into(received, provider)
+    assert received == ["one", "two"]
+    assert not caught.value.fails_over
+    assert caught.value.provider == "primary"
+    assert upstream.base_url in caught.value.message
+
+
+async def test_clean_close_without_finish_reason_is_a_stream_error(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    body = b'data: {"choices":[{"index":0,"delta":{"content":"par"},"finish_reason":null}]}\n\n'
+    upstream.enqueue(Reply(raw_body=body))
+    received: list[str] = []
+    with pytest.raises(ProviderStreamError, match="ended without a finish_reason"):
+        await drain_into(received, provider)
+    assert received == ["par"]
+
+
+async def test_error_chunk_after_http_200_is_a_stream_error(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    body = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"par"},"finish_reason":null}]}\n\n'
+        b'data: {"error":{"message":"model crashed","type":"server_error"}}\n\n'
+    )
+    upstream.enqueue(Reply(raw_body=body))
+    with pytest.raises(ProviderStreamError, match="model crashed"):
+        await collect(provider)
+
+
+async def test_malformed_chunk_is_a_stream_error(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    upstream.enqueue(Reply(raw_body=b"data: {not json\n\n"))
+    with pytest.raises(ProviderStreamError, match="malformed chunk"):
+        await collect(provider)
+
+
+# -- cancellation ----------------------------------------------------------
+
+
+async def test_cancelling_the_consumer_closes_the_upstream_within_200ms(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    upstream.enqueue(Reply(pieces=[f"t{i} " for i in range(500)], gap=0.01))
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in provider.stream(HELLO):
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), 5)
+    cancelled_at = asyncio.get_running_loop().time()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    closed_at = await upstream.requests[-1].wait_closed()
+    assert closed_at - cancelled_at < 0.2
+    assert upstream.requests[-1].finished_at is None
+
+
+async def test_aclose_of_the_stream_closes_the_upstream_within_200ms(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    upstream.enqueue(Reply(pieces=["a", "b"], cut_after=1, ending="stall"))
+    stream = provider.stream(HELLO)
+    assert (await anext(stream)).text == "a"
+    closing_at = asyncio.get_running_loop().time()
+    await stream.aclose()
+    closed_at = await upstream.requests[-1].wait_closed()
+    assert closed_at - closing_at < 0.2
+
+
+async def test_stall_gives_no_delta_and_the_timed_out_read_closes_the_upstream(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    # The runner enforces idle_timeout by cancelling the read; this is that read.
+    upstream.enqueue(Reply(pieces=["a", "b"], cut_after=1, ending="stall"))
+    stream = provider.stream(HELLO)
+    assert (await anext(stream)).text == "a"
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(anext(stream), 0.3)
+    timed_out_at = asyncio.get_running_loop().time()
+    closed_at = await upstream.requests[-1].wait_closed()
+    assert closed_at - timed_out_at < 0.2
+    assert upstream.requests[-1].finished_at is None
