@@ -35,12 +35,12 @@ from chatsock.providers.base import (
     ProviderStreamError,
     Usage,
 )
-from chatsock.providers.errors import ErrorMapper, upstream_message
+from chatsock.providers.errors import MALFORMED, ErrorMapper, UpstreamEventError, upstream_message
 from chatsock.providers.openai import sdk_timeout
 from chatsock.providers.sse import SSEParser
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-5-5"
 # Anthropic requires max_tokens on every request.
 DEFAULT_MAX_TOKENS = 1024
 # Without a key the API answers 401, which maps to a clear error; the SDK
@@ -77,36 +77,36 @@ class _EventReader:
         self.stopped = False
 
     def read(self, event: str, data: str) -> str | None:
-        """Text to yield for one event, or None. Raises ValueError on a malformed event."""
-        if event == "content_block_delta":
-            delta = orjson.loads(data)["delta"]
-            if delta.get("type") == "text_delta":
-                return delta.get("text") or None
-            return None
-        if event == "message_start":
-            usage = orjson.loads(data)["message"].get("usage") or {}
-            self.input_tokens = usage.get("input_tokens")
-            self.output_tokens = usage.get("output_tokens")
-        elif event == "message_delta":
-            payload = orjson.loads(data)
-            self.stop_reason = (payload.get("delta") or {}).get("stop_reason") or self.stop_reason
-            output = (payload.get("usage") or {}).get("output_tokens")
-            if output is not None:
-                self.output_tokens = output
-        elif event == "message_stop":
-            self.stopped = True
-        elif event == "error":
-            raise _InStreamError(orjson.loads(data))
+        """Text to yield for one event, or None; UpstreamEventError for errors."""
+        try:
+            if event == "content_block_delta":
+                delta = orjson.loads(data)["delta"]
+                if delta.get("type") == "text_delta":
+                    return delta.get("text") or None
+                return None
+            if event == "message_start":
+                usage = orjson.loads(data)["message"].get("usage") or {}
+                self.input_tokens = usage.get("input_tokens")
+                self.output_tokens = usage.get("output_tokens")
+            elif event == "message_delta":
+                payload = orjson.loads(data)
+                reason = (payload.get("delta") or {}).get("stop_reason")
+                self.stop_reason = reason or self.stop_reason
+                output = (payload.get("usage") or {}).get("output_tokens")
+                if output is not None:
+                    self.output_tokens = output
+            elif event == "message_stop":
+                self.stopped = True
+            elif event == "error":
+                body = orjson.loads(data)
+                kind = str((body.get("error") or {}).get("type") or "")
+                raise UpstreamEventError(
+                    f"error event: {upstream_message(body)}",
+                    retryable=kind in RETRYABLE_ERROR_TYPES,
+                )
+        except MALFORMED as exc:
+            raise UpstreamEventError(f"malformed {event} event: {exc}", retryable=True) from exc
         return None
-
-
-class _InStreamError(Exception):
-    """Anthropic sent `event: error` after HTTP 200."""
-
-    def __init__(self, body: Any) -> None:
-        super().__init__(upstream_message(body))
-        error = body.get("error") if isinstance(body, dict) else None
-        self.error_type = str(error.get("type")) if isinstance(error, dict) else ""
 
 
 class AnthropicProvider(Provider):
@@ -147,7 +147,11 @@ class AnthropicProvider(Provider):
         )
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
-        """The JSON body for `request` (without `stream`, which stream() adds)."""
+        """The JSON body for `request` (without `stream`, which stream() adds).
+
+        `temperature` is not sent: the Messages API of anthropic SDK 2.x has no
+        such parameter, and the SDK rejects it.
+        """
         body: dict[str, Any] = {
             "model": self.model_for(request),
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
@@ -155,8 +159,6 @@ class AnthropicProvider(Provider):
         }
         if request.system_prompt:
             body["system"] = request.system_prompt
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
         return body
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
@@ -191,16 +193,8 @@ class AnthropicProvider(Provider):
             raise self._errors.connection(exc) from exc
         except httpx2.TransportError as exc:
             raise self._errors.broken_stream(exc, started=started) from exc
-        except _InStreamError as exc:
-            raise self._errors.stream_event(
-                f"error event: {exc}", retryable=exc.error_type in RETRYABLE_ERROR_TYPES
-            ) from None
-        except ValueError as exc:  # orjson.JSONDecodeError
-            raise self._errors.stream_event(f"malformed event: {exc}", retryable=True) from exc
-        except (AttributeError, KeyError, TypeError) as exc:
-            raise self._errors.stream_event(
-                f"unexpected event shape: {exc}", retryable=True
-            ) from exc
+        except UpstreamEventError as exc:
+            raise self._errors.stream_event(str(exc), retryable=exc.retryable) from None
         if refused is not None:
             raise refused
         if not reader.stopped and reader.stop_reason is None:

@@ -29,6 +29,18 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 _MAX_UPSTREAM_MESSAGE = 300
 
 
+class UpstreamEventError(Exception):
+    """Raised by a stream reader: the upstream sent an error event or a malformed one."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+# What a reader's field access on an unexpected JSON shape raises.
+MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
+
+
 class ErrorMapper:
     """Builds ProviderErrors for one provider: its name, base URL and secret to redact."""
 

@@ -34,7 +34,7 @@ from chatsock.providers.base import (
     ProviderStreamError,
     Usage,
 )
-from chatsock.providers.errors import ErrorMapper, upstream_message
+from chatsock.providers.errors import MALFORMED, ErrorMapper, UpstreamEventError, upstream_message
 from chatsock.providers.sse import SSEParser
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -75,35 +75,33 @@ class _ChunkReader:
         self.usage: Usage | None = None
 
     def read(self, data: str) -> str | None:
-        """Text to yield for one event, or None. Raises ValueError on a malformed chunk."""
+        """Text to yield for one event, or None; UpstreamEventError for errors."""
         if data == "[DONE]":
             self.done = True
             return None
-        chunk = orjson.loads(data)
-        choices = chunk.get("choices")
-        text = None
-        if choices:
-            choice = choices[0]
-            delta = choice.get("delta")
-            if delta:
-                text = delta.get("content") or None
-            reason = choice.get("finish_reason")
-            if reason:
-                self.finish_reason = reason
-        usage = chunk.get("usage")
-        if usage:
-            self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
-        if "error" in chunk:
-            raise _InStreamError(chunk["error"])
+        try:
+            chunk = orjson.loads(data)
+            choices = chunk.get("choices")
+            text = None
+            if choices:
+                choice = choices[0]
+                delta = choice.get("delta")
+                if delta:
+                    text = delta.get("content") or None
+                reason = choice.get("finish_reason")
+                if reason:
+                    self.finish_reason = reason
+            usage = chunk.get("usage")
+            if usage:
+                self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+            error = chunk.get("error")
+        except MALFORMED as exc:
+            raise UpstreamEventError(f"malformed chunk: {exc}", retryable=True) from exc
+        if error:
+            # vLLM, proxies and OpenAI itself can report a failure inside the stream.
+            detail = upstream_message({"error": error})
+            raise UpstreamEventError(f"error event: {detail}", retryable=True)
         return text
-
-
-class _InStreamError(Exception):
-    """An OpenAI-compatible server sent `data: {"error": ...}` after HTTP 200."""
-
-    def __init__(self, body: object) -> None:
-        super().__init__(upstream_message({"error": body}))
-        self.body = body
 
 
 class OpenAIProvider(Provider):
@@ -194,14 +192,8 @@ class OpenAIProvider(Provider):
             raise self._errors.connection(exc) from exc
         except httpx2.TransportError as exc:
             raise self._errors.broken_stream(exc, started=started) from exc
-        except _InStreamError as exc:
-            raise self._errors.stream_event(f"error event: {exc}", retryable=True) from None
-        except ValueError as exc:  # orjson.JSONDecodeError, non-dict chunks
-            raise self._errors.stream_event(f"malformed chunk: {exc}", retryable=True) from exc
-        except (AttributeError, TypeError, IndexError) as exc:
-            raise self._errors.stream_event(
-                f"unexpected chunk shape: {exc}", retryable=True
-            ) from exc
+        except UpstreamEventError as exc:
+            raise self._errors.stream_event(str(exc), retryable=exc.retryable) from None
         if refused is not None:
             raise refused
         if not reader.done and reader.finish_reason is None:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 
 from chatsock.config import ProviderConfig, Settings
 from chatsock.errors import ChatsockError
+from chatsock.providers import anthropic, openai
 from chatsock.providers.anthropic import AnthropicProvider
 from chatsock.providers.base import Provider
 from chatsock.providers.demo import DemoProvider
@@ -28,7 +29,7 @@ def _openai(name: str, config: ProviderConfig, settings: Settings) -> Provider:
         name,
         base_url=config.base_url or os.environ.get("OPENAI_BASE_URL") or None,
         api_key=api_key_for(config),
-        default_model=config.model or "gpt-4o-mini",
+        default_model=config.model or openai.DEFAULT_MODEL,
         first_token_timeout=config.first_token_timeout,
         idle_timeout=config.idle_timeout,
         connect_timeout=config.connect_timeout,
@@ -42,7 +43,7 @@ def _anthropic(name: str, config: ProviderConfig, settings: Settings) -> Provide
         name,
         base_url=config.base_url or os.environ.get("ANTHROPIC_BASE_URL") or None,
         api_key=api_key_for(config),
-        default_model=config.model or "claude-sonnet-4-5",
+        default_model=config.model or anthropic.DEFAULT_MODEL,
         first_token_timeout=config.first_token_timeout,
         idle_timeout=config.idle_timeout,
         connect_timeout=config.connect_timeout,
@@ -122,16 +123,9 @@ def configured_providers(settings: Settings) -> dict[str, ProviderConfig]:
 
 def default_chain(configs: dict[str, ProviderConfig]) -> list[str]:
     keyed = [
-        name
-        for name, config in configs.items()
-        if config.kind != "demo" and (config.resolved_api_key() or _env_key(config))
+        name for name, config in configs.items() if config.kind != "demo" and api_key_for(config)
     ]
     return keyed or ["demo"]
-
-
-def _env_key(config: ProviderConfig) -> bool:
-    env = BUILTIN_KEY_ENV.get(config.kind)
-    return bool(env and os.environ.get(env))
 
 
 def build_registry(

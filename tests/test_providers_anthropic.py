@@ -1,0 +1,374 @@
+"""The anthropic provider through the official SDK against a loopback fake of the real API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from chatsock.providers.anthropic import AnthropicProvider
+from chatsock.providers.base import (
+    ChatMessage,
+    ChatRequest,
+    Delta,
+    ProviderConnectionError,
+    ProviderHTTPError,
+    ProviderStreamError,
+    Usage,
+)
+from tests.fakes.upstream import FakeAnthropic, Reply, unused_port
+
+MODEL = "claude-fake"
+SECRET = "sk-ant-test-0123456789abcdef"
+HELLO = ChatRequest([ChatMessage("user", "hi")])
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeAnthropic]:
+    async with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def make_provider(
+    upstream: FakeAnthropic,
+) -> AsyncIterator[Callable[..., AnthropicProvider]]:
+    made: list[AnthropicProvider] = []
+
+    def make(**options: Any) -> AnthropicProvider:
+        settings: dict[str, Any] = {
+            "base_url": upstream.base_url,
+            "api_key": SECRET,
+            "default_model": MODEL,
+            "max_retries": 0,
+        }
+        settings.update(options)
+        provider = AnthropicProvider("claude", **settings)
+        made.append(provider)
+        return provider
+
+    yield make
+    for provider in made:
+        await provider.aclose()
+
+
+@pytest.fixture
+def provider(make_provider: Callable[..., AnthropicProvider]) -> AnthropicProvider:
+    return make_provider()
+
+
+async def collect(provider: AnthropicProvider, request: ChatRequest = HELLO) -> list[Delta]:
+    return [delta async for delta in provider.stream(request)]
+
+
+async def drain_into(received: list[str], provider: AnthropicProvider) -> None:
+    """Read the stream into `received` until it ends or raises."""
+    async for delta in provider.stream(HELLO):
+        received.append(delta.text)
+
+
+def text_of(deltas: list[Delta]) -> str:
+    return "".join(delta.text for delta in deltas)
+
+
+# -- streaming -------------------------------------------------------------
+
+
+async def test_streams_text_then_one_final_delta_with_stop_and_usage(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    reply = Reply(pieces=["Hello", ",", " world"], usage=(25, 4))
+    assert b"event: ping\n" in upstream.render(reply, MODEL)
+    upstream.enqueue(reply)
+    deltas = await collect(provider)
+    assert [d.text for d in deltas] == ["Hello", ",", " world", ""]
+    assert deltas[-1].finish_reason == "stop"
+    # input_tokens come from message_start, output_tokens from message_delta.
+    assert deltas[-1].usage == Usage(input_tokens=25, output_tokens=4)
+    assert all(d.finish_reason is None and d.usage is None for d in deltas[:-1])
+
+
+async def test_emoji_and_cjk_arrive_intact(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    pieces = ["こんにちは", "、世界", " 🎉👩‍👩‍👧", " 한국어"]
+    upstream.enqueue(Reply(pieces=pieces))
+    assert text_of(await collect(provider)) == "".join(pieces)
+
+
+@pytest.mark.parametrize(
+    "split_after",
+    [
+        pytest.param(lambda body: body.index(b"\n\n") + 1, id="between-the-two-newlines"),
+        pytest.param(lambda body: body.index(b"event: content_block_delta") + 8, id="mid-event"),
+        pytest.param(lambda body: body.index(b'"text":"Hi') + 4, id="mid-line"),
+        pytest.param(lambda body: body.index("🎉".encode()) + 3, id="mid-emoji"),
+        pytest.param(lambda body: body.index("界".encode()) + 2, id="mid-cjk"),
+    ],
+)
+async def test_chunk_boundaries_anywhere_give_the_same_text(
+    upstream: FakeAnthropic,
+    provider: AnthropicProvider,
+    split_after: Callable[[bytes], int],
+) -> None:
+    reply = Reply(pieces=["Hi", " 世界", " 🎉"])
+    reply.split_at = [split_after(upstream.render(reply, MODEL))]
+    upstream.enqueue(reply)
+    deltas = await collect(provider)
+    assert text_of(deltas) == "Hi 世界 🎉"
+    assert deltas[-1].finish_reason == "stop"
+
+
+async def test_tiny_chunks_of_five_bytes_give_the_same_text(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    upstream.enqueue(Reply(pieces=["日本語", "🎉", "x"], chunk_size=5, gap=0.001))
+    deltas = await collect(provider)
+    assert [d.text for d in deltas] == ["日本語", "🎉", "x", ""]
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "expected"),
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("refusal", "content_filter"),
+        ("tool_use", "tool_calls"),
+        ("pause_turn", "stop"),
+    ],
+)
+async def test_stop_reasons_map_into_the_chatsock_vocabulary(
+    upstream: FakeAnthropic, provider: AnthropicProvider, stop_reason: str, expected: str
+) -> None:
+    upstream.enqueue(Reply(pieces=["x"], finish_reason=stop_reason))
+    deltas = await collect(provider)
+    assert deltas[-1].finish_reason == expected
+
+
+# -- the request -----------------------------------------------------------
+
+
+async def test_request_body_puts_the_system_prompt_in_system_and_drops_temperature(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    request = ChatRequest(
+        [ChatMessage("user", "hi"), ChatMessage("assistant", "hello"), ChatMessage("user", "more")],
+        model="claude-picked",
+        system_prompt="Be brief.",
+        temperature=0.2,
+        max_tokens=64,
+    )
+    await collect(provider, request)
+    body = upstream.requests[-1].body
+    assert body == {
+        "model": "claude-picked",
+        "system": "Be brief.",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "more"},
+        ],
+        "max_tokens": 64,
+        "stream": True,
+    }
+    # The anthropic SDK 2.x Messages API has no temperature; it is left out.
+
+
+async def test_max_tokens_defaults_because_anthropic_requires_it(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    await collect(provider)
+    body = upstream.requests[-1].body
+    assert body["max_tokens"] == 1024
+    assert body["model"] == MODEL
+    assert "system" not in body
+
+
+async def test_api_key_version_and_configured_headers_are_sent(
+    upstream: FakeAnthropic, make_provider: Callable[..., AnthropicProvider]
+) -> None:
+    provider = make_provider(headers={"anthropic-beta": "fake-beta", "X-Team": "chat"})
+    await collect(provider)
+    headers = upstream.requests[-1].headers
+    assert SECRET in headers.get("x-api-key", "") + headers.get("Authorization", "")
+    assert headers["anthropic-version"]
+    assert headers["anthropic-beta"] == "fake-beta"
+    assert headers["X-Team"] == "chat"
+
+
+# -- failures before the first delta ---------------------------------------
+
+
+async def test_http_401_fails_over_without_leaking_the_key(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    upstream.enqueue(Reply(status=401, error_message=f"invalid x-api-key {SECRET}"))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect(provider)
+    error = caught.value
+    assert (error.status, error.fails_over, error.retryable) == (401, True, False)
+    assert error.provider == "claude"
+    assert upstream.base_url in error.message
+    assert "authentication_error" in error.message
+    assert SECRET not in str(error)
+    assert error.__context__ is None
+
+
+async def test_http_429_with_retry_after_is_retryable(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    upstream.enqueue(Reply(status=429, retry_after="12"))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect(provider)
+    error = caught.value
+    assert (error.status, error.fails_over, error.retryable, error.retry_after) == (
+        429,
+        True,
+        True,
+        12.0,
+    )
+
+
+@pytest.mark.parametrize("status", [500, 529])
+async def test_http_5xx_and_overloaded_are_retryable_and_fail_over(
+    upstream: FakeAnthropic, provider: AnthropicProvider, status: int
+) -> None:
+    upstream.enqueue(Reply(status=status))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect(provider)
+    assert (caught.value.status, caught.value.fails_over, caught.value.retryable) == (
+        status,
+        True,
+        True,
+    )
+
+
+async def test_connection_refused_is_a_connection_error_naming_the_url() -> None:
+    base_url = f"http://127.0.0.1:{unused_port()}"
+    provider = AnthropicProvider("claude", base_url=base_url, max_retries=0, api_key=SECRET)
+    try:
+        with pytest.raises(ProviderConnectionError) as caught:
+            await collect(provider)
+    finally:
+        await provider.aclose()
+    assert caught.value.fails_over
+    assert caught.value.message == f"connection refused at {base_url}"
+    assert SECRET not in str(caught.value)
+
+
+# -- failures after the first delta ----------------------------------------
+
+
+async def test_error_event_after_http_200_is_a_retryable_stream_error(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    upstream.enqueue(Reply(pieces=["par", "tial", "x"], cut_after=2, ending="error_event"))
+    received: list[str] = []
+    with pytest.raises(ProviderStreamError) as caught:
+        await drain_into(received, provider)
+    assert received == ["par", "tial"]
+    error = caught.value
+    assert (error.fails_over, error.retryable) == (False, True)
+    assert "overloaded_error" in error.message
+    assert "Overloaded" in error.message
+    assert error.provider == "claude"
+
+
+async def test_malformed_event_is_a_stream_error(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    upstream.enqueue(Reply(raw_body=b'event: content_block_delta\ndata: {"no": "delta"}\n\n'))
+    with pytest.raises(ProviderStreamError, match="malformed content_block_delta event"):
+        await collect(provider)
+
+
+async def test_invalid_request_error_event_is_not_retryable(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    upstream.enqueue(
+        Reply(
+            pieces=["x"],
+            cut_after=1,
+            ending="error_event",
+            error_event=("invalid_request_error", "bad"),
+        )
+    )
+    with pytest.raises(ProviderStreamError) as caught:
+        await collect(provider)
+    assert not caught.value.retryable
+
+
+async def test_mid_stream_reset_is_a_stream_error_after_the_partial(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    upstream.enqueue(Reply(pieces=["one", "two", "three"], cut_after=1, ending="reset"))
+    received: list[str] = []
+    with pytest.raises(ProviderStreamError) as caught:
+        await drain_into(received, provider)
+    assert received == ["one"]
+    assert not caught.value.fails_over
+    assert upstream.base_url in caught.value.message
+
+
+async def test_body_ending_before_message_stop_is_a_stream_error(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    reply = Reply(pieces=["a", "b"])
+    body = upstream.render(reply, MODEL)
+    upstream.enqueue(Reply(raw_body=body[: body.index(b"event: content_block_stop")]))
+    received: list[str] = []
+    with pytest.raises(ProviderStreamError, match="ended before message_stop"):
+        await drain_into(received, provider)
+    assert received == ["a", "b"]
+
+
+# -- cancellation ----------------------------------------------------------
+
+
+async def test_cancelling_the_consumer_closes_the_upstream_within_200ms(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    upstream.enqueue(Reply(pieces=[f"t{i} " for i in range(500)], gap=0.01))
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in provider.stream(HELLO):
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), 5)
+    cancelled_at = asyncio.get_running_loop().time()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    closed_at = await upstream.requests[-1].wait_closed()
+    assert closed_at - cancelled_at < 0.2
+    assert upstream.requests[-1].finished_at is None
+
+
+async def test_stall_gives_no_delta_and_the_timed_out_read_closes_the_upstream(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    upstream.enqueue(Reply(pieces=["a", "b"], cut_after=1, ending="stall"))
+    stream = provider.stream(HELLO)
+    assert (await anext(stream)).text == "a"
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(anext(stream), 0.3)
+    timed_out_at = asyncio.get_running_loop().time()
+    closed_at = await upstream.requests[-1].wait_closed()
+    assert closed_at - timed_out_at < 0.2
+
+
+async def test_aclose_of_the_stream_closes_the_upstream_within_200ms(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    upstream.enqueue(Reply(pieces=["a", "b"], cut_after=1, ending="stall"))
+    stream = provider.stream(HELLO)
+    assert (await anext(stream)).text == "a"
+    closing_at = asyncio.get_running_loop().time()
+    await stream.aclose()
+    closed_at = await upstream.requests[-1].wait_closed()
+    assert closed_at - closing_at < 0.2
