@@ -1,0 +1,349 @@
+"""The HTTP API: the Socket.IO protocol's streams over SSE or JSON, plus health and metrics.
+
+Handlers validate, delegate to the runner, the session service and the
+fan-out, and answer; they hold no business logic (docs/http.md). Under
+`/api/` every failure becomes `{"error": {"code", "message"}}` with an
+honest status, in one middleware.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from chatsock import jsoncodec, protocol
+from chatsock.config import Settings
+from chatsock.errors import ChatsockError
+from chatsock.fanout import Fanout, Listener
+from chatsock.ids import new_id
+from chatsock.metrics import Metrics
+from chatsock.requests import (
+    ChatStreamRequest,
+    JoinRequest,
+    ResumeRequest,
+    StopRequest,
+    check_limits,
+    parse,
+)
+from chatsock.runner import StreamRunner
+from chatsock.sessions import SessionService
+from chatsock.sse import SSE_HEADERS, ClientGone, wait_terminal, write_events
+from chatsock.store import Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+API_PREFIX: Final = "/api/"
+STATUS_BY_CODE: Final = {
+    "invalid_request": 400,
+    "not_found": 404,
+    "too_many_streams": 429,
+    "internal": 500,
+    "provider_error": 502,
+    "provider_unavailable": 503,
+    "server_shutdown": 503,
+    "store_unavailable": 503,
+    "worker_lost": 503,
+    "timeout": 504,
+}
+MAX_SESSIONS_LISTED: Final = 1000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HttpError(Exception):
+    """An API error whose status is not implied by its code (413, 415, 405)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(
+        protocol.error_body(code, message), status=status, dumps=jsoncodec.dumps
+    )
+
+
+def json_response(payload: protocol.Payload, status: int = 200) -> web.Response:
+    return web.json_response(payload, status=status, dumps=jsoncodec.dumps)
+
+
+@web.middleware
+async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure under /api/ into a JSON error; other paths pass through."""
+    if not request.path.startswith(API_PREFIX):
+        return await handler(request)
+    where = f"{request.method} {request.path}"
+    try:
+        return await handler(request)
+    except ChatsockError as exc:
+        log.info("%s rejected: %s: %s", where, exc.code, exc.message)
+        return error_response(STATUS_BY_CODE.get(exc.code, 500), exc.code, exc.message)
+    except HttpError as exc:
+        log.info("%s rejected: %s %s: %s", where, exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message)
+    except StoreUnavailable as exc:
+        log.warning("%s: store unavailable: %s", where, exc)
+        return error_response(503, "store_unavailable", str(exc))
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, "invalid_request", f"body: {exc.text}")
+    except web.HTTPNotFound:
+        return error_response(404, "not_found", f"path: no API route {request.path!r}")
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return error_response(
+            405, "invalid_request", f"method: {request.method} not allowed here (use {allowed})"
+        )
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("%s failed", where)
+        return error_response(500, "internal", f"{where} failed on the server; see its log")
+
+
+async def read_json(request: web.Request, max_size: int) -> Any:
+    """The request body as JSON; 415 for another content type, 413 beyond `max_size`."""
+    ctype = request.content_type
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise HttpError(
+            415,
+            "invalid_request",
+            f"Content-Type: expected application/json, got {ctype!r}; "
+            "send a JSON object with Content-Type: application/json",
+        )
+    if request.content_length is not None and request.content_length > max_size:
+        raise HttpError(
+            413,
+            "invalid_request",
+            f"body: {request.content_length} bytes is more than http.client_max_size "
+            f"({max_size} bytes)",
+        )
+    raw = await request.read()  # HTTPRequestEntityTooLarge past client_max_size
+    if not raw.strip():
+        raise ChatsockError("invalid_request", "body: empty; send a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ChatsockError("invalid_request", f"body: not valid JSON ({exc})") from None
+
+
+def _non_negative(name: str, value: str) -> int:
+    text = value.strip()
+    if not text.isascii() or not text.isdigit():
+        raise ChatsockError(
+            "invalid_request", f"{name}: expected a non-negative integer seq, got {value!r}"
+        )
+    return int(text)
+
+
+def resume_point(request: web.Request) -> int:
+    """Where a resume starts: `Last-Event-ID` (EventSource reconnects) wins over `?after`."""
+    header = request.headers.get("Last-Event-ID", "")
+    if header.strip():
+        return _non_negative("Last-Event-ID", header)
+    after = request.query.get("after")
+    return 0 if after is None else _non_negative("after", after)
+
+
+def wants_sse(request: web.Request) -> bool:
+    return "text/event-stream" in request.headers.get("Accept", "")
+
+
+class HttpApi:
+    """The route handlers of one app, bound to its runner, session service and metrics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        runner: StreamRunner,
+        fanout: Fanout,
+        sessions: SessionService,
+        metrics: Metrics,
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.fanout = fanout
+        self.sessions = sessions
+        self.metrics = metrics
+        self.max_size = settings.http.client_max_size
+        self.heartbeat_s = settings.http.sse_heartbeat_s
+        self.stop_on_disconnect = settings.stream.stop_on_disconnect
+
+    def add_routes(self, app: web.Application) -> None:
+        app.middlewares.append(api_errors)
+        router = app.router
+        router.add_post("/api/chat/stream", self.start_stream)
+        router.add_post("/api/chat/stream/stop", self.stop_stream)
+        # Before /{stream_id}, which would otherwise match "active".
+        router.add_get("/api/chat/stream/active", self.active_streams)
+        router.add_get("/api/chat/stream/{stream_id}", self.follow_stream)
+        router.add_get("/api/chat/sessions", self.list_sessions)
+        router.add_get("/api/chat/sessions/{session_id}", self.get_session)
+        router.add_delete("/api/chat/sessions/{session_id}", self.delete_session)
+        router.add_get("/readyz", self.readyz)
+        router.add_get("/metrics", self.metrics_text)
+
+    # -- streams ------------------------------------------------------------
+    async def start_stream(self, request: web.Request) -> web.StreamResponse:
+        """`POST /api/chat/stream`: SSE for `Accept: text/event-stream`, else one JSON reply."""
+        body = parse(ChatStreamRequest, await read_json(request, self.max_size))
+        check_limits(body, self.runner.limits)
+        session_id = body.session_id or new_id("ses")
+        listener = Listener()
+        ack = await self.runner.start(body, session_id)
+        stream_id = ack["stream_id"]
+        # No await since start(): the listener sees the stream from chat_stream_start on.
+        if not self.fanout.attach(stream_id, listener):
+            # A repeated client_message_id answers with the earlier stream: replay it.
+            await self.sessions.resume_listener(listener, stream_id, 0)
+        headers = {
+            "X-Stream-Id": stream_id,
+            "X-Session-Id": ack["session_id"],
+            "X-Message-Id": ack["message_id"],
+        }
+        if wants_sse(request):
+            return await self._sse(request, listener, ack["session_id"], headers)
+        return await self._json(request, listener, ack["session_id"], headers)
+
+    async def follow_stream(self, request: web.Request) -> web.StreamResponse:
+        """`GET /api/chat/stream/{stream_id}`: replay after a seq, then follow live (SSE)."""
+        resume = parse(
+            ResumeRequest,
+            {"stream_id": request.match_info["stream_id"], "after": resume_point(request)},
+        )
+        record = await self.sessions.stream(resume.stream_id)
+        listener = Listener()
+        try:
+            await self.sessions.resume_listener(listener, resume.stream_id, resume.after)
+        except BaseException:
+            self.fanout.detach(listener)
+            raise
+        headers = {"X-Stream-Id": record.stream_id, "X-Session-Id": record.session_id}
+        return await self._sse(request, listener, record.session_id, headers)
+
+    async def stop_stream(self, request: web.Request) -> web.StreamResponse:
+        """`POST /api/chat/stream/stop`: `{ok: true, stopped}`, as `chat_stop` answers."""
+        stop = parse(StopRequest, await read_json(request, self.max_size))
+        return json_response(protocol.ack_ok(stopped=await self.sessions.stop(stop.stream_id)))
+
+    async def active_streams(self, request: web.Request) -> web.StreamResponse:
+        """`GET /api/chat/stream/active[?session_id=]`: the streams still running."""
+        session_id = request.query.get("session_id")
+        if session_id is not None:
+            session_id = parse(JoinRequest, {"session_id": session_id}).session_id
+        records = await self.store.active_streams(session_id)
+        return json_response(protocol.active_streams_view(records))
+
+    # -- sessions -----------------------------------------------------------
+    async def list_sessions(self, request: web.Request) -> web.StreamResponse:
+        """`GET /api/chat/sessions[?limit=N]`: most recently updated first."""
+        raw = request.query.get("limit")
+        limit = 100 if raw is None else _non_negative("limit", raw)
+        if not 1 <= limit <= MAX_SESSIONS_LISTED:
+            raise ChatsockError(
+                "invalid_request", f"limit: expected 1 to {MAX_SESSIONS_LISTED}, got {limit}"
+            )
+        summaries = [
+            protocol.session_summary(info, await self.store.count_messages(info.session_id))
+            for info in await self.store.list_sessions(limit)
+        ]
+        return json_response(protocol.sessions_view(summaries))
+
+    async def get_session(self, request: web.Request) -> web.StreamResponse:
+        """`GET /api/chat/sessions/{id}`: messages and the active stream."""
+        session_id = self._session_id(request)
+        info = await self.sessions.session(session_id)
+        messages = await self.store.get_messages(session_id)
+        active = await self.store.active_streams(session_id)
+        view = protocol.active_stream_view(active[0] if active else None)
+        return json_response(protocol.session_view(info, messages, view))
+
+    async def delete_session(self, request: web.Request) -> web.StreamResponse:
+        """`DELETE /api/chat/sessions/{id}`: stop its streams, delete it."""
+        await self.sessions.delete(self._session_id(request))
+        return json_response(protocol.ack_ok())
+
+    @staticmethod
+    def _session_id(request: web.Request) -> str:
+        return parse(JoinRequest, {"session_id": request.match_info["session_id"]}).session_id
+
+    # -- health and metrics ---------------------------------------------------
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        """200 when the store answers a ping, else 503 with the reason."""
+        try:
+            await self.store.ping()
+        except StoreUnavailable as exc:
+            return json_response(protocol.readiness(str(exc)), status=503)
+        return json_response(protocol.readiness(None))
+
+    async def metrics_text(self, request: web.Request) -> web.StreamResponse:
+        body, content_type = self.metrics.render(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    # -- writing a followed stream --------------------------------------------
+    async def _sse(
+        self,
+        request: web.Request,
+        listener: Listener,
+        session_id: str,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+        finished = False
+        self.metrics.sse_followers.inc()
+        try:
+            await response.prepare(request)
+            await write_events(
+                request,
+                response,
+                listener,
+                heartbeat_s=self.heartbeat_s,
+                watch_disconnect=self.stop_on_disconnect,
+            )
+            finished = True
+        except ClientGone:
+            log.info("stream follower on %s disconnected", session_id)
+        finally:
+            await self._leave(listener, session_id, finished)
+        return response
+
+    async def _json(
+        self,
+        request: web.Request,
+        listener: Listener,
+        session_id: str,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        finished = False
+        self.metrics.sse_followers.inc()
+        try:
+            event, payload = await wait_terminal(
+                request, listener, watch_disconnect=self.stop_on_disconnect
+            )
+            finished = True
+        except ClientGone:
+            log.info("JSON client on %s disconnected", session_id)
+            return web.Response(status=499, headers=headers)  # nobody reads it
+        finally:
+            await self._leave(listener, session_id, finished)
+        if event == protocol.COMPLETE:
+            response = json_response(payload)
+        else:
+            status = STATUS_BY_CODE.get(payload["code"], 500)
+            response = json_response(protocol.stream_error_body(payload), status=status)
+        response.headers.update(headers)
+        return response
+
+    async def _leave(self, listener: Listener, session_id: str, finished: bool) -> None:
+        """Detach; a follower that left before the end may stop the stream."""
+        self.fanout.detach(listener)
+        self.metrics.sse_followers.dec()
+        if not finished:
+            await self.sessions.follower_left(session_id)

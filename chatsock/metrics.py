@@ -1,0 +1,121 @@
+"""Prometheus metrics of one worker, in a registry of its own.
+
+Each app builds its own `CollectorRegistry` (never prometheus-client's global
+default), so a process may hold many apps (tests) and each worker process
+exports exactly its own numbers on `GET /metrics`. Stream metrics are counted
+by the worker that *owns* the stream (the runner's hooks), so summing a
+metric over all workers counts every stream once.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from chatsock.runner import StreamHooks, StreamRunner
+from chatsock.sessions import SessionService
+from chatsock.store.models import StreamRecord
+
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+DURATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+
+class Metrics:
+    """The worker's metrics; `stream_hooks()` feeds them from the runner."""
+
+    def __init__(self, runner: StreamRunner, sessions: SessionService) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.active_streams = Gauge(
+            "chatsock_active_streams", "Streams this worker is generating now.", registry=r
+        )
+        # Read at scrape time from the sets the runner and the namespace keep,
+        # so the gauges cannot drift from the truth.
+        self.active_streams.set_function(lambda: len(runner.streams))
+        self.socketio_clients = Gauge(
+            "chatsock_socketio_clients", "Socket.IO clients connected to this worker.", registry=r
+        )
+        self.socketio_clients.set_function(lambda: len(sessions.connected_sids))
+        self.sse_followers = Gauge(
+            "chatsock_sse_followers",
+            "HTTP responses (SSE or waiting JSON) following a stream on this worker.",
+            registry=r,
+        )
+        self.streams_started = Counter(
+            "chatsock_streams_started", "Streams started on this worker.", registry=r
+        )
+        self.streams_completed = Counter(
+            "chatsock_streams_completed", "Streams that ended with chat_complete.", registry=r
+        )
+        self.streams_stopped = Counter(
+            "chatsock_streams_stopped",
+            "Streams stopped by a client (chat_complete with stopped: true).",
+            registry=r,
+        )
+        self.streams_errored = Counter(
+            "chatsock_streams_errored",
+            "Streams that ended with chat_stream_error, by error code.",
+            ["code"],
+            registry=r,
+        )
+        self.tokens_emitted = Counter(
+            "chatsock_tokens_emitted",
+            "chat_token events emitted: coalesced flushes, each holding one or more "
+            "provider deltas.",
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "chatsock_time_to_first_token_seconds",
+            "From the stream's start to the first provider delta.",
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.stream_duration = Histogram(
+            "chatsock_stream_duration_seconds",
+            "From the stream's start to its terminal event, whatever the outcome.",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.provider_failovers = Counter(
+            "chatsock_provider_failovers",
+            "Providers that failed before the first token and were failed over from.",
+            ["provider"],
+            registry=r,
+        )
+
+    def stream_hooks(self) -> StreamHooks:
+        """The runner hooks that update these metrics (all cheap, no I/O)."""
+        return StreamHooks(
+            on_start=self._started,
+            on_first_token=self._first_token,
+            on_flush=self._flushed,
+            on_end=self._ended,
+            on_failover=self._failed_over,
+        )
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition body and its content type (OpenMetrics when asked for)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+    def _started(self, record: StreamRecord) -> None:
+        self.streams_started.inc()
+
+    def _first_token(self, record: StreamRecord, seconds: float) -> None:
+        self.time_to_first_token.observe(seconds)
+
+    def _flushed(self, seq: int) -> None:
+        self.tokens_emitted.inc()
+
+    def _ended(self, record: StreamRecord, code: str, seconds: float) -> None:
+        # `code` is the terminal status ("complete", "stopped") or the error code.
+        if code == "complete":
+            self.streams_completed.inc()
+        elif code == "stopped":
+            self.streams_stopped.inc()
+        else:
+            self.streams_errored.labels(code=code).inc()
+        self.stream_duration.observe(seconds)
+
+    def _failed_over(self, provider: str) -> None:
+        self.provider_failovers.labels(provider=provider).inc()
