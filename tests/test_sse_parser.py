@@ -82,11 +82,14 @@ def test_crlf_split_between_cr_and_lf_is_not_a_blank_line() -> None:
 
 
 def test_multiple_data_lines_are_joined_with_newlines() -> None:
-    assert parse(b"data: {\ndata:  \"a\": 1\ndata: }\n\n") == [("message", '{\n "a": 1\n}')]
+    assert parse(b'data: {\ndata:  "a": 1\ndata: }\n\n') == [("message", '{\n "a": 1\n}')]
 
 
 def test_only_one_space_after_the_colon_is_dropped() -> None:
-    assert parse(b"data:no-space\n\ndata:  two\n\n") == [("message", "no-space"), ("message", " two")]
+    assert parse(b"data:no-space\n\ndata:  two\n\n") == [
+        ("message", "no-space"),
+        ("message", " two"),
+    ]
 
 
 def test_comments_ids_retries_and_unknown_fields_are_ignored() -> None:
