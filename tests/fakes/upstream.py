@@ -56,7 +56,7 @@ class Reply:
     send_done: bool = True
     split_at: Sequence[int] | None = None
     chunk_size: int | None = None
-    gap: float = 0.0
+    gap: float | None = None  # seconds between writes; None: 10 ms if split, else 0
     raw_body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -200,7 +200,7 @@ class _FakeUpstream:
             writes = [raw[a:b] for a, b in itertools.pairwise(cuts) if b > a]
         # With several writes and no gap, the kernel may merge them into one read;
         # a split is only meaningful if each piece is its own TCP read.
-        gap = reply.gap or (0.01 if writes is not frames else 0.0)
+        gap = reply.gap if reply.gap is not None else (0.01 if writes is not frames else 0.0)
         for piece in writes:
             await response.write(piece)
             if gap:
