@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 PRESENCE_REFRESH_S = 0.5
 PRESENCE_TTL_S = 3
+DELETE_WAIT_S = 5.0
 
 
 class SessionService:
@@ -126,6 +127,11 @@ class SessionService:
         await self.session(session_id)
         for record in await self.store.active_streams(session_id):
             await self.stop(record.stream_id)
+            # Let a local stream persist its stopped reply first, or it lands in the
+            # deleted session and reappears if the session id is used again.
+            stream = self.runner.streams.get(record.stream_id)
+            if stream is not None and stream.task is not None:
+                await asyncio.wait({stream.task}, timeout=DELETE_WAIT_S)
         await self.store.delete_session(session_id)
 
     def connected(self, sid: str) -> None:
