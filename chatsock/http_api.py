@@ -310,6 +310,10 @@ class HttpApi:
             finished = True
         except ClientGone:
             log.info("stream follower on %s disconnected", session_id)
+        except Exception:
+            if not response.prepared:
+                raise  # the middleware answers with a JSON error
+            log.exception("SSE response on %s failed; ending it", session_id)
         finally:
             await self._leave(listener, session_id, finished)
         return response
