@@ -47,6 +47,9 @@ class Feed:
     terminal: Terminal | None = None
     catching_up: set[str] = field(default_factory=set)
     listeners: set[Listener] = field(default_factory=set)
+    # Room members that joined after the first token: the seq after which they
+    # have received every token live (members without an entry: all of them).
+    live_since: dict[str, int] = field(default_factory=dict)
 
     @property
     def room(self) -> str:
@@ -61,10 +64,18 @@ class Fanout:
         self._store = store
         self.feeds: dict[str, Feed] = {}
 
-    def open(self, stream_id: str, session_id: str) -> Feed:
-        feed = Feed(stream_id, session_id)
+    def open(self, stream_id: str, session_id: str, start_at: int = 0) -> Feed:
+        """A live feed; a tailer that picks a stream up at `start_at` passes it."""
+        feed = Feed(stream_id, session_id, last_seq=start_at)
+        if start_at:
+            room = protocol.session_room(session_id)
+            for sid, _ in self._sio.manager.get_participants("/", room):
+                feed.live_since[sid] = start_at
         self.feeds[stream_id] = feed
         return feed
+
+    def _in_room(self, sid: str, session_id: str) -> bool:
+        return protocol.session_room(session_id) in self._sio.rooms(sid)
 
     async def emit(self, feed: Feed, event: str, payload: Payload, seq: int = 0) -> None:
         """Send to every live follower; `seq` advances the feed for token events."""
@@ -112,13 +123,29 @@ class Fanout:
         active = await self._store.active_streams(session_id)
         record = active[0] if active else None
         feed = self.feeds.get(record.stream_id) if record else None
+        member = self._in_room(sid, session_id)
         await self._sio.enter_room(sid, protocol.session_room(session_id))
         # No await between entering the room and reading the feed's seq.
-        return protocol.active_stream_view(record, feed.last_seq if feed else None)
+        if feed is None:
+            return protocol.active_stream_view(record)
+        if not member:
+            feed.live_since[sid] = feed.last_seq
+        return protocol.active_stream_view(record, feed.last_seq)
 
     async def resume_socket(self, sid: str, record: StreamRecord, after: int) -> str:
         """Replay seq > after to `sid`, then keep it live in the room; return the status."""
         feed = self.feeds.get(record.stream_id)
+        if feed is not None and sid not in feed.catching_up:
+            if self._in_room(sid, record.session_id):
+                # Already live (e.g. after session_join): send only what it missed
+                # before that; the live tokens keep flowing, none is sent twice.
+                live_since = feed.live_since.get(sid, 0)
+                for entry in await self._store.read_tokens(record.stream_id, after):
+                    if entry.seq > live_since:
+                        break
+                    await self._sio.emit(protocol.TOKEN, entry.payload, to=sid, ignore_queue=True)
+                return "streaming"
+            feed.live_since[sid] = after
         if feed is not None:
             feed.catching_up.add(sid)
         try:

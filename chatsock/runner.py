@@ -498,7 +498,9 @@ class StreamRunner:
         if reason == "server_shutdown":
             code, message, retryable = "server_shutdown", "the server is shutting down", True
         elif isinstance(failure, ProviderError):
-            code, message, retryable = failure.code, failure.message, failure.retryable
+            code, retryable = failure.code, failure.retryable
+            named = failure.provider and not failure.message.startswith(f"{failure.provider}:")
+            message = f"{failure.provider}: {failure.message}" if named else failure.message
         elif isinstance(failure, ChatsockError):
             code, message, retryable = failure.code, failure.message, failure.retryable
         else:

@@ -41,8 +41,7 @@ class Tailers:
         feed = self.fanout.feeds.get(record.stream_id)
         if feed is not None or self._is_local(record.stream_id):
             return feed
-        feed = self.fanout.open(record.stream_id, record.session_id)
-        feed.last_seq = start_at
+        feed = self.fanout.open(record.stream_id, record.session_id, start_at)
         task = asyncio.get_running_loop().create_task(
             self._tail(feed, record, start), name=f"tail {record.stream_id}"
         )

@@ -11,6 +11,7 @@
     sessionId: sessionStorage.getItem("chatsock.session") || null,
     streamId: null,
     lastSeq: 0,
+    pending: new Map(),
     bubble: null,
   };
 
@@ -26,6 +27,7 @@
   }
 
   function setStreaming(streamId) {
+    if (streamId !== state.streamId) state.pending.clear();
     state.streamId = streamId;
     stopButton.disabled = !streamId;
   }
@@ -65,11 +67,21 @@
     state.lastSeq = 0;
     setStreaming(e.stream_id);
   });
+  // Tokens are appended strictly in seq order: after a reconnect the missed
+  // ones (chat_resume) may arrive interleaved with live ones.
   socket.on("chat_token", (e) => {
     if (e.stream_id !== state.streamId || e.seq <= state.lastSeq) return;
-    state.lastSeq = e.seq;
-    state.bubble.textContent += e.token;
-    messages.scrollTop = messages.scrollHeight;
+    state.pending.set(e.seq, e.token);
+    let text = "";
+    while (state.pending.has(state.lastSeq + 1)) {
+      state.lastSeq += 1;
+      text += state.pending.get(state.lastSeq);
+      state.pending.delete(state.lastSeq);
+    }
+    if (text) {
+      state.bubble.textContent += text;
+      messages.scrollTop = messages.scrollHeight;
+    }
   });
   socket.on("chat_complete", (e) => {
     if (e.stream_id !== state.streamId) return;

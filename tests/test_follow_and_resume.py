@@ -186,3 +186,55 @@ async def test_stream_continues_after_disconnect_by_default(server, connect, fak
         await asyncio.sleep(0.02)
     assert joined["messages"][-1]["content"] == "a b"
     assert joined["messages"][-1]["status"] == "complete"
+
+
+async def test_join_then_resume_from_zero_sends_each_token_exactly_once(
+    server, connect, fake_provider
+):
+    script = fake_provider.enqueue("a ", "b ")
+    gate = script.gate()
+    script.text("c ", "d ")
+    gate2 = script.gate()
+    script.text("e")
+    first = await connect(server)
+    ack = await first.call("chat_stream", {"message": "hi", "session_id": "jr"})
+    sid = ack["stream_id"]
+    await first.wait_for(lambda _: first.tokens(sid))
+    gate.set()
+    await first.wait_for(lambda _: "d " in "".join(t["token"] for t in first.tokens(sid)))
+    tab = await connect(server)
+    joined = await tab.call("session_join", {"session_id": "jr"})
+    seen = joined["active_stream"]["seq"]
+    assert seen >= 2
+    assert await tab.call("chat_resume", {"stream_id": sid, "after": 0}) == {
+        "ok": True,
+        "status": "streaming",
+    }
+    gate2.set()
+    _, done = await tab.wait_terminal(sid)
+    seqs = [t["seq"] for t in tab.tokens(sid)]
+    assert sorted(seqs) == list(range(1, len(first.tokens(sid)) + 1))
+    assert len(seqs) == len(set(seqs))
+    in_order = sorted(tab.tokens(sid), key=lambda t: t["seq"])
+    assert "".join(t["token"] for t in in_order) == done["full_response"] == "a b c d e"
+
+
+async def test_resume_twice_on_one_socket_sends_nothing_twice(server, connect, fake_provider):
+    script = fake_provider.enqueue("a ", "b ")
+    gate = script.gate()
+    script.text("c")
+    first = await connect(server)
+    ack = await first.call("chat_stream", {"message": "hi"})
+    sid = ack["stream_id"]
+    await first.wait_for(lambda _: "b " in "".join(t["token"] for t in first.tokens(sid)))
+    other = await connect(server)
+    assert (await other.call("chat_resume", {"stream_id": sid, "after": 1}))["ok"]
+    assert (await other.call("chat_resume", {"stream_id": sid, "after": 0}))["ok"]
+    gate.set()
+    _, done = await other.wait_terminal(sid)
+    seqs = sorted(t["seq"] for t in other.tokens(sid))
+    assert seqs == list(range(1, len(first.tokens(sid)) + 1))
+    assert (
+        "".join(t["token"] for t in sorted(other.tokens(sid), key=lambda t: t["seq"]))
+        == (done["full_response"])
+    )
