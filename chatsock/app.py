@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import socketio
 from aiohttp import web
@@ -28,6 +28,8 @@ from chatsock.store import Store, create_store
 from chatsock.web import add_page_routes
 
 log = logging.getLogger(__name__)
+
+LISTENER_DEAF_S = 6.0  # both listeners hear a heartbeat every 1-2 s
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -94,10 +96,29 @@ def create_app(
         app[MANAGER] = manager
 
     add_page_routes(app, settings.static_dir)
-    HttpApi(settings, store, runner, fanout, sessions, metrics).add_routes(app)
+    HttpApi(
+        settings, store, runner, fanout, sessions, metrics, listeners=_listeners(bus, manager)
+    ).add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_shutdown_streams)
     return app
+
+
+def _listeners(bus: SignalBus, manager: WatchedRedisManager | None) -> Callable[[], str | None]:
+    """A readiness check: why a pub/sub listener is not hearing, or None."""
+
+    def problem() -> str | None:
+        if bus.active:
+            deaf = bus.deaf_for()
+            if not bus.connected.is_set() or (deaf is not None and deaf > LISTENER_DEAF_S):
+                return "the cross-worker signal listener is not subscribed yet; it reconnects"
+        if manager is not None:
+            deaf = manager.deaf_for()
+            if deaf is not None and deaf > LISTENER_DEAF_S:
+                return "the Socket.IO Redis listener is not hearing; it is being restarted"
+        return None
+
+    return problem
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

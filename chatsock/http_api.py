@@ -166,8 +166,10 @@ class HttpApi:
         fanout: Fanout,
         sessions: SessionService,
         metrics: Metrics,
+        listeners: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.store = store
+        self.listener_problem = listeners
         self.runner = runner
         self.fanout = fanout
         self.sessions = sessions
@@ -276,11 +278,14 @@ class HttpApi:
 
     # -- health and metrics ---------------------------------------------------
     async def readyz(self, request: web.Request) -> web.StreamResponse:
-        """200 when the store answers a ping, else 503 with the reason."""
+        """200 when the store answers a ping and the pub/sub listeners hear, else 503."""
         try:
             await self.store.ping()
         except StoreUnavailable as exc:
             return json_response(protocol.readiness(str(exc)), status=503)
+        problem = self.listener_problem()
+        if problem is not None:
+            return json_response(protocol.readiness(problem), status=503)
         return json_response(protocol.readiness(None))
 
     async def metrics_text(self, request: web.Request) -> web.StreamResponse:

@@ -213,7 +213,10 @@ async def test_redis_restart_mid_run_then_new_streams_work_on_both(private_redis
         sid = ack["stream_id"]
         await on_a.wait_for(lambda _: len(on_a.tokens(sid)) >= 2)
         await asyncio.to_thread(redis.stop, kill=True)
-        await asyncio.sleep(1.0)
+        status, body = await asyncio.to_thread(_ready, b)
+        assert status == 503
+        assert "Redis is not reachable" in body["reason"]
+        await asyncio.sleep(0.5)
         await asyncio.to_thread(redis.start)
         # The in-flight stream finishes or ends with an explicit error, never silence.
         event, end = await on_a.wait_terminal(sid, within=30)
@@ -226,7 +229,7 @@ async def test_redis_restart_mid_run_then_new_streams_work_on_both(private_redis
         for worker in (a, b):
             assert worker.proc is not None
             assert worker.proc.poll() is None
-        for _ in range(100):
+        for _ in range(150):
             if all(_ready(w)[0] == 200 for w in (a, b)):
                 break
             await asyncio.sleep(0.1)
