@@ -14,78 +14,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import aclosing
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from chatsock import protocol
 from chatsock.config import Settings
 from chatsock.errors import ChatsockError
-from chatsock.fanout import Fanout, Feed
+from chatsock.failover import read_chain
+from chatsock.fanout import Fanout
 from chatsock.ids import new_id
-from chatsock.providers.base import (
-    ChatMessage,
-    ChatRequest,
-    Provider,
-    ProviderError,
-    ProviderTimeout,
-    Usage,
-)
+from chatsock.outcome import discarded, outcome
+from chatsock.providers.base import ChatMessage, ChatRequest, ProviderError
 from chatsock.providers.registry import ProviderRegistry
 from chatsock.requests import ChatStreamRequest
+from chatsock.retry import retrying
 from chatsock.signals import SignalBus
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, MessageStatus, SessionInfo, StreamRecord, Terminal
+from chatsock.stream import ActiveStream, StreamHooks, resolve
+
+__all__ = ["ActiveStream", "StreamHooks", "StreamRunner"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 STOP_POLL_S = 0.5  # backup check of stop flags, for a missed stop signal
-STORE_RETRY_S = 3.0  # how long stream writes ride out a store outage
-
-
-@dataclass(eq=False)
-class ActiveStream:
-    """The runner's state for one stream it owns."""
-
-    record: StreamRecord
-    request: ChatRequest
-    chain: list[Provider]
-    feed: Feed
-    started: float
-    buffer: list[str] = field(default_factory=list)
-    buffered: int = 0
-    count: int = 0
-    seq: int = 0
-    parts: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    provider: str | None = None
-    model: str | None = None
-    first_token_at: float | None = None
-    end_reason: str | None = None  # "stopped" | "server_shutdown" | other error code
-    reader: asyncio.Task[None] | None = None
-    task: asyncio.Task[None] | None = None
-    waiter: asyncio.Future[None] | None = None
-    wait_any: bool = False
-    drained: asyncio.Future[None] | None = None
-
-    def wake(self, urgent: bool) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done() and (urgent or self.wait_any):
-            waiter.set_result(None)
-
-
-@dataclass(slots=True)
-class StreamHooks:
-    """Observers the app wires in (metrics); all optional."""
-
-    on_start: Callable[[StreamRecord], None] | None = None
-    on_first_token: Callable[[StreamRecord, float], None] | None = None
-    on_flush: Callable[[int], None] | None = None
-    on_end: Callable[[StreamRecord, str, float], None] | None = None
-    on_failover: Callable[[str], None] | None = None
 
 
 class StreamRunner:
@@ -157,7 +108,7 @@ class StreamRunner:
         if cmid is not None:
             earlier = await self._store.claim_client_message(session_id, cmid, ack)
             if earlier is not None:  # lost a race with the same client_message_id
-                await self._store.finish_stream(record, self._discarded(record))
+                await self._store.finish_stream(record, discarded(record))
                 return earlier
 
         await self._store.refresh_lease(stream_id, self.worker_id, self._lease_s)
@@ -206,17 +157,6 @@ class StreamRunner:
                 await declare_lost(self._store, other)
                 reaped = True
         return reaped and await self._store.create_stream(record, limit)
-
-    def _discarded(self, record: StreamRecord) -> Terminal:
-        payload = protocol.stream_error(
-            stream_id=record.stream_id,
-            session_id=record.session_id,
-            code="invalid_request",
-            error="duplicate client_message_id",
-            partial="",
-            retryable=False,
-        )
-        return Terminal("error", protocol.STREAM_ERROR, payload)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -282,7 +222,9 @@ class StreamRunner:
     async def _run(self, stream: ActiveStream) -> None:
         record = stream.record
         failure: ChatsockError | ProviderError | None = None
-        stream.reader = self._spawn(self._read(stream), f"reader {record.stream_id}")
+        stream.reader = self._spawn(
+            read_chain(stream, self._max_chars, self.hooks), f"reader {record.stream_id}"
+        )
         try:
             start = protocol.stream_start(
                 record.stream_id,
@@ -294,7 +236,7 @@ class StreamRunner:
             await self._fanout.emit(stream.feed, protocol.STREAM_START, start)
             bus = self.bus
             if bus is not None:
-                await _retrying(lambda: bus.started(record.to_dict(), start))
+                await retrying(lambda: bus.started(record.to_dict(), start))
             await self._pump(stream)
             await asyncio.wait({stream.reader})
             if not stream.reader.cancelled():
@@ -323,69 +265,6 @@ class StreamRunner:
                 stream.reader.cancel()
             await self._finish(stream, failure)
 
-    async def _read(self, stream: ActiveStream) -> None:
-        """Iterate the provider chain; fail over while nothing has been received."""
-        reasons: list[str] = []
-        loop = asyncio.get_running_loop()
-        try:
-            for provider in stream.chain:
-                stream.provider = provider.name
-                stream.model = provider.model_for(stream.request)
-                try:
-                    async with asyncio.timeout(provider.first_token_timeout) as deadline:
-                        async with aclosing(provider.stream(stream.request)) as deltas:
-                            async for delta in deltas:
-                                if delta.text:
-                                    self._take(stream, delta.text)
-                                    deadline.reschedule(loop.time() + provider.idle_timeout)
-                                    if stream.buffered >= self._max_chars:
-                                        # Backpressure: let the pump take a full buffer.
-                                        stream.drained = loop.create_future()
-                                        await stream.drained
-                                if delta.finish_reason is not None:
-                                    stream.finish_reason = delta.finish_reason
-                                if delta.usage is not None:
-                                    stream.usage = delta.usage
-                    return
-                except TimeoutError:
-                    first = stream.count == 0
-                    which = "first token" if first else "idle"
-                    limit = provider.first_token_timeout if first else provider.idle_timeout
-                    error: ProviderError = ProviderTimeout(
-                        f"{provider.name}: no {which} within {limit:g}s",
-                        provider=provider.name,
-                        first_token=first,
-                    )
-                except ProviderError as exc:
-                    error = exc
-                if stream.count > 0 or not error.fails_over:
-                    raise error
-                reasons.append(f"{provider.name}: {error.message}")
-                log.warning(
-                    "provider %s failed before the first token, failing over: %s",
-                    provider.name,
-                    error.message,
-                )
-                if self.hooks.on_failover:
-                    self.hooks.on_failover(provider.name)
-            raise ChatsockError(
-                "provider_unavailable",
-                "every provider failed: " + "; ".join(reasons),
-                retryable=bool(error.retryable),
-            )
-        finally:
-            stream.wake(urgent=True)
-
-    def _take(self, stream: ActiveStream, text: str) -> None:
-        if stream.first_token_at is None:
-            stream.first_token_at = time.monotonic()
-            if self.hooks.on_first_token:
-                self.hooks.on_first_token(stream.record, stream.first_token_at - stream.started)
-        stream.buffer.append(text)
-        stream.buffered += len(text)
-        stream.count += 1
-        stream.wake(urgent=stream.buffered >= self._max_chars)
-
     async def _pump(self, stream: ActiveStream) -> None:
         """Coalesce the buffer into flushes until the reader is done."""
         loop = asyncio.get_running_loop()
@@ -409,7 +288,7 @@ class StreamRunner:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         stream.waiter, stream.wait_any = waiter, wait_any
-        timer = loop.call_at(deadline, _resolve, waiter) if deadline is not None else None
+        timer = loop.call_at(deadline, resolve, waiter) if deadline is not None else None
         try:
             await waiter
         finally:
@@ -422,14 +301,14 @@ class StreamRunner:
         stream.buffer.clear()
         stream.buffered = 0
         if stream.drained is not None:
-            _resolve(stream.drained)
+            resolve(stream.drained)
             stream.drained = None
         stream.seq += 1
         record = stream.record
         payload = protocol.token(
             record.stream_id, record.session_id, stream.seq, text, stream.count
         )
-        await _retrying(lambda: self._store.append_token(record.stream_id, stream.seq, payload))
+        await retrying(lambda: self._store.append_token(record.stream_id, stream.seq, payload))
         stream.parts.append(text)
         await self._fanout.emit(stream.feed, protocol.TOKEN, payload, stream.seq)
         if self.hooks.on_flush:
@@ -448,7 +327,7 @@ class StreamRunner:
                     log.exception("stream %s: final flush failed", record.stream_id)
                     stream.buffer.clear()
             text = "".join(stream.parts)
-            status, terminal = self._terminal(stream, failure, text)
+            status, terminal = outcome(stream, failure, text)
             declared = await self._declared_end(record.stream_id)
             if declared is not None:
                 # Another worker took this stream for lost (our lease lapsed, e.g.
@@ -459,7 +338,7 @@ class StreamRunner:
                 if terminal.event == protocol.COMPLETE:
                     terminal.payload["persist_failed"] = persist_failed
                 try:
-                    await _retrying(lambda: self._store.finish_stream(record, terminal))
+                    await retrying(lambda: self._store.finish_stream(record, terminal))
                 except Exception:
                     log.exception("stream %s: could not record its end", record.stream_id)
             await self._fanout.end(stream.feed, terminal)
@@ -470,50 +349,6 @@ class StreamRunner:
             log.exception("stream %s: finishing failed", record.stream_id)
         finally:
             self.streams.pop(record.stream_id, None)
-
-    def _terminal(
-        self, stream: ActiveStream, failure: ChatsockError | ProviderError | None, text: str
-    ) -> tuple[MessageStatus, Terminal]:
-        record = stream.record
-        reason = stream.end_reason
-        if failure is None and reason in (None, "stopped"):
-            stopped = reason == "stopped"
-            usage = stream.usage
-            payload = protocol.complete(
-                stream_id=record.stream_id,
-                session_id=record.session_id,
-                message_id=record.message_id,
-                full_response=text,
-                stopped=stopped,
-                finish_reason="stopped" if stopped else (stream.finish_reason or "stop"),
-                tokens=stream.count,
-                duration=time.monotonic() - stream.started,
-                provider=stream.provider,
-                model=stream.model,
-                usage=protocol.usage(usage.input_tokens, usage.output_tokens) if usage else None,
-                persist_failed=False,
-            )
-            status: MessageStatus = "stopped" if stopped else "complete"
-            return status, Terminal(status, protocol.COMPLETE, payload)
-        if reason == "server_shutdown":
-            code, message, retryable = "server_shutdown", "the server is shutting down", True
-        elif isinstance(failure, ProviderError):
-            code, retryable = failure.code, failure.retryable
-            named = failure.provider and not failure.message.startswith(f"{failure.provider}:")
-            message = f"{failure.provider}: {failure.message}" if named else failure.message
-        elif isinstance(failure, ChatsockError):
-            code, message, retryable = failure.code, failure.message, failure.retryable
-        else:
-            code, message, retryable = "internal", "the stream ended unexpectedly", False
-        payload = protocol.stream_error(
-            stream_id=record.stream_id,
-            session_id=record.session_id,
-            code=code,
-            error=message,
-            partial=text,
-            retryable=retryable,
-        )
-        return "error", Terminal("error", protocol.STREAM_ERROR, payload)
 
     async def _declared_end(self, stream_id: str) -> Terminal | None:
         try:
@@ -537,28 +372,8 @@ class StreamRunner:
             error_code=terminal.payload.get("code") if status == "error" else None,
         )
         try:
-            await _retrying(lambda: self._store.add_message(record.session_id, message))
+            await retrying(lambda: self._store.add_message(record.session_id, message))
             return True
         except Exception:
             log.exception("stream %s: persisting the reply failed", record.stream_id)
             return False
-
-
-async def _retrying(operation: Callable[[], Awaitable[T]], within: float = STORE_RETRY_S) -> T:
-    """Retry a store write through a short outage (a Redis restart), then give up."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    delay = 0.05
-    while True:
-        try:
-            return await operation()
-        except StoreUnavailable:
-            if loop.time() + delay > deadline:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)

@@ -1,0 +1,70 @@
+"""The end of a stream as clients see it: chat_complete or chat_stream_error."""
+
+from __future__ import annotations
+
+import time
+
+from chatsock import protocol
+from chatsock.errors import ChatsockError
+from chatsock.providers.base import ProviderError
+from chatsock.store.models import MessageStatus, StreamRecord, Terminal
+from chatsock.stream import ActiveStream
+
+
+def outcome(
+    stream: ActiveStream, failure: ChatsockError | ProviderError | None, text: str
+) -> tuple[MessageStatus, Terminal]:
+    """How a stream ended: the stored message status and the terminal event."""
+    record = stream.record
+    reason = stream.end_reason
+    if failure is None and reason in (None, "stopped"):
+        stopped = reason == "stopped"
+        usage = stream.usage
+        payload = protocol.complete(
+            stream_id=record.stream_id,
+            session_id=record.session_id,
+            message_id=record.message_id,
+            full_response=text,
+            stopped=stopped,
+            finish_reason="stopped" if stopped else (stream.finish_reason or "stop"),
+            tokens=stream.count,
+            duration=time.monotonic() - stream.started,
+            provider=stream.provider,
+            model=stream.model,
+            usage=protocol.usage(usage.input_tokens, usage.output_tokens) if usage else None,
+            persist_failed=False,
+        )
+        status: MessageStatus = "stopped" if stopped else "complete"
+        return status, Terminal(status, protocol.COMPLETE, payload)
+    if reason == "server_shutdown":
+        code, message, retryable = "server_shutdown", "the server is shutting down", True
+    elif isinstance(failure, ProviderError):
+        code, retryable = failure.code, failure.retryable
+        named = failure.provider and not failure.message.startswith(f"{failure.provider}:")
+        message = f"{failure.provider}: {failure.message}" if named else failure.message
+    elif isinstance(failure, ChatsockError):
+        code, message, retryable = failure.code, failure.message, failure.retryable
+    else:
+        code, message, retryable = "internal", "the stream ended unexpectedly", False
+    payload = protocol.stream_error(
+        stream_id=record.stream_id,
+        session_id=record.session_id,
+        code=code,
+        error=message,
+        partial=text,
+        retryable=retryable,
+    )
+    return "error", Terminal("error", protocol.STREAM_ERROR, payload)
+
+
+def discarded(record: StreamRecord) -> Terminal:
+    """The end recorded for a stream dropped as a duplicate client_message_id."""
+    payload = protocol.stream_error(
+        stream_id=record.stream_id,
+        session_id=record.session_id,
+        code="invalid_request",
+        error="duplicate client_message_id",
+        partial="",
+        retryable=False,
+    )
+    return Terminal("error", protocol.STREAM_ERROR, payload)

@@ -1,0 +1,72 @@
+"""The state of one stream its runner owns, and the hooks observers attach."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from chatsock.fanout import Feed
+from chatsock.providers.base import ChatRequest, Provider, Usage
+from chatsock.store.models import StreamRecord
+
+
+@dataclass(slots=True)
+class StreamHooks:
+    """Observers the app wires in (metrics); all optional."""
+
+    on_start: Callable[[StreamRecord], None] | None = None
+    on_first_token: Callable[[StreamRecord, float], None] | None = None
+    on_flush: Callable[[int], None] | None = None
+    on_end: Callable[[StreamRecord, str, float], None] | None = None
+    on_failover: Callable[[str], None] | None = None
+
+
+@dataclass(eq=False)
+class ActiveStream:
+    """The runner's state for one stream it owns."""
+
+    record: StreamRecord
+    request: ChatRequest
+    chain: list[Provider]
+    feed: Feed
+    started: float
+    buffer: list[str] = field(default_factory=list)
+    buffered: int = 0
+    count: int = 0
+    seq: int = 0
+    parts: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    provider: str | None = None
+    model: str | None = None
+    first_token_at: float | None = None
+    end_reason: str | None = None  # "stopped" | "server_shutdown" | other error code
+    reader: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None
+    waiter: asyncio.Future[None] | None = None
+    wait_any: bool = False
+    drained: asyncio.Future[None] | None = None
+
+    def wake(self, urgent: bool) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done() and (urgent or self.wait_any):
+            waiter.set_result(None)
+
+    def take(self, text: str, max_chars: int, hooks: StreamHooks) -> None:
+        """Buffer one provider delta (the per-delta hot path: keep it small)."""
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+            if hooks.on_first_token:
+                hooks.on_first_token(self.record, self.first_token_at - self.started)
+        self.buffer.append(text)
+        self.buffered += len(text)
+        self.count += 1
+        self.wake(urgent=self.buffered >= max_chars)
+
+
+def resolve(waiter: asyncio.Future[None]) -> None:
+    """Wake a waiter (timer callbacks and the flush use this)."""
+    if not waiter.done():
+        waiter.set_result(None)
