@@ -20,24 +20,16 @@ Stop reasons map into base.FINISH_REASONS:
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anthropic
-import httpx2
 import orjson
 
-from chatsock.providers.base import (
-    ChatRequest,
-    Delta,
-    Provider,
-    ProviderHTTPError,
-    ProviderStreamError,
-    Usage,
-)
+from chatsock.providers.base import ChatRequest, Delta, Usage
 from chatsock.providers.errors import MALFORMED, ErrorMapper, UpstreamEventError, upstream_message
 from chatsock.providers.openai import sdk_timeout
-from chatsock.providers.sse import SSEParser
+from chatsock.providers.streaming import SSEStreamProvider
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-5-5"
@@ -68,13 +60,13 @@ def map_stop_reason(reason: str | None) -> str:
 class _EventReader:
     """The state of one Anthropic stream: turns each named event into text."""
 
-    __slots__ = ("input_tokens", "output_tokens", "stop_reason", "stopped")
+    __slots__ = ("finished", "input_tokens", "output_tokens", "stop_reason")
 
     def __init__(self) -> None:
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
         self.stop_reason: str | None = None
-        self.stopped = False
+        self.finished = False
 
     def read(self, event: str, data: str) -> str | None:
         """Text to yield for one event, or None; UpstreamEventError for errors."""
@@ -96,7 +88,7 @@ class _EventReader:
                 if output is not None:
                     self.output_tokens = output
             elif event == "message_stop":
-                self.stopped = True
+                self.finished = True
             elif event == "error":
                 body = orjson.loads(data)
                 kind = str((body.get("error") or {}).get("type") or "")
@@ -108,11 +100,22 @@ class _EventReader:
             raise UpstreamEventError(f"malformed {event} event: {exc}", retryable=True) from exc
         return None
 
+    def final(self) -> Delta | None:
+        if not self.finished and self.stop_reason is None:
+            return None
+        return Delta(
+            finish_reason=map_stop_reason(self.stop_reason),
+            usage=Usage(self.input_tokens, self.output_tokens),
+        )
 
-class AnthropicProvider(Provider):
+
+class AnthropicProvider(SSEStreamProvider):
     """Streams Claude messages from Anthropic's API (or a compatible `base_url`)."""
 
     kind = "anthropic"
+    status_error = anthropic.APIStatusError
+    connection_error = anthropic.APIConnectionError
+    cut_short = "ended before message_stop"
 
     def __init__(
         self,
@@ -161,52 +164,12 @@ class AnthropicProvider(Provider):
             body["system"] = request.system_prompt
         return body
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
-        body = self.request_body(request)
-        parser = SSEParser()
-        reader = _EventReader()
-        started = False
-        refused: ProviderHTTPError | None = None
+    def _open(self, body: dict[str, Any]) -> AbstractAsyncContextManager[Any]:
         create = self._client.messages.with_streaming_response.create
-        try:
-            async with create(stream=True, **body) as response:
-                async for raw in response.http_response.aiter_bytes():
-                    for event, data in parser.feed(raw):
-                        text = reader.read(event, data)
-                        if text:
-                            started = True
-                            yield Delta(text)
-                        elif reader.stopped:
-                            break
-                    if reader.stopped:
-                        break
-                else:
-                    for event, data in parser.close():
-                        text = reader.read(event, data)
-                        if text:
-                            yield Delta(text)
-        except anthropic.APIStatusError as exc:
-            # Raised below, outside this block, so no traceback carries the SDK's
-            # error: its message quotes the upstream body, which may echo the key.
-            refused = self._errors.http_status(exc.status_code, exc.response.headers, exc.body)
-        except anthropic.APIConnectionError as exc:
-            raise self._errors.connection(exc) from exc
-        except httpx2.TransportError as exc:
-            raise self._errors.broken_stream(exc, started=started) from exc
-        except UpstreamEventError as exc:
-            raise self._errors.stream_event(str(exc), retryable=exc.retryable) from None
-        if refused is not None:
-            raise refused
-        if not reader.stopped and reader.stop_reason is None:
-            raise ProviderStreamError(
-                f"the stream from {self.base_url} ended before message_stop",
-                provider=self.name,
-                retryable=True,
-            )
-        yield Delta(
-            finish_reason=map_stop_reason(reader.stop_reason),
-            usage=Usage(reader.input_tokens, reader.output_tokens),
-        )
+        return create(stream=True, **body)
+
+    def _reader(self) -> _EventReader:
+        return _EventReader()
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -18,7 +18,7 @@ Finish reasons map into base.FINISH_REASONS:
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,16 +26,9 @@ import httpx2
 import openai
 import orjson
 
-from chatsock.providers.base import (
-    ChatRequest,
-    Delta,
-    Provider,
-    ProviderHTTPError,
-    ProviderStreamError,
-    Usage,
-)
+from chatsock.providers.base import ChatRequest, Delta, Usage
 from chatsock.providers.errors import MALFORMED, ErrorMapper, UpstreamEventError, upstream_message
-from chatsock.providers.sse import SSEParser
+from chatsock.providers.streaming import SSEStreamProvider
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -67,17 +60,17 @@ def sdk_timeout(connect: float, first_token: float, idle: float) -> httpx2.Timeo
 class _ChunkReader:
     """The state of one OpenAI stream: turns each `data:` payload into text."""
 
-    __slots__ = ("done", "finish_reason", "usage")
+    __slots__ = ("finish_reason", "finished", "usage")
 
     def __init__(self) -> None:
-        self.done = False
+        self.finished = False
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
 
-    def read(self, data: str) -> str | None:
+    def read(self, event: str, data: str) -> str | None:
         """Text to yield for one event, or None; UpstreamEventError for errors."""
         if data == "[DONE]":
-            self.done = True
+            self.finished = True
             return None
         try:
             chunk = orjson.loads(data)
@@ -103,11 +96,19 @@ class _ChunkReader:
             raise UpstreamEventError(f"error event: {detail}", retryable=True)
         return text
 
+    def final(self) -> Delta | None:
+        if not self.finished and self.finish_reason is None:
+            return None
+        return Delta(finish_reason=map_finish_reason(self.finish_reason), usage=self.usage)
 
-class OpenAIProvider(Provider):
+
+class OpenAIProvider(SSEStreamProvider):
     """Streams chat completions from OpenAI or an OpenAI-compatible `base_url`."""
 
     kind = "openai"
+    status_error = openai.APIStatusError
+    connection_error = openai.APIConnectionError
+    cut_short = "ended without a finish_reason or [DONE]"
 
     def __init__(
         self,
@@ -160,49 +161,12 @@ class OpenAIProvider(Provider):
             body["temperature"] = request.temperature
         return body
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
-        body = self.request_body(request)
-        parser = SSEParser()
-        reader = _ChunkReader()
-        started = False
-        refused: ProviderHTTPError | None = None
+    def _open(self, body: dict[str, Any]) -> AbstractAsyncContextManager[Any]:
         create = self._client.chat.completions.with_streaming_response.create
-        try:
-            async with create(stream=True, **body) as response:
-                async for raw in response.http_response.aiter_bytes():
-                    for _event, data in parser.feed(raw):
-                        text = reader.read(data)
-                        if text:
-                            started = True
-                            yield Delta(text)
-                        elif reader.done:
-                            break
-                    if reader.done:
-                        break
-                else:
-                    for _event, data in parser.close():
-                        text = reader.read(data)
-                        if text:
-                            yield Delta(text)
-        except openai.APIStatusError as exc:
-            # Raised below, outside this block, so no traceback carries the SDK's
-            # error: its message quotes the upstream body, which may echo the key.
-            refused = self._errors.http_status(exc.status_code, exc.response.headers, exc.body)
-        except openai.APIConnectionError as exc:
-            raise self._errors.connection(exc) from exc
-        except httpx2.TransportError as exc:
-            raise self._errors.broken_stream(exc, started=started) from exc
-        except UpstreamEventError as exc:
-            raise self._errors.stream_event(str(exc), retryable=exc.retryable) from None
-        if refused is not None:
-            raise refused
-        if not reader.done and reader.finish_reason is None:
-            raise ProviderStreamError(
-                f"the stream from {self.base_url} ended without a finish_reason or [DONE]",
-                provider=self.name,
-                retryable=True,
-            )
-        yield Delta(finish_reason=map_finish_reason(reader.finish_reason), usage=reader.usage)
+        return create(stream=True, **body)
+
+    def _reader(self) -> _ChunkReader:
+        return _ChunkReader()
 
     async def aclose(self) -> None:
         await self._client.close()
