@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 
@@ -12,17 +11,16 @@ from chatsock.providers.anthropic import AnthropicProvider
 from chatsock.providers.base import (
     ChatMessage,
     ChatRequest,
-    Delta,
     ProviderConnectionError,
     ProviderHTTPError,
     ProviderStreamError,
     Usage,
 )
 from tests.fakes.upstream import FakeAnthropic, Reply, unused_port
+from tests.support.provider_harness import HELLO, ProviderMaker, collect, drain_into, text_of
 
 MODEL = "claude-fake"
 SECRET = "sk-ant-test-0123456789abcdef"
-HELLO = ChatRequest([ChatMessage("user", "hi")])
 
 
 @pytest.fixture
@@ -32,45 +30,21 @@ async def upstream() -> AsyncIterator[FakeAnthropic]:
 
 
 @pytest.fixture
-async def make_provider(
-    upstream: FakeAnthropic,
-) -> AsyncIterator[Callable[..., AnthropicProvider]]:
-    made: list[AnthropicProvider] = []
-
-    def make(**options: Any) -> AnthropicProvider:
-        settings: dict[str, Any] = {
-            "base_url": upstream.base_url,
-            "api_key": SECRET,
-            "default_model": MODEL,
-            "max_retries": 0,
-        }
-        settings.update(options)
-        provider = AnthropicProvider("claude", **settings)
-        made.append(provider)
-        return provider
-
-    yield make
-    for provider in made:
-        await provider.aclose()
+async def make_provider(upstream: FakeAnthropic) -> AsyncIterator[ProviderMaker[AnthropicProvider]]:
+    defaults = {
+        "base_url": upstream.base_url,
+        "api_key": SECRET,
+        "default_model": MODEL,
+        "max_retries": 0,
+    }
+    maker = ProviderMaker(AnthropicProvider, "claude", defaults)
+    yield maker
+    await maker.aclose()
 
 
 @pytest.fixture
-def provider(make_provider: Callable[..., AnthropicProvider]) -> AnthropicProvider:
+def provider(make_provider: ProviderMaker[AnthropicProvider]) -> AnthropicProvider:
     return make_provider()
-
-
-async def collect(provider: AnthropicProvider, request: ChatRequest = HELLO) -> list[Delta]:
-    return [delta async for delta in provider.stream(request)]
-
-
-async def drain_into(received: list[str], provider: AnthropicProvider) -> None:
-    """Read the stream into `received` until it ends or raises."""
-    async for delta in provider.stream(HELLO):
-        received.append(delta.text)
-
-
-def text_of(deltas: list[Delta]) -> str:
-    return "".join(delta.text for delta in deltas)
 
 
 # -- streaming -------------------------------------------------------------
@@ -188,7 +162,7 @@ async def test_max_tokens_defaults_because_anthropic_requires_it(
 
 
 async def test_api_key_version_and_configured_headers_are_sent(
-    upstream: FakeAnthropic, make_provider: Callable[..., AnthropicProvider]
+    upstream: FakeAnthropic, make_provider: ProviderMaker[AnthropicProvider]
 ) -> None:
     provider = make_provider(headers={"anthropic-beta": "fake-beta", "X-Team": "chat"})
     await collect(provider)

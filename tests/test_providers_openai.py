@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 
 from chatsock.providers.base import (
     ChatMessage,
     ChatRequest,
-    Delta,
     ProviderConnectionError,
     ProviderHTTPError,
     ProviderStreamError,
@@ -19,10 +17,10 @@ from chatsock.providers.base import (
 )
 from chatsock.providers.openai import OpenAIProvider
 from tests.fakes.upstream import FakeOpenAI, Reply, unused_port
+from tests.support.provider_harness import HELLO, ProviderMaker, collect, drain_into, text_of
 
 MODEL = "fake-model"
 SECRET = "sk-test-0123456789abcdef"
-HELLO = ChatRequest([ChatMessage("user", "hi")])
 
 
 @pytest.fixture
@@ -32,45 +30,21 @@ async def upstream() -> AsyncIterator[FakeOpenAI]:
 
 
 @pytest.fixture
-async def make_provider(
-    upstream: FakeOpenAI,
-) -> AsyncIterator[Callable[..., OpenAIProvider]]:
-    made: list[OpenAIProvider] = []
-
-    def make(**options: Any) -> OpenAIProvider:
-        settings: dict[str, Any] = {
-            "base_url": upstream.base_url,
-            "api_key": SECRET,
-            "default_model": MODEL,
-            "max_retries": 0,
-        }
-        settings.update(options)
-        provider = OpenAIProvider("primary", **settings)
-        made.append(provider)
-        return provider
-
-    yield make
-    for provider in made:
-        await provider.aclose()
+async def make_provider(upstream: FakeOpenAI) -> AsyncIterator[ProviderMaker[OpenAIProvider]]:
+    defaults = {
+        "base_url": upstream.base_url,
+        "api_key": SECRET,
+        "default_model": MODEL,
+        "max_retries": 0,
+    }
+    maker = ProviderMaker(OpenAIProvider, "primary", defaults)
+    yield maker
+    await maker.aclose()
 
 
 @pytest.fixture
-def provider(make_provider: Callable[..., OpenAIProvider]) -> OpenAIProvider:
+def provider(make_provider: ProviderMaker[OpenAIProvider]) -> OpenAIProvider:
     return make_provider()
-
-
-async def collect(provider: OpenAIProvider, request: ChatRequest = HELLO) -> list[Delta]:
-    return [delta async for delta in provider.stream(request)]
-
-
-async def drain_into(received: list[str], provider: OpenAIProvider) -> None:
-    """Read the stream into `received` until it ends or raises."""
-    async for delta in provider.stream(HELLO):
-        received.append(delta.text)
-
-
-def text_of(deltas: list[Delta]) -> str:
-    return "".join(delta.text for delta in deltas)
 
 
 # -- streaming -------------------------------------------------------------
@@ -216,7 +190,7 @@ async def test_defaults_leave_out_unset_options_and_use_the_configured_model(
 
 
 async def test_api_key_and_configured_headers_are_sent(
-    upstream: FakeOpenAI, make_provider: Callable[..., OpenAIProvider]
+    upstream: FakeOpenAI, make_provider: ProviderMaker[OpenAIProvider]
 ) -> None:
     provider = make_provider(headers={"X-Team": "chat", "OpenAI-Organization": "org-1"})
     await collect(provider)
@@ -227,7 +201,7 @@ async def test_api_key_and_configured_headers_are_sent(
 
 
 async def test_local_server_without_a_key_gets_a_placeholder(
-    upstream: FakeOpenAI, make_provider: Callable[..., OpenAIProvider]
+    upstream: FakeOpenAI, make_provider: ProviderMaker[OpenAIProvider]
 ) -> None:
     provider = make_provider(api_key=None)
     assert not provider.has_api_key
@@ -302,7 +276,7 @@ async def test_http_400_does_not_fail_over(upstream: FakeOpenAI, provider: OpenA
 
 
 async def test_sdk_retries_a_500_before_streaming_when_configured(
-    upstream: FakeOpenAI, make_provider: Callable[..., OpenAIProvider]
+    upstream: FakeOpenAI, make_provider: ProviderMaker[OpenAIProvider]
 ) -> None:
     provider = make_provider(max_retries=1)
     upstream.enqueue(Reply(status=500, retry_after="0.05"), Reply(pieces=["second try"]))
