@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import orjson
 from aiohttp import web
@@ -120,7 +120,7 @@ class _FakeUpstream:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def __aenter__(self) -> _FakeUpstream:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
