@@ -305,7 +305,7 @@ class FakeAnthropic(_FakeUpstream):
 
     def _frames(self, reply: Reply, model: str) -> tuple[list[bytes], Ending]:
         input_tokens, output_tokens = reply.usage or (0, 0)
-        message = {
+        message: dict[str, Any] = {
             "id": "msg_fake",
             "type": "message",
             "role": "assistant",
