@@ -104,21 +104,27 @@ def create_app(
     return app
 
 
-def _listeners(bus: SignalBus, manager: WatchedRedisManager | None) -> Callable[[], str | None]:
-    """A readiness check: why a pub/sub listener is not hearing, or None."""
+ListenerCheck = Callable[[], tuple[str | None, dict[str, float | None]]]
 
-    def problem() -> str | None:
+
+def _listeners(bus: SignalBus, manager: WatchedRedisManager | None) -> ListenerCheck:
+    """A readiness check: why a pub/sub listener is not hearing (or None), and how long
+    ago each last heard a message."""
+
+    def check() -> tuple[str | None, dict[str, float | None]]:
+        heard: dict[str, float | None] = {}
+        problem = None
         if bus.active:
-            deaf = bus.deaf_for()
+            deaf = heard["signals"] = bus.deaf_for()
             if not bus.connected.is_set() or (deaf is not None and deaf > LISTENER_DEAF_S):
-                return "the cross-worker signal listener is not subscribed yet; it reconnects"
+                problem = "the cross-worker signal listener is not hearing; it reconnects"
         if manager is not None:
-            deaf = manager.deaf_for()
-            if deaf is not None and deaf > LISTENER_DEAF_S:
-                return "the Socket.IO Redis listener is not hearing; it is being restarted"
-        return None
+            deaf = heard["socketio"] = manager.deaf_for()
+            if problem is None and deaf is not None and deaf > LISTENER_DEAF_S:
+                problem = "the Socket.IO Redis listener is not hearing; it is being restarted"
+        return problem, heard
 
-    return problem
+    return check
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

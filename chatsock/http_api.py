@@ -166,7 +166,7 @@ class HttpApi:
         fanout: Fanout,
         sessions: SessionService,
         metrics: Metrics,
-        listeners: Callable[[], str | None] = lambda: None,
+        listeners: Callable[[], tuple[str | None, dict[str, float | None]]] = lambda: (None, {}),
     ) -> None:
         self.store = store
         self.listener_problem = listeners
@@ -283,10 +283,10 @@ class HttpApi:
             await self.store.ping()
         except StoreUnavailable as exc:
             return json_response(protocol.readiness(str(exc)), status=503)
-        problem = self.listener_problem()
+        problem, heard = self.listener_problem()
         if problem is not None:
-            return json_response(protocol.readiness(problem), status=503)
-        return json_response(protocol.readiness(None))
+            return json_response(protocol.readiness(problem, heard), status=503)
+        return json_response(protocol.readiness(None, heard))
 
     async def metrics_text(self, request: web.Request) -> web.StreamResponse:
         body, content_type = self.metrics.render(request.headers.get("Accept"))

@@ -197,8 +197,19 @@ def sessions_view(summaries: list[Payload]) -> Payload:
     return {"sessions": summaries}
 
 
-def readiness(reason: str | None) -> Payload:
-    """`GET /readyz`: `reason` says why the worker is not ready (None when it is)."""
-    if reason is None:
-        return {"status": "ready"}
-    return {"status": "unavailable", "reason": reason}
+def readiness(reason: str | None, heard: dict[str, float | None] | None = None) -> Payload:
+    """`GET /readyz`: `reason` says why the worker is not ready (None when it is);
+    `heard`: seconds since each pub/sub listener last heard a message (Redis only)."""
+    body: Payload = (
+        {"status": "ready"}
+        if reason is None
+        else {
+            "status": "unavailable",
+            "reason": reason,
+        }
+    )
+    if heard:
+        body["listeners_heard_s"] = {
+            name: None if age is None else round(age, 3) for name, age in heard.items()
+        }
+    return body

@@ -236,6 +236,17 @@ async def test_redis_restart_mid_run_then_new_streams_work_on_both(private_redis
         for worker in (a, b):
             status, body = _ready(worker)
             assert status == 200, body
+        # Both listeners hear messages published after the restart: the heartbeats
+        # (signals every 2 s, Socket.IO manager every 1 s) keep arriving.
+        await asyncio.sleep(3.0)
+        for worker in (a, b):
+            status, body = _ready(worker)
+            assert status == 200, body
+            heard = body["listeners_heard_s"]
+            assert heard["signals"] is not None
+            assert heard["signals"] < 2.5, body
+            assert heard["socketio"] is not None
+            assert heard["socketio"] < 1.5, body
         # New streams work on both, and cross-worker stop works (signals re-subscribed).
         for client in (on_a, on_b):
             fresh = await client.call("chat_stream", {"message": "after the restart"})
