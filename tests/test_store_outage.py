@@ -1,0 +1,46 @@
+"""A stream whose store stays away ends with an explicit error, never with silence."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.fakes.provider import ScriptedProvider
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+async def test_long_redis_outage_ends_the_stream_with_store_unavailable(
+    start_server, connect, private_redis_server: RedisServer
+):
+    provider = ScriptedProvider("fake")
+    script = provider.enqueue("before ")
+    gate = script.gate()
+    script.text("during the outage")
+    server = await start_server(
+        chain=["fake"], providers={"fake": provider}, store={"redis_url": private_redis_server.url}
+    )
+    client = await connect(server)
+    ack = await client.call("chat_stream", {"message": "hi"})
+    sid = ack["stream_id"]
+    await client.wait_for(lambda _: client.tokens(sid))
+    await asyncio.to_thread(private_redis_server.stop, kill=True)
+    try:
+        gate.set()  # the next flush cannot be logged: retried for 3 s, then given up
+        event, err = await client.wait_terminal(sid, within=30)
+        assert event == "chat_stream_error"
+        assert err["code"] == "store_unavailable"
+        assert err["retryable"] is True
+        assert "Redis is not reachable" in err["error"]
+        assert err["partial"] == "".join(t["token"] for t in client.tokens(sid)) == "before "
+        assert provider.closed == [True]
+    finally:
+        await asyncio.to_thread(private_redis_server.start)
+    # Back again: the same worker serves new streams without a restart.
+    provider.enqueue("after")
+    fresh = await client.call("chat_stream", {"message": "again"})
+    assert fresh["ok"], fresh
+    event, done = await client.wait_terminal(fresh["stream_id"], within=30)
+    assert (event, done["full_response"]) == ("chat_complete", "after")
