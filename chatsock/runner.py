@@ -97,6 +97,9 @@ class StreamRunner:
             client_message_id=cmid,
         )
         limit = self._settings.limits.max_streams_per_session
+        # The lease exists before the stream is visible, so no other worker can
+        # find it registered without a live owner and record it as lost.
+        await self._store.refresh_lease(stream_id, self.worker_id, self._lease_s)
         if not await self._store.create_stream(record, limit) and not await self._reap(
             session_id, record, limit
         ):
@@ -111,7 +114,6 @@ class StreamRunner:
                 await self._store.finish_stream(record, discarded(record))
                 return earlier
 
-        await self._store.refresh_lease(stream_id, self.worker_id, self._lease_s)
         user = Message(new_id("msg"), "user", request.message, now, client_message_id=cmid)
         await self._store.add_message(session_id, user)  # persisted before any provider call
 
