@@ -31,6 +31,7 @@ from chatsock.signals import SignalBus
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, MessageStatus, SessionInfo, StreamRecord, Terminal
 from chatsock.stream import ActiveStream, StreamHooks, resolve
+from chatsock.tailer import owner_lost
 
 __all__ = ["ActiveStream", "StreamHooks", "StreamRunner"]
 
@@ -149,15 +150,10 @@ class StreamRunner:
 
     async def _reap(self, session_id: str, record: StreamRecord, limit: int) -> bool:
         """Free slots held by streams whose owner died, then try to register again."""
-        from chatsock.tailer import declare_lost
-
         reaped = False
         for other in await self._store.active_streams(session_id):
-            if other.stream_id not in self.streams and not await self._store.lease_alive(
-                other.stream_id
-            ):
-                await declare_lost(self._store, other)
-                reaped = True
+            local = other.stream_id in self.streams
+            reaped = await owner_lost(self._store, other, local=local) or reaped
         return reaped and await self._store.create_stream(record, limit)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:

@@ -14,7 +14,7 @@ from chatsock.runner import StreamRunner
 from chatsock.signals import SignalBus
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, SessionInfo, StreamRecord
-from chatsock.tailer import Tailers, declare_lost
+from chatsock.tailer import Tailers, owner_lost
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,6 @@ class SessionService:
             raise ChatsockError("not_found", f"session_id: no session {session_id!r}")
         return info
 
-    async def messages(self, session_id: str) -> list[Message]:
-        await self.session(session_id)
-        return await self.store.get_messages(session_id)
-
     async def stream(self, stream_id: str) -> StreamRecord:
         record = await self.store.get_stream(stream_id)
         if record is None:
@@ -74,23 +70,22 @@ class SessionService:
         return True
 
     # -- following (a stream may run on another worker) ---------------------
-    async def _live_elsewhere(self, record: StreamRecord) -> StreamRecord | None:
-        """`record` if it streams on another worker and its owner is alive; records a
-        dead owner's stream as worker_lost."""
-        if record.status != "streaming" or record.stream_id in self.runner.streams:
-            return None
-        if await self.store.lease_alive(record.stream_id):
-            return record
-        await declare_lost(self.store, record)
-        return None
+    async def _follow_elsewhere(self, record: StreamRecord) -> StreamRecord:
+        """Tail `record` here when another worker runs it; when that worker died,
+        record the stream as worker_lost and return its ended record."""
+        local = record.stream_id in self.runner.streams
+        if await owner_lost(self.store, record, local=local):
+            return await self.stream(record.stream_id)
+        if record.status == "streaming" and not local:
+            self.tailers.ensure(record, start_at=record.last_seq)
+        return record
 
     async def join(self, sid: str, session_id: str) -> tuple[list[Message], Payload | None]:
         """session_join: the messages, and the active stream this sid now follows."""
         await self.session(session_id)
         await self._present(session_id)
         for record in await self.store.active_streams(session_id):
-            if await self._live_elsewhere(record):
-                self.tailers.ensure(record, start_at=record.last_seq)
+            await self._follow_elsewhere(record)
         messages = await self.store.get_messages(session_id)  # after any worker_lost record
         return messages, await self.fanout.join(sid, session_id)
 
@@ -105,11 +100,7 @@ class SessionService:
     async def _follow(self, stream_id: str) -> StreamRecord:
         record = await self.stream(stream_id)
         await self._present(record.session_id)
-        if await self._live_elsewhere(record):
-            self.tailers.ensure(record, start_at=record.last_seq)
-        elif record.status == "streaming" and stream_id not in self.runner.streams:
-            record = await self.stream(stream_id)  # declared lost just now
-        return record
+        return await self._follow_elsewhere(record)
 
     # -- signals from other workers -----------------------------------------
     async def on_started(self, record: dict[str, Any], start: Payload) -> None:

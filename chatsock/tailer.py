@@ -99,6 +99,15 @@ class Tailers:
                 self.fanout.feeds.pop(record.stream_id, None)
 
 
+async def owner_lost(store: Store, record: StreamRecord, *, local: bool) -> bool:
+    """Whether `record` streams on another worker whose lease expired; if so it is
+    recorded as `worker_lost` (see `declare_lost`)."""
+    if local or record.status != "streaming" or await store.lease_alive(record.stream_id):
+        return False
+    await declare_lost(store, record)
+    return True
+
+
 async def declare_lost(store: Store, record: StreamRecord) -> Terminal:
     """Record a stream whose owner died: error `worker_lost` with the logged text.
 
