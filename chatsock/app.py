@@ -79,7 +79,7 @@ def create_app(
     sessions = SessionService(
         store, runner, fanout, stop_on_disconnect=settings.stream.stop_on_disconnect, bus=bus
     )
-    sio.register_namespace(ChatNamespace(runner, fanout, sessions))
+    sio.register_namespace(ChatNamespace(runner, sessions))
     metrics = Metrics(runner, sessions)
     runner.hooks = metrics.stream_hooks()
 

@@ -10,7 +10,6 @@ import socketio
 
 from chatsock import protocol
 from chatsock.errors import ChatsockError
-from chatsock.fanout import Fanout
 from chatsock.ids import new_id
 from chatsock.requests import (
     ChatStreamRequest,
@@ -48,11 +47,10 @@ class ChatNamespace(socketio.AsyncNamespace):
     """`/`: chat_stream, chat_stop, session_join, chat_resume."""
 
     def __init__(
-        self, runner: StreamRunner, fanout: Fanout, sessions: SessionService, namespace: str = "/"
+        self, runner: StreamRunner, sessions: SessionService, namespace: str = "/"
     ) -> None:
         super().__init__(namespace)
         self.runner = runner
-        self.fanout = fanout
         self.sessions = sessions
 
     async def trigger_event(self, event: str, *args: Any) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from chatsock.config import ProviderConfig, Settings
 from chatsock.errors import ChatsockError
@@ -102,9 +102,6 @@ class ProviderRegistry:
                 f"provider: unknown provider {requested!r}; configured: {sorted(self.providers)}",
             )
         return [provider]
-
-    def __iter__(self) -> Iterable[Provider]:
-        return iter(self.providers.values())
 
     async def aclose(self) -> None:
         for provider in self.providers.values():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from chatsock.providers.base import ChatRequest, Delta, Provider, Usage
@@ -54,9 +54,6 @@ class ScriptedProvider(Provider):
         script = Script(list(pieces), finish_reason, usage)
         self.scripts.append(script)
         return script
-
-    def enqueue_many(self, pieces: Iterable[str]) -> Script:
-        return self.enqueue(*pieces)
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         self.requests.append(request)
