@@ -27,17 +27,13 @@ import anthropic
 import orjson
 
 from chatsock.providers.base import ChatRequest, Delta, Usage
-from chatsock.providers.errors import MALFORMED, ErrorMapper, UpstreamEventError, upstream_message
-from chatsock.providers.openai import sdk_timeout
+from chatsock.providers.errors import MALFORMED, UpstreamEventError, upstream_message
 from chatsock.providers.streaming import SSEStreamProvider
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-5-5"
 # Anthropic requires max_tokens on every request.
 DEFAULT_MAX_TOKENS = 1024
-# Without a key the API answers 401, which maps to a clear error; the SDK
-# would otherwise go looking for credential profiles on disk.
-PLACEHOLDER_API_KEY = "no-key"
 # In-stream error types worth retrying later.
 RETRYABLE_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error"})
 
@@ -116,38 +112,21 @@ class AnthropicProvider(SSEStreamProvider):
     status_error = anthropic.APIStatusError
     connection_error = anthropic.APIConnectionError
     cut_short = "ended before message_stop"
+    default_base_url = DEFAULT_BASE_URL
 
     def __init__(
         self,
         name: str = "anthropic",
         *,
-        base_url: str | None = None,
-        api_key: str | None = None,
         default_model: str = DEFAULT_MODEL,
-        first_token_timeout: float = 30.0,
-        idle_timeout: float = 60.0,
-        connect_timeout: float = 10.0,
-        max_retries: int = 2,
-        headers: dict[str, str] | None = None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            name,
-            default_model=default_model,
-            first_token_timeout=first_token_timeout,
-            idle_timeout=idle_timeout,
-        )
-        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self.has_api_key = bool(api_key)
+        """`options`: base_url, api_key, the timeouts, max_retries, headers
+        (see `SSEStreamProvider`)."""
+        super().__init__(name, default_model=default_model, **options)
         self.default_max_tokens = default_max_tokens
-        self._errors = ErrorMapper(name, self.base_url, api_key)
-        self._client = anthropic.AsyncAnthropic(
-            base_url=self.base_url,
-            api_key=api_key or PLACEHOLDER_API_KEY,
-            timeout=sdk_timeout(connect_timeout, first_token_timeout, idle_timeout),
-            max_retries=max_retries,
-            default_headers=headers or None,
-        )
+        self._client = anthropic.AsyncAnthropic(**self._client_options)
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body for `request` (without `stream`, which stream() adds).

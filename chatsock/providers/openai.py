@@ -22,18 +22,15 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx2
 import openai
 import orjson
 
 from chatsock.providers.base import ChatRequest, Delta, Usage
-from chatsock.providers.errors import MALFORMED, ErrorMapper, UpstreamEventError, upstream_message
+from chatsock.providers.errors import MALFORMED, UpstreamEventError, upstream_message
 from chatsock.providers.streaming import SSEStreamProvider
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
-# Local servers ignore the key, but the SDK refuses to build a client without one.
-PLACEHOLDER_API_KEY = "no-key"
 
 FINISH_REASON_MAP = {
     "stop": "stop",
@@ -49,12 +46,6 @@ FINISH_REASON_MAP = {
 def map_finish_reason(reason: str | None) -> str:
     """An OpenAI-compatible finish_reason in chatsock's vocabulary (see module doc)."""
     return FINISH_REASON_MAP.get(reason or "stop", "stop")
-
-
-def sdk_timeout(connect: float, first_token: float, idle: float) -> httpx2.Timeout:
-    """The SDK's timeouts. The runner enforces first-token and idle timeouts; the read
-    timeout is only a backstop for callers without a runner (e.g. `chatsock check`)."""
-    return httpx2.Timeout(max(first_token, idle) + 10.0, connect=connect)
 
 
 class _ChunkReader:
@@ -109,40 +100,23 @@ class OpenAIProvider(SSEStreamProvider):
     status_error = openai.APIStatusError
     connection_error = openai.APIConnectionError
     cut_short = "ended without a finish_reason or [DONE]"
+    default_base_url = DEFAULT_BASE_URL
 
     def __init__(
         self,
         name: str = "openai",
         *,
-        base_url: str | None = None,
-        api_key: str | None = None,
         default_model: str = DEFAULT_MODEL,
-        first_token_timeout: float = 30.0,
-        idle_timeout: float = 60.0,
-        connect_timeout: float = 10.0,
-        max_retries: int = 2,
-        headers: dict[str, str] | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            name,
-            default_model=default_model,
-            first_token_timeout=first_token_timeout,
-            idle_timeout=idle_timeout,
-        )
-        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self.has_api_key = bool(api_key)
-        self._errors = ErrorMapper(name, self.base_url, api_key)
+        """`options`: base_url, api_key, the timeouts, max_retries, headers
+        (see `SSEStreamProvider`)."""
+        super().__init__(name, default_model=default_model, **options)
         # OpenAI's own API wants max_completion_tokens (reasoning models reject
         # max_tokens); compatible servers mostly know only max_tokens.
         official = urlsplit(self.base_url).hostname == "api.openai.com"
         self._max_tokens_field = "max_completion_tokens" if official else "max_tokens"
-        self._client = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=api_key or PLACEHOLDER_API_KEY,
-            timeout=sdk_timeout(connect_timeout, first_token_timeout, idle_timeout),
-            max_retries=max_retries,
-            default_headers=headers or None,
-        )
+        self._client = openai.AsyncOpenAI(**self._client_options)
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body for `request` (without `stream`, which stream() adds)."""

@@ -24,39 +24,30 @@ def _demo(name: str, config: ProviderConfig, settings: Settings) -> Provider:
     )
 
 
-def _openai(name: str, config: ProviderConfig, settings: Settings) -> Provider:
-    return OpenAIProvider(
-        name,
-        base_url=config.base_url or os.environ.get("OPENAI_BASE_URL") or None,
-        api_key=api_key_for(config),
-        default_model=config.model or openai.DEFAULT_MODEL,
-        first_token_timeout=config.first_token_timeout,
-        idle_timeout=config.idle_timeout,
-        connect_timeout=config.connect_timeout,
-        max_retries=config.max_retries,
-        headers=dict(config.headers),
-    )
+def _sdk(cls: Callable[..., Provider], base_url_env: str, default_model: str) -> ProviderFactory:
+    """The factory of an SDK-backed kind: config first, then the SDK's env names."""
 
+    def make(name: str, config: ProviderConfig, settings: Settings) -> Provider:
+        return cls(
+            name,
+            base_url=config.base_url or os.environ.get(base_url_env) or None,
+            api_key=api_key_for(config),
+            default_model=config.model or default_model,
+            first_token_timeout=config.first_token_timeout,
+            idle_timeout=config.idle_timeout,
+            connect_timeout=config.connect_timeout,
+            max_retries=config.max_retries,
+            headers=dict(config.headers),
+        )
 
-def _anthropic(name: str, config: ProviderConfig, settings: Settings) -> Provider:
-    return AnthropicProvider(
-        name,
-        base_url=config.base_url or os.environ.get("ANTHROPIC_BASE_URL") or None,
-        api_key=api_key_for(config),
-        default_model=config.model or anthropic.DEFAULT_MODEL,
-        first_token_timeout=config.first_token_timeout,
-        idle_timeout=config.idle_timeout,
-        connect_timeout=config.connect_timeout,
-        max_retries=config.max_retries,
-        headers=dict(config.headers),
-    )
+    return make
 
 
 # kind -> factory.
 PROVIDER_KINDS: dict[str, ProviderFactory] = {
     "demo": _demo,
-    "openai": _openai,
-    "anthropic": _anthropic,
+    "openai": _sdk(OpenAIProvider, "OPENAI_BASE_URL", openai.DEFAULT_MODEL),
+    "anthropic": _sdk(AnthropicProvider, "ANTHROPIC_BASE_URL", anthropic.DEFAULT_MODEL),
 }
 
 # Built-in names that exist when their SDK's standard key variable is set.

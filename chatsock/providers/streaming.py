@@ -39,8 +39,21 @@ class EventReader(Protocol):
         """The closing delta (finish reason, usage); None when the reply was cut short."""
 
 
+# Local servers ignore the key, and a missing one should give the API's own 401;
+# the SDKs refuse to build a client without one (or search for credentials).
+PLACEHOLDER_API_KEY = "no-key"
+
+
+def sdk_timeout(connect: float, first_token: float, idle: float) -> httpx2.Timeout:
+    """The SDK's timeouts. The runner enforces first-token and idle timeouts; the read
+    timeout is only a backstop for callers without a runner (e.g. `chatsock check`)."""
+    return httpx2.Timeout(max(first_token, idle) + 10.0, connect=connect)
+
+
 class SSEStreamProvider(Provider):
     """A provider whose SDK hands over a raw server-sent-events response."""
+
+    default_base_url: ClassVar[str]
 
     # The SDK's exception types for an HTTP error status and for a failed connection.
     status_error: ClassVar[type[Exception]]
@@ -48,8 +61,36 @@ class SSEStreamProvider(Provider):
     # Completes "the stream from <base_url> ..." when the reply was cut short.
     cut_short: ClassVar[str]
 
-    base_url: str
-    _errors: ErrorMapper
+    def __init__(
+        self,
+        name: str,
+        *,
+        default_model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        first_token_timeout: float = 30.0,
+        idle_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        max_retries: int = 2,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            default_model=default_model,
+            first_token_timeout=first_token_timeout,
+            idle_timeout=idle_timeout,
+        )
+        self.base_url = (base_url or self.default_base_url).rstrip("/")
+        self.has_api_key = bool(api_key)
+        self._errors = ErrorMapper(name, self.base_url, api_key)
+        # What the subclass passes to its SDK client's constructor.
+        self._client_options: dict[str, Any] = {
+            "base_url": self.base_url,
+            "api_key": api_key or PLACEHOLDER_API_KEY,
+            "timeout": sdk_timeout(connect_timeout, first_token_timeout, idle_timeout),
+            "max_retries": max_retries,
+            "default_headers": headers or None,
+        }
 
     @abstractmethod
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
