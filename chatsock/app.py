@@ -145,7 +145,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         ", ".join(app[REGISTRY].chain),
     )
     yield
-    await app[RUNNER].shutdown()  # no-op when on_shutdown already ran
     for task in background:
         task.cancel()
     await asyncio.gather(*background, return_exceptions=True)
