@@ -149,6 +149,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
     await asyncio.gather(*background, return_exceptions=True)
     await sessions.tailers.close()
+    if MANAGER in app:
+        await app[MANAGER].aclose()
     await app[REGISTRY].aclose()
     await store.close()
 

@@ -26,10 +26,44 @@ DEAF_AFTER_S = 4.0
 class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     """`AsyncRedisManager` whose listener is restarted when it dies or goes deaf."""
 
+    redis: Any
+    pubsub: Any
+
     def __init__(self, url: str, channel: str) -> None:
         super().__init__(url, channel=channel)
         self.last_heard: float | None = None
         self.restarts = 0
+        # Clients replaced by a reconnect. The base class drops them without
+        # closing them, which leaks their sockets; they are closed here.
+        self._retired: list[Any] = []
+
+    def _redis_connect(self) -> None:
+        if self.redis is not None:
+            self._retired.append((self.pubsub, self.redis))
+        super()._redis_connect()
+
+    async def _close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for pubsub, redis in retired:
+            for resource in (pubsub, redis):
+                if resource is None:
+                    continue
+                try:
+                    await resource.aclose()
+                except Exception as exc:  # a dead connection may fail to close cleanly
+                    log.debug("closing a replaced socket.io Redis client failed: %s", exc)
+
+    async def aclose(self) -> None:
+        """Stop the listener and close every Redis client this manager opened."""
+        thread = getattr(self, "thread", None)
+        if thread is not None:
+            thread.cancel()
+            await asyncio.gather(thread, return_exceptions=True)
+        if self.redis is not None:
+            self._retired.append((self.pubsub, self.redis))
+            self.redis = self.pubsub = None
+            self.connected = False
+        await self._close_retired()
 
     async def _listen(self) -> AsyncIterator[Any]:
         async for data in super()._listen():
@@ -55,6 +89,7 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                 await self._publish({"method": "chatsock_heartbeat", "host_id": self.host_id})
             except Exception as exc:  # _publish logs and swallows; belt and braces
                 log.debug("socket.io heartbeat publish failed: %s", exc)
+            await self._close_retired()
             heard = self.last_heard if self.last_heard is not None else started
             if thread.done() or loop.time() - heard > DEAF_AFTER_S:
                 await self._restart_listener(thread)
@@ -71,10 +106,8 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         thread.cancel()
         await asyncio.gather(thread, return_exceptions=True)
         try:
-            old = self.redis
             self._redis_connect()
-            if old is not None:
-                await old.aclose()
         except Exception as exc:
             log.warning("socket.io Redis reconnect failed: %s", exc)
+        await self._close_retired()
         self.thread = self.server.start_background_task(self._thread)
