@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,25 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("CHATSOCK_", "OPENAI_", "ANTHROPIC_")) or name == "REDIS_URL":
             monkeypatch.delenv(name, raising=False)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Everything imported so far lives for the whole run; keeping it out of
+    # the collector makes the per-test collection below cheap.
+    gc.freeze()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_resources() -> Iterator[None]:
+    """Collect garbage after every test, so a leaked socket or transport fails
+    the test that leaked it instead of whichever test the collector runs in."""
+    yield
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    leaks = sorted({str(w.message) for w in caught if issubclass(w.category, ResourceWarning)})
+    if leaks:
+        pytest.fail("leaked resources:\n" + "\n".join(leaks))
 
 
 @pytest.fixture
