@@ -30,10 +30,20 @@ async def test_stream_through_nginx_polling_then_websocket_upgrade(redis_url):
         assert [t["seq"] for t in tokens] == list(range(1, len(tokens) + 1))
         assert "".join(t["token"] for t in tokens) == end["full_response"]
         assert result["transport"] == "websocket"  # upgraded from polling
-        log = proxy.access_log()
+        # nginx logs a WebSocket request when it closes, a moment after the client left.
+        log = await _log_with(proxy, " 101 ")
         assert "transport=polling" in log
         assert "transport=websocket" in log
         assert " 101 " in log
     finally:
         proxy.stop()
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
+
+
+async def _log_with(proxy: Nginx, needle: str, within: float = 10) -> str:
+    deadline = asyncio.get_running_loop().time() + within
+    while needle not in (log := proxy.access_log()):
+        if asyncio.get_running_loop().time() > deadline:
+            return log
+        await asyncio.sleep(0.05)
+    return log
