@@ -108,14 +108,18 @@ async def test_title_is_cut_to_80_characters(store: Store) -> None:
     assert found.title == "x" * 80
 
 
-async def test_delete_session_removes_it_and_its_messages_once(store: Store) -> None:
+async def test_delete_session_removes_it_its_messages_and_acks_once(store: Store) -> None:
     await store.ensure_session(session("s1"))
     await store.ensure_session(session("s2", t=1))
     await store.add_message("s1", message(1, t=2))
+    await store.claim_client_message("s1", "c1", {"stream_id": "a"})
+    await store.claim_client_message("s2", "c1", {"stream_id": "b"})
     assert await store.delete_session("s1") is True
     assert await store.delete_session("s1") is False
     assert await store.get_session("s1") is None
     assert await store.get_messages("s1") == []
+    assert await store.find_client_message("s1", "c1") is None
+    assert await store.find_client_message("s2", "c1") == {"stream_id": "b"}
     assert [s.session_id for s in await store.list_sessions()] == ["s2"]
 
 
@@ -334,9 +338,11 @@ async def test_session_ttl_zero_keeps_sessions(make_store: StoreFactory) -> None
     store = await make_store(session_ttl=0, log_ttl=1)
     await store.ensure_session(session("s1"))
     await store.add_message("s1", message(1, t=1))
+    await store.claim_client_message("s1", "c1", {"stream_id": "a"})
     await asyncio.sleep(1.3)
     assert await store.get_session("s1") is not None
     assert len(await store.get_messages("s1")) == 1
+    assert await store.find_client_message("s1", "c1") == {"stream_id": "a"}
 
 
 async def test_ping_succeeds_when_the_store_is_up(store: Store) -> None:

@@ -111,7 +111,11 @@ class Store(ABC):
 
     async def delete_session(self, session_id: str) -> bool:
         key = self._k("session", session_id)
-        removed = await self._delete(key, self._k("session", session_id, "messages"))
+        removed = await self._delete(
+            key,
+            self._k("session", session_id, "messages"),
+            self._k("session", session_id, "cmids"),
+        )
         await self._index_remove(self._k("sessions"), session_id)
         return removed > 0
 
@@ -143,20 +147,23 @@ class Store(ABC):
     async def claim_client_message(
         self, session_id: str, client_message_id: str, ack: dict[str, Any]
     ) -> dict[str, Any] | None:
-        """Record `ack` for this client_message_id; return the earlier ack if one exists."""
-        key = self._k("session", session_id, "cmid", client_message_id)
-        if await self._set(key, _dumps(ack), self.session_ttl, nx=True):
+        """Record `ack` for this client_message_id; return the earlier ack if one exists.
+
+        The acks of a session live in one hash beside its messages, so they
+        expire with the session and are removed with it."""
+        key = self._k("session", session_id, "cmids")
+        if await self._field_set(key, client_message_id, _dumps(ack), self.session_ttl, nx=True):
             return None
-        raw = await self._get(key)
+        raw = await self._field_get(key, client_message_id)
         return orjson.loads(raw) if raw else None
 
     async def release_client_message(self, session_id: str, client_message_id: str) -> None:
-        await self._delete(self._k("session", session_id, "cmid", client_message_id))
+        await self._field_delete(self._k("session", session_id, "cmids"), client_message_id)
 
     async def find_client_message(
         self, session_id: str, client_message_id: str
     ) -> dict[str, Any] | None:
-        raw = await self._get(self._k("session", session_id, "cmid", client_message_id))
+        raw = await self._field_get(self._k("session", session_id, "cmids"), client_message_id)
         return orjson.loads(raw) if raw else None
 
     # -- streams ----------------------------------------------------------
@@ -308,6 +315,18 @@ class Store(ABC):
 
     @abstractmethod
     async def _delete(self, *keys: str) -> int: ...
+
+    @abstractmethod
+    async def _field_set(
+        self, key: str, field: str, value: bytes, ttl: int | None, *, nx: bool = False
+    ) -> bool:
+        """Set a field of a hash (only if absent with nx); the hash expires after `ttl`."""
+
+    @abstractmethod
+    async def _field_get(self, key: str, field: str) -> bytes | None: ...
+
+    @abstractmethod
+    async def _field_delete(self, key: str, field: str) -> None: ...
 
     @abstractmethod
     async def _push(self, key: str, value: bytes, ttl: int | None, cap: int) -> None:

@@ -67,6 +67,28 @@ class MemoryStore(Store):
             self._expires.pop(key, None)
         return removed
 
+    # -- hashes -----------------------------------------------------------
+    async def _field_set(
+        self, key: str, field: str, value: bytes, ttl: int | None, *, nx: bool = False
+    ) -> bool:
+        fields = self._live(key)
+        if fields is None:
+            fields = self._data[key] = {}
+        written = not (nx and field in fields)
+        if written:
+            fields[field] = value
+        self._touch(key, ttl)
+        return written
+
+    async def _field_get(self, key: str, field: str) -> bytes | None:
+        fields = self._live(key)
+        return fields.get(field) if fields else None
+
+    async def _field_delete(self, key: str, field: str) -> None:
+        fields = self._live(key)
+        if fields:
+            fields.pop(field, None)
+
     # -- lists ------------------------------------------------------------
     async def _push(self, key: str, value: bytes, ttl: int | None, cap: int) -> None:
         items = self._live(key)

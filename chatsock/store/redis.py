@@ -203,6 +203,31 @@ class RedisStore(Store):
     async def _delete(self, *keys: str) -> int:
         return int(await self._client.delete(*keys))
 
+    # -- hashes -----------------------------------------------------------
+    @_mapped
+    async def _field_set(
+        self, key: str, field: str, value: bytes, ttl: int | None, *, nx: bool = False
+    ) -> bool:
+        async with self._client.pipeline(transaction=True) as pipe:
+            if nx:
+                pipe.hsetnx(key, field, value)
+            else:
+                pipe.hset(key, field, value)
+            if ttl:
+                pipe.expire(key, ttl)
+            else:
+                pipe.persist(key)
+            written, _ = await pipe.execute()
+        return bool(written) or not nx
+
+    @_mapped
+    async def _field_get(self, key: str, field: str) -> bytes | None:
+        return cast("bytes | None", await self._client.hget(key, field))
+
+    @_mapped
+    async def _field_delete(self, key: str, field: str) -> None:
+        await self._client.hdel(key, field)
+
     # -- lists ------------------------------------------------------------
     @_mapped
     async def _push(self, key: str, value: bytes, ttl: int | None, cap: int) -> None:
