@@ -39,7 +39,7 @@ class ServerConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
     cors_allowed_origins: list[str] = Field(
         default_factory=list,
-        description="Origins allowed for Socket.IO; empty means same-origin only, ['*'] any.",
+        description="Origins allowed for Socket.IO and the HTTP API; [] = same origin, ['*'] any.",
     )
     worker_id: str = Field("", description="Identifies this worker in stream ownership.")
     shutdown_grace_s: float = Field(5.0, ge=0)

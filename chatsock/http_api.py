@@ -17,6 +17,7 @@ from aiohttp import web
 
 from chatsock import jsoncodec, protocol
 from chatsock.config import Settings
+from chatsock.cors import allow_origins
 from chatsock.errors import ChatsockError
 from chatsock.fanout import Fanout, Listener
 from chatsock.ids import new_id
@@ -177,18 +178,22 @@ class HttpApi:
         self.max_size = settings.http.client_max_size
         self.heartbeat_s = settings.http.sse_heartbeat_s
         self.stop_on_disconnect = settings.stream.stop_on_disconnect
+        self.cors_origins = settings.server.cors_allowed_origins
 
     def add_routes(self, app: web.Application) -> None:
         app.middlewares.append(api_errors)
         router = app.router
-        router.add_post("/api/chat/stream", self.start_stream)
-        router.add_post("/api/chat/stream/stop", self.stop_stream)
-        # Before /{stream_id}, which would otherwise match "active".
-        router.add_get("/api/chat/stream/active", self.active_streams)
-        router.add_get("/api/chat/stream/{stream_id}", self.follow_stream)
-        router.add_get("/api/chat/sessions", self.list_sessions)
-        router.add_get("/api/chat/sessions/{session_id}", self.get_session)
-        router.add_delete("/api/chat/sessions/{session_id}", self.delete_session)
+        api = [
+            router.add_post("/api/chat/stream", self.start_stream),
+            router.add_post("/api/chat/stream/stop", self.stop_stream),
+            # Before /{stream_id}, which would otherwise match "active".
+            router.add_get("/api/chat/stream/active", self.active_streams),
+            router.add_get("/api/chat/stream/{stream_id}", self.follow_stream),
+            router.add_get("/api/chat/sessions", self.list_sessions),
+            router.add_get("/api/chat/sessions/{session_id}", self.get_session),
+            router.add_delete("/api/chat/sessions/{session_id}", self.delete_session),
+        ]
+        allow_origins(app, self.cors_origins, api)
         router.add_get("/readyz", self.readyz)
         router.add_get("/metrics", self.metrics_text)
 

@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import shutil
-
 import pytest
 
 from chatsock.app import STORE
 from chatsock.providers.demo import demo_reply
-from tests.support.node import ROOT, require_node
+from tests.support.browser import run_browser_script
 
 pytestmark = pytest.mark.node
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("chromium is required: run scripts/system-deps.sh (make test does)")
-    return path
-
-
 async def test_page_streams_a_reply_as_text_and_stops_the_next(start_server):
     server = await start_server(demo={"tokens_per_second": 40})
-    proc = await asyncio.create_subprocess_exec(
-        require_node(), str(ROOT / "tests/js/page.mjs"),
-        f"http://127.0.0.1:{server.port}/", _chromium(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 90)
-    assert proc.returncode == 0, err.decode()
-    result = json.loads(out.decode().strip().splitlines()[-1])
+    result = await run_browser_script("page.mjs", f"http://127.0.0.1:{server.port}/")
     assert "failure" not in result, result
     hostile = "<img src=x onerror=window.pwned=1> rivers"
     assert result["userText"] == hostile  # shown as text, never parsed as HTML

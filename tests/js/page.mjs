@@ -1,16 +1,10 @@
 // Drives the demo page in Debian's headless Chromium (playwright-core, no
 // browser download). Usage: node tests/js/page.mjs <url> <chromium-path>
 // Prints one JSON object with what the page showed.
-import { chromium } from "playwright-core";
+import { launch } from "./browser.mjs";
 
 const [url, executablePath] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch(executablePath);
 const result = {};
 try {
   const page = await browser.newPage();
