@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 PRESENCE_REFRESH_S = 0.5
 PRESENCE_TTL_S = 3
 DELETE_WAIT_S = 5.0
+DELETE_POLL_S = 0.01
 
 
 class SessionService:
@@ -116,14 +117,29 @@ class SessionService:
 
     async def delete(self, session_id: str) -> None:
         await self.session(session_id)
-        for record in await self.store.active_streams(session_id):
-            await self.stop(record.stream_id)
-            # Let a local stream persist its stopped reply first, or it lands in the
-            # deleted session and reappears if the session id is used again.
-            stream = self.runner.streams.get(record.stream_id)
-            if stream is not None and stream.task is not None:
-                await asyncio.wait({stream.task}, timeout=DELETE_WAIT_S)
+        running = [record.stream_id for record in await self.store.active_streams(session_id)]
+        for stream_id in running:
+            await self.stop(stream_id)
+        # Let each stream persist its stopped reply first, or it lands in the
+        # deleted session and reappears if the session id is used again.
+        await asyncio.gather(*(self._until_ended(stream_id) for stream_id in running))
         await self.store.delete_session(session_id)
+
+    async def _until_ended(self, stream_id: str) -> None:
+        """Wait (at most DELETE_WAIT_S) until a stopped stream has stored its end."""
+        stream = self.runner.streams.get(stream_id)
+        if stream is not None and stream.task is not None:
+            await asyncio.wait({stream.task}, timeout=DELETE_WAIT_S)
+            return
+        # Running on another worker: it persists the reply, then records the end.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DELETE_WAIT_S
+        while loop.time() < deadline:
+            if await self.store.get_terminal(stream_id) is not None:
+                return
+            if not await self.store.lease_alive(stream_id):
+                return  # its worker is gone: nothing more will be persisted
+            await asyncio.sleep(DELETE_POLL_S)
 
     def connected(self, sid: str) -> None:
         self.connected_sids.add(sid)

@@ -66,3 +66,37 @@ async def test_stream_started_on_a_is_followed_listed_and_stopped_over_http_on_b
     assert "".join(t["token"] for t in [first, *b_tokens]) == done["full_response"]
     assert tokens(on_a.events()) == [first, *b_tokens]
     assert not gate.is_set()
+
+
+async def test_deleting_a_session_on_b_while_a_streams_it_leaves_nothing_behind(
+    start_server, redis_url, http
+):
+    provider = ScriptedProvider("fake")
+    script = provider.enqueue("partial ")
+    gate = script.gate()
+    script.text("never sent")
+    on_b_provider = ScriptedProvider("fake")
+    on_b_provider.enqueue("fresh start")
+    a = await _worker(start_server, redis_url, "worker-a", provider)
+    b = await _worker(start_server, redis_url, "worker-b", on_b_provider)
+
+    started = await http.post(
+        f"{a}/api/chat/stream", json={"message": "old", "session_id": "gone"}, headers=SSE
+    )
+    on_a = SSEReader(started)
+    await on_a.event()
+    await on_a.event()  # the first token: the stream is running on A
+    deleted = await http.delete(f"{b}/api/chat/sessions/gone")
+    assert deleted.status == 200
+    assert (await on_a.until_end())[-1].data["stopped"] is True
+    assert (await http.get(f"{b}/api/chat/sessions/gone")).status == 404
+
+    # The stopped reply did not land after the delete: reusing the id starts clean.
+    again = await http.post(f"{b}/api/chat/stream", json={"message": "new", "session_id": "gone"})
+    assert (await again.json())["full_response"] == "fresh start"
+    session = await (await http.get(f"{a}/api/chat/sessions/gone")).json()
+    assert [(m["role"], m["content"]) for m in session["messages"]] == [
+        ("user", "new"),
+        ("assistant", "fresh start"),
+    ]
+    assert not gate.is_set()
