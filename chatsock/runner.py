@@ -31,13 +31,16 @@ from chatsock.signals import SignalBus
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, MessageStatus, SessionInfo, StreamRecord, Terminal
 from chatsock.stream import ActiveStream, StreamHooks, resolve
-from chatsock.tailer import owner_lost
+from chatsock.tailer import ended_elsewhere, owner_lost
 
 __all__ = ["ActiveStream", "StreamHooks", "StreamRunner"]
 
 log = logging.getLogger(__name__)
 
 STOP_POLL_S = 0.5  # backup check of stop flags, for a missed stop signal
+# The end reason of a stream another worker recorded as lost: its buffered
+# text is not flushed, so the recorded partial stays exactly what was sent.
+TAKEN = "taken"
 
 
 class StreamRunner:
@@ -208,10 +211,14 @@ class StreamRunner:
                         log.info("stream %s: stop flag seen", stream.record.stream_id)
                         self._end(stream, "stopped")
                 if loop.time() - last_refresh >= refresh_every:
-                    for stream in self.streams.values():
-                        await self._store.refresh_lease(
-                            stream.record.stream_id, self.worker_id, self._lease_s
-                        )
+                    for stream in list(self.streams.values()):
+                        stream_id = stream.record.stream_id
+                        await self._store.refresh_lease(stream_id, self.worker_id, self._lease_s)
+                        if stream.end_reason is None and await self._store.get_terminal(stream_id):
+                            # Our lease lapsed (Redis was away) and another worker
+                            # recorded the stream as lost: end it with that record.
+                            log.warning("stream %s: recorded as lost elsewhere", stream_id)
+                            self._end(stream, TAKEN)
                     last_refresh = loop.time()
             except StoreUnavailable as exc:
                 log.warning("lease/stop upkeep: %s", exc)
@@ -318,7 +325,7 @@ class StreamRunner:
     ) -> None:
         record = stream.record
         try:
-            if stream.buffer and stream.end_reason != "internal":
+            if stream.buffer and stream.end_reason not in ("internal", TAKEN):
                 try:
                     await self._flush(stream)
                 except Exception:
@@ -326,11 +333,10 @@ class StreamRunner:
                     stream.buffer.clear()
             text = "".join(stream.parts)
             status, terminal = outcome(stream, failure, text)
-            declared = await self._declared_end(record.stream_id)
-            if declared is not None:
+            if not await self._claim_end(record.stream_id):
                 # Another worker took this stream for lost (our lease lapsed, e.g.
-                # during a Redis outage) and stored its end: follow that record.
-                terminal = declared
+                # during a Redis outage) and records its end: relay that one.
+                terminal = await ended_elsewhere(self._store, record.stream_id) or terminal
             else:
                 persist_failed = not await self._persist(stream, status, text, terminal)
                 if terminal.event == protocol.COMPLETE:
@@ -348,11 +354,13 @@ class StreamRunner:
         finally:
             self.streams.pop(record.stream_id, None)
 
-    async def _declared_end(self, stream_id: str) -> Terminal | None:
+    async def _claim_end(self, stream_id: str) -> bool:
         try:
-            return await self._store.get_terminal(stream_id)
+            return await retrying(lambda: self._store.claim_end(stream_id, self.worker_id))
         except StoreUnavailable:
-            return None
+            # The store stays away: go on as the owner. The persist below retries
+            # too, and a reply it cannot store is reported as persist_failed.
+            return True
 
     async def _persist(
         self, stream: ActiveStream, status: MessageStatus, text: str, terminal: Terminal

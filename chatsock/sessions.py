@@ -59,10 +59,12 @@ class SessionService:
     async def stop(self, stream_id: str) -> bool:
         """Stop a stream; False when it already ended. Unknown ids are `not_found`."""
         record = await self.stream(stream_id)
+        if await self.runner.stop(stream_id):
+            # Running here, even if another worker has already recorded it as
+            # lost (it then ends with that record).
+            return True
         if record.status != "streaming":
             return False
-        if await self.runner.stop(stream_id):
-            return True
         # Owned by another worker (Redis): a signal for speed, a flag its owner
         # also polls in case the signal is missed.
         await self.store.request_stop(stream_id)

@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 250
 IDLE_FOLLOWERLESS_S = 5.0
+# How long a worker that lost the claim on a stream's end waits for the
+# winner to record it: the winner's store writes retry for 3 s.
+END_WAIT_S = 5.0
+END_POLL_S = 0.02
 
 
 class Tailers:
@@ -111,8 +115,9 @@ async def owner_lost(store: Store, record: StreamRecord, *, local: bool) -> bool
 async def declare_lost(store: Store, record: StreamRecord) -> Terminal:
     """Record a stream whose owner died: error `worker_lost` with the logged text.
 
-    Several workers may notice at once; the first to store the end persists
-    the message, the others return the end it stored.
+    Several workers may notice at once, and an owner that was only cut off
+    from Redis may be finishing it too: the one that claims the end persists
+    the message and records it; the others return the end it recorded.
     """
     entries = await store.read_tokens(record.stream_id, 0)
     partial = "".join(str(entry.payload.get("token", "")) for entry in entries)
@@ -125,21 +130,38 @@ async def declare_lost(store: Store, record: StreamRecord) -> Terminal:
         retryable=True,
     )
     terminal = Terminal("error", protocol.STREAM_ERROR, payload)
-    if await store.finish_stream(record, terminal):
-        log.warning(
-            "stream %s: owner %s lost; recorded worker_lost", record.stream_id, record.owner
-        )
-        message = Message(
-            record.message_id,
-            "assistant",
-            partial,
-            protocol.now_iso(),
-            status="error",
-            stream_id=record.stream_id,
-            provider=record.provider,
-            model=record.model,
-            error_code="worker_lost",
-        )
+    if not await store.claim_end(record.stream_id, "declared-lost"):
+        return await ended_elsewhere(store, record.stream_id) or terminal
+    log.warning("stream %s: owner %s lost; recording worker_lost", record.stream_id, record.owner)
+    message = Message(
+        record.message_id,
+        "assistant",
+        partial,
+        protocol.now_iso(),
+        status="error",
+        stream_id=record.stream_id,
+        provider=record.provider,
+        model=record.model,
+        error_code="worker_lost",
+    )
+    try:
         await store.add_message(record.session_id, message)
-        return terminal
-    return await store.get_terminal(record.stream_id) or terminal
+    finally:  # recorded even when the message could not be, or the stream stays open
+        await store.finish_stream(record, terminal)
+    return terminal
+
+
+async def ended_elsewhere(
+    store: Store, stream_id: str, within: float = END_WAIT_S
+) -> Terminal | None:
+    """The end recorded by whoever claimed it, once it is stored (None after `within`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            terminal = await store.get_terminal(stream_id)
+        except StoreUnavailable:
+            terminal = None
+        if terminal is not None or loop.time() >= deadline:
+            return terminal
+        await asyncio.sleep(END_POLL_S)

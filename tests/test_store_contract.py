@@ -170,6 +170,12 @@ async def test_max_sessions_evicts_the_oldest_sessions(make_store: StoreFactory)
 # -- streams --------------------------------------------------------------
 
 
+async def test_claim_end_is_won_once_per_stream(store: Store) -> None:
+    assert await store.claim_end("a", "worker-a") is True
+    assert await store.claim_end("a", "declared-lost") is False
+    assert await store.claim_end("b", "declared-lost") is True
+
+
 async def test_create_stream_holds_one_slot_per_stream_up_to_the_cap(store: Store) -> None:
     assert await store.create_stream(stream("a"), max_per_session=1) is True
     assert await store.create_stream(stream("a"), max_per_session=1) is True  # same stream

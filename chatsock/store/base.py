@@ -220,6 +220,14 @@ class Store(ABC):
         raw = await self._log_read(self._k("stream", stream_id, "log"), after)
         return [LogEntry(seq, orjson.loads(data)) for seq, data in raw]
 
+    async def claim_end(self, stream_id: str, by: str) -> bool:
+        """Claim the right to persist and record a stream's end. Only the first
+        caller wins; so its owner and a worker taking it for lost never both
+        persist a reply."""
+        return await self._set(
+            self._k("stream", stream_id, "closer"), by.encode(), self.log_ttl, nx=True
+        )
+
     async def finish_stream(self, record: StreamRecord, terminal: Terminal) -> bool:
         """Mark the stream ended with `terminal`. Only the first caller wins (returns True)."""
         won = await self._set(

@@ -1,0 +1,114 @@
+"""A stream's owner and a worker that takes it for lost never both store a reply.
+
+When Redis was away longer than the owner's lease, another worker can take a
+live stream for lost just as its owner finishes it. Whoever claims the end
+first persists the reply and records the end; the other relays that record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from chatsock.app import STORE, create_app
+from chatsock.store.models import Terminal
+from chatsock.tailer import declare_lost
+from tests.conftest import url_of
+from tests.fakes.provider import ScriptedProvider
+from tests.fakes.store import FlakyStore
+from tests.support.clients import RecordingClient
+
+
+@pytest.fixture
+async def running(make_settings) -> AsyncIterator[tuple[FlakyStore, RecordingClient, str, str]]:
+    """A stream held after its first token: (store, client, stream_id, session_id)."""
+    provider = ScriptedProvider("fake")
+    script = provider.enqueue("partial ")
+    script.gate()
+    script.text("never sent")
+    store = FlakyStore()
+    app = create_app(make_settings(chain=["fake"]), providers={"fake": provider}, store=store)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    client = await RecordingClient().connect(url_of(server))
+    try:
+        ack = await client.call("chat_stream", {"message": "go"})
+        await client.wait_for(lambda _: client.tokens(ack["stream_id"]))
+        yield store, client, ack["stream_id"], ack["session_id"]
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def _assistant_messages(store: FlakyStore, session_id: str) -> list[tuple[str, str]]:
+    return [
+        (m.status, m.content)
+        for m in await store.get_messages(session_id)
+        if m.role == "assistant"
+    ]
+
+
+async def test_taken_for_lost_while_the_owner_persists_stores_the_reply_once(running):
+    store, client, stream_id, session_id = running
+    record = await store.get_stream(stream_id)
+    assert record is not None
+    declared: list[asyncio.Task[Terminal]] = []
+
+    async def another_worker_takes_it_for_lost() -> None:
+        declared.append(asyncio.create_task(declare_lost(store, record)))
+        await asyncio.sleep(0.05)  # it runs while the owner is mid-persist
+
+    store.before_assistant_message = another_worker_takes_it_for_lost
+    assert await client.call("chat_stop", {"stream_id": stream_id}) == {"ok": True, "stopped": True}
+    event, done = await client.wait_terminal(stream_id)
+    assert (event, done["stopped"], done["full_response"]) == ("chat_complete", True, "partial ")
+    relayed = await declared[0]
+    assert (relayed.event, relayed.payload["stopped"]) == ("chat_complete", True)
+    assert await _assistant_messages(store, session_id) == [("stopped", "partial ")]
+
+
+async def test_taken_for_lost_first_the_owner_relays_that_end(running):
+    store, client, stream_id, session_id = running
+    record = await store.get_stream(stream_id)
+    assert record is not None
+    lost = await declare_lost(store, record)
+    assert lost.payload["code"] == "worker_lost"
+    assert await client.call("chat_stop", {"stream_id": stream_id}) == {"ok": True, "stopped": True}
+    event, err = await client.wait_terminal(stream_id)
+    assert (event, err["code"], err["partial"]) == ("chat_stream_error", "worker_lost", "partial ")
+    assert await _assistant_messages(store, session_id) == [("error", "partial ")]
+
+
+@pytest.mark.redis
+async def test_an_owner_ends_a_stream_recorded_lost_elsewhere_with_that_record(
+    start_server, connect, redis_url
+):
+    provider = ScriptedProvider("fake")
+    script = provider.enqueue("partial ")
+    gate = script.gate()
+    script.text("never sent")
+    server = await start_server(
+        chain=["fake"],
+        providers={"fake": provider},
+        store={"redis_url": redis_url},
+        stream={"lease_s": 1.5},
+    )
+    client = await connect(server)
+    ack = await client.call("chat_stream", {"message": "go"})
+    stream_id = ack["stream_id"]
+    await client.wait_for(lambda _: client.tokens(stream_id))
+    store = server.app[STORE]
+    record = await store.get_stream(stream_id)
+    assert record is not None
+    await declare_lost(store, record)  # as a worker would that found the lease lapsed
+
+    # The owner notices at its next lease refresh (every lease_s / 3).
+    event, err = await client.wait_terminal(stream_id, within=3)
+    assert (event, err["code"], err["partial"]) == ("chat_stream_error", "worker_lost", "partial ")
+    assert provider.closed == [True]  # and it no longer generates upstream
+    assert not gate.is_set()
+    messages = await store.get_messages(ack["session_id"])
+    assert [(m.role, m.status) for m in messages] == [("user", "complete"), ("assistant", "error")]
