@@ -38,9 +38,6 @@ __all__ = ["ActiveStream", "StreamHooks", "StreamRunner"]
 log = logging.getLogger(__name__)
 
 STOP_POLL_S = 0.5  # backup check of stop flags, for a missed stop signal
-# The end reason of a stream another worker recorded as lost: its buffered
-# text is not flushed, so the recorded partial stays exactly what was sent.
-TAKEN = "taken"
 
 
 class StreamRunner:
@@ -211,14 +208,10 @@ class StreamRunner:
                         log.info("stream %s: stop flag seen", stream.record.stream_id)
                         self._end(stream, "stopped")
                 if loop.time() - last_refresh >= refresh_every:
-                    for stream in list(self.streams.values()):
-                        stream_id = stream.record.stream_id
-                        await self._store.refresh_lease(stream_id, self.worker_id, self._lease_s)
-                        if stream.end_reason is None and await self._store.get_terminal(stream_id):
-                            # Our lease lapsed (Redis was away) and another worker
-                            # recorded the stream as lost: end it with that record.
-                            log.warning("stream %s: recorded as lost elsewhere", stream_id)
-                            self._end(stream, TAKEN)
+                    for stream in self.streams.values():
+                        await self._store.refresh_lease(
+                            stream.record.stream_id, self.worker_id, self._lease_s
+                        )
                     last_refresh = loop.time()
             except StoreUnavailable as exc:
                 log.warning("lease/stop upkeep: %s", exc)
@@ -325,42 +318,71 @@ class StreamRunner:
     ) -> None:
         record = stream.record
         try:
-            if stream.buffer and stream.end_reason not in ("internal", TAKEN):
-                try:
-                    await self._flush(stream)
-                except Exception:
-                    log.exception("stream %s: final flush failed", record.stream_id)
-                    stream.buffer.clear()
-            text = "".join(stream.parts)
-            status, terminal = outcome(stream, failure, text)
-            if not await self._claim_end(record.stream_id):
-                # Another worker took this stream for lost (our lease lapsed, e.g.
-                # during a Redis outage) and records its end: relay that one.
-                terminal = await ended_elsewhere(self._store, record.stream_id) or terminal
+            # Claim the end first: another worker may have taken this stream for
+            # lost (our lease lapsed during a Redis outage). Only the claimant
+            # persists the reply and records the end, so it is stored once.
+            claimed = await self._claim_end(record.stream_id)
+            if claimed is False:
+                terminal = await self._end_taken(stream, failure)
             else:
-                persist_failed = not await self._persist(stream, status, text, terminal)
-                if terminal.event == protocol.COMPLETE:
-                    terminal.payload["persist_failed"] = persist_failed
-                try:
-                    await retrying(lambda: self._store.finish_stream(record, terminal))
-                except Exception:
-                    log.exception("stream %s: could not record its end", record.stream_id)
+                terminal = await self._end_owned(stream, failure, persist=claimed is True)
             await self._fanout.end(stream.feed, terminal)
             if self.hooks.on_end:
-                code = terminal.payload.get("code", status)
+                code = terminal.payload.get("code", terminal.status)
                 self.hooks.on_end(record, str(code), time.monotonic() - stream.started)
         except Exception:
             log.exception("stream %s: finishing failed", record.stream_id)
         finally:
             self.streams.pop(record.stream_id, None)
 
-    async def _claim_end(self, stream_id: str) -> bool:
+    async def _end_owned(
+        self, stream: ActiveStream, failure: ChatsockError | ProviderError | None, *, persist: bool
+    ) -> Terminal:
+        record = stream.record
+        if stream.buffer and stream.end_reason != "internal":
+            try:
+                await self._flush(stream)
+            except Exception:
+                log.exception("stream %s: final flush failed", record.stream_id)
+                stream.buffer.clear()
+        text = "".join(stream.parts)
+        status, terminal = outcome(stream, failure, text)
+        persisted = persist and await self._persist(stream, status, text, terminal)
+        if terminal.event == protocol.COMPLETE:
+            terminal.payload["persist_failed"] = not persisted
+        try:
+            await retrying(lambda: self._store.finish_stream(record, terminal))
+        except Exception:
+            log.exception("stream %s: could not record its end", record.stream_id)
+        return terminal
+
+    async def _end_taken(
+        self, stream: ActiveStream, failure: ChatsockError | ProviderError | None
+    ) -> Terminal:
+        """Relay the end recorded by the worker that took this stream for lost."""
+        record = stream.record
+        stream.buffer.clear()  # the recorded partial is what the log holds
+        recorded = await ended_elsewhere(self._store, record.stream_id)
+        if recorded is not None:
+            return recorded
+        # The claimant never recorded an end (it failed too): record ours, not
+        # persisted (the claimant may have stored the reply), so the session's
+        # stream slot is freed.
+        log.warning("stream %s: its end was claimed but never recorded", record.stream_id)
+        _, terminal = outcome(stream, failure, "".join(stream.parts))
+        try:
+            await retrying(lambda: self._store.finish_stream(record, terminal))
+        except Exception:
+            log.exception("stream %s: could not record its end", record.stream_id)
+        return terminal
+
+    async def _claim_end(self, stream_id: str) -> bool | None:
+        """True when this worker owns the end, False when another claimed it,
+        None when the store stayed unreachable (then nothing is persisted)."""
         try:
             return await retrying(lambda: self._store.claim_end(stream_id, self.worker_id))
         except StoreUnavailable:
-            # The store stays away: go on as the owner. The persist below retries
-            # too, and a reply it cannot store is reported as persist_failed.
-            return True
+            return None
 
     async def _persist(
         self, stream: ActiveStream, status: MessageStatus, text: str, terminal: Terminal

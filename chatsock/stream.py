@@ -42,7 +42,7 @@ class ActiveStream:
     provider: str | None = None
     model: str | None = None
     first_token_at: float | None = None
-    end_reason: str | None = None  # "stopped" | "server_shutdown" | "taken" | other error code
+    end_reason: str | None = None  # "stopped" | "server_shutdown" | other error code
     reader: asyncio.Task[None] | None = None
     task: asyncio.Task[None] | None = None
     waiter: asyncio.Future[None] | None = None

@@ -16,6 +16,8 @@ from typing import Any
 
 from chatsock import protocol
 from chatsock.fanout import Fanout, Feed
+from chatsock.ids import new_id
+from chatsock.retry import retrying
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, StreamRecord, Terminal
 
@@ -130,9 +132,18 @@ async def declare_lost(store: Store, record: StreamRecord) -> Terminal:
         retryable=True,
     )
     terminal = Terminal("error", protocol.STREAM_ERROR, payload)
-    if not await store.claim_end(record.stream_id, "declared-lost"):
-        return await ended_elsewhere(store, record.stream_id) or terminal
+    claimant = new_id("lost")  # unique, so a retried claim is recognised as ours
+    if not await retrying(lambda: store.claim_end(record.stream_id, claimant)):
+        recorded = await ended_elsewhere(store, record.stream_id)
+        if recorded is not None:
+            return recorded
+        # The claimant never recorded the end: record it (NX) to free the slot.
+        await retrying(lambda: store.finish_stream(record, terminal))
+        return await store.get_terminal(record.stream_id) or terminal
     log.warning("stream %s: owner %s lost; recording worker_lost", record.stream_id, record.owner)
+    # If the owner was only cut off from Redis, it stops at its next flag check
+    # and relays the end recorded here.
+    await retrying(lambda: store.request_stop(record.stream_id))
     message = Message(
         record.message_id,
         "assistant",
@@ -145,9 +156,10 @@ async def declare_lost(store: Store, record: StreamRecord) -> Terminal:
         error_code="worker_lost",
     )
     try:
-        await store.add_message(record.session_id, message)
-    finally:  # recorded even when the message could not be, or the stream stays open
-        await store.finish_stream(record, terminal)
+        await retrying(lambda: store.add_message(record.session_id, message))
+    except StoreUnavailable:
+        log.exception("stream %s: could not store its partial reply", record.stream_id)
+    await retrying(lambda: store.finish_stream(record, terminal))
     return terminal
 
 

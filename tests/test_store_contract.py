@@ -172,8 +172,9 @@ async def test_max_sessions_evicts_the_oldest_sessions(make_store: StoreFactory)
 
 async def test_claim_end_is_won_once_per_stream(store: Store) -> None:
     assert await store.claim_end("a", "worker-a") is True
-    assert await store.claim_end("a", "declared-lost") is False
-    assert await store.claim_end("b", "declared-lost") is True
+    assert await store.claim_end("a", "lost-1") is False
+    assert await store.claim_end("a", "worker-a") is True  # a retry by the claimant
+    assert await store.claim_end("b", "lost-1") is True
 
 
 async def test_create_stream_holds_one_slot_per_stream_up_to_the_cap(store: Store) -> None:

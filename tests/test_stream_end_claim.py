@@ -94,7 +94,6 @@ async def test_an_owner_ends_a_stream_recorded_lost_elsewhere_with_that_record(
         chain=["fake"],
         providers={"fake": provider},
         store={"redis_url": redis_url},
-        stream={"lease_s": 1.5},
     )
     client = await connect(server)
     ack = await client.call("chat_stream", {"message": "go"})
@@ -105,10 +104,25 @@ async def test_an_owner_ends_a_stream_recorded_lost_elsewhere_with_that_record(
     assert record is not None
     await declare_lost(store, record)  # as a worker would that found the lease lapsed
 
-    # The owner notices at its next lease refresh (every lease_s / 3).
+    # The owner notices at its next stop-flag check (every 0.5 s).
     event, err = await client.wait_terminal(stream_id, within=3)
     assert (event, err["code"], err["partial"]) == ("chat_stream_error", "worker_lost", "partial ")
     assert provider.closed == [True]  # and it no longer generates upstream
     assert not gate.is_set()
     messages = await store.get_messages(ack["session_id"])
     assert [(m.role, m.status) for m in messages] == [("user", "complete"), ("assistant", "error")]
+
+
+async def test_a_claimant_that_never_records_the_end_does_not_hold_the_slot(running):
+    store, client, stream_id, session_id = running
+    # A worker claimed the end, then failed before recording it.
+    assert await store.claim_end(stream_id, "lost-ghost") is True
+    assert await client.call("chat_stop", {"stream_id": stream_id}) == {"ok": True, "stopped": True}
+    event, done = await client.wait_terminal(stream_id, within=10)  # after END_WAIT_S
+    assert (event, done["stopped"], done["full_response"]) == ("chat_complete", True, "partial ")
+    assert await store.get_terminal(stream_id) is not None
+    # The session's only stream slot is free again.
+    again = await client.call("chat_stream", {"message": "next", "session_id": session_id})
+    assert again["ok"], again
+    event, _ = await client.wait_terminal(again["stream_id"])
+    assert event == "chat_complete"

@@ -222,11 +222,13 @@ class Store(ABC):
 
     async def claim_end(self, stream_id: str, by: str) -> bool:
         """Claim the right to persist and record a stream's end. Only the first
-        caller wins; so its owner and a worker taking it for lost never both
-        persist a reply."""
-        return await self._set(
-            self._k("stream", stream_id, "closer"), by.encode(), self.log_ttl, nx=True
-        )
+        claimant wins, so its owner and a worker taking it for lost never both
+        persist a reply. `by` names the claimant uniquely: a retried claim
+        whose first reply was lost still wins."""
+        key = self._k("stream", stream_id, "closer")
+        if await self._set(key, by.encode(), self.log_ttl, nx=True):
+            return True
+        return await self._get(key) == by.encode()
 
     async def finish_stream(self, record: StreamRecord, terminal: Terminal) -> bool:
         """Mark the stream ended with `terminal`. Only the first caller wins (returns True)."""
