@@ -36,6 +36,22 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         # Clients replaced by a reconnect. The base class drops them without
         # closing them, which leaks their sockets; they are closed here.
         self._retired: list[Any] = []
+        # Emits go through a client of their own: the base class reconnects
+        # (replacing the listener's client) when a publish fails.
+        self._publisher: Any = None
+
+    async def _publish(self, data: Any) -> Any:
+        """Publish with our own client, which redis-py reconnects by itself, so a
+        failed publish never disturbs the listener. Failures are logged, as the
+        base class does."""
+        try:
+            if self._publisher is None:
+                module = self._get_redis_module()
+                self._publisher = module.Redis.from_url(self.redis_url, **self.redis_options)
+            return await self._publisher.publish(self.channel, self.json.dumps(data))
+        except Exception as exc:
+            log.error("socket.io Redis publish failed: %s", exc)
+            return None
 
     def _redis_connect(self) -> None:
         if self.redis is not None:
@@ -63,6 +79,9 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             self._retired.append((self.pubsub, self.redis))
             self.redis = self.pubsub = None
             self.connected = False
+        if self._publisher is not None:
+            self._retired.append((None, self._publisher))
+            self._publisher = None
         await self._close_retired()
 
     async def _listen(self) -> AsyncIterator[Any]:
@@ -85,10 +104,11 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             if thread is None:  # not initialised yet (no client has connected)
                 started = loop.time()
                 continue
-            try:
-                await self._publish({"method": "chatsock_heartbeat", "host_id": self.host_id})
-            except Exception as exc:  # _publish logs and swallows; belt and braces
-                log.debug("socket.io heartbeat publish failed: %s", exc)
+            heartbeat = {"method": "chatsock_heartbeat", "host_id": self.host_id}
+            try:  # redis-py's own retries must not hold up the watchdog
+                await asyncio.wait_for(self._publish(heartbeat), HEARTBEAT_S)
+            except TimeoutError:
+                log.debug("socket.io heartbeat publish timed out")
             await self._close_retired()
             heard = self.last_heard if self.last_heard is not None else started
             if thread.done() or loop.time() - heard > DEAF_AFTER_S:
