@@ -14,14 +14,13 @@ from chatsock.runner import StreamRunner
 from chatsock.signals import SignalBus
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, SessionInfo, StreamRecord
-from chatsock.tailer import Tailers, owner_lost
+from chatsock.tailer import Tailers, ended_elsewhere, owner_lost
 
 log = logging.getLogger(__name__)
 
 PRESENCE_REFRESH_S = 0.5
 PRESENCE_TTL_S = 3
 DELETE_WAIT_S = 5.0
-DELETE_POLL_S = 0.01
 
 
 class SessionService:
@@ -134,14 +133,7 @@ class SessionService:
             await asyncio.wait({stream.task}, timeout=DELETE_WAIT_S)
             return
         # Running on another worker: it persists the reply, then records the end.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DELETE_WAIT_S
-        while loop.time() < deadline:
-            if await self.store.get_terminal(stream_id) is not None:
-                return
-            if not await self.store.lease_alive(stream_id):
-                return  # its worker is gone: nothing more will be persisted
-            await asyncio.sleep(DELETE_POLL_S)
+        await ended_elsewhere(self.store, stream_id, DELETE_WAIT_S, until_owner_gone=True)
 
     def connected(self, sid: str) -> None:
         self.connected_sids.add(sid)

@@ -164,14 +164,18 @@ async def declare_lost(store: Store, record: StreamRecord) -> Terminal:
 
 
 async def ended_elsewhere(
-    store: Store, stream_id: str, within: float = END_WAIT_S
+    store: Store, stream_id: str, within: float = END_WAIT_S, *, until_owner_gone: bool = False
 ) -> Terminal | None:
-    """The end recorded by whoever claimed it, once it is stored (None after `within`)."""
+    """The end recorded by whoever claimed it, once it is stored. None after
+    `within`, or, with `until_owner_gone`, as soon as the owner's lease has
+    lapsed: its worker is gone and will record nothing more."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
         try:
             terminal = await store.get_terminal(stream_id)
+            if terminal is None and until_owner_gone and not await store.lease_alive(stream_id):
+                return None
         except StoreUnavailable:
             terminal = None
         if terminal is not None or loop.time() >= deadline:
