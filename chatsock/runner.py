@@ -350,10 +350,7 @@ class StreamRunner:
         persisted = persist and await self._persist(stream, status, text, terminal)
         if terminal.event == protocol.COMPLETE:
             terminal.payload["persist_failed"] = not persisted
-        try:
-            await retrying(lambda: self._store.finish_stream(record, terminal))
-        except Exception:
-            log.exception("stream %s: could not record its end", record.stream_id)
+        await self._record_end(record, terminal)
         return terminal
 
     async def _end_taken(
@@ -370,11 +367,14 @@ class StreamRunner:
         # stream slot is freed.
         log.warning("stream %s: its end was claimed but never recorded", record.stream_id)
         _, terminal = outcome(stream, failure, "".join(stream.parts))
+        await self._record_end(record, terminal)
+        return terminal
+
+    async def _record_end(self, record: StreamRecord, terminal: Terminal) -> None:
         try:
             await retrying(lambda: self._store.finish_stream(record, terminal))
         except Exception:
             log.exception("stream %s: could not record its end", record.stream_id)
-        return terminal
 
     async def _claim_end(self, stream_id: str) -> bool | None:
         """True when this worker owns the end, False when another claimed it,

@@ -54,9 +54,12 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             return None
 
     def _redis_connect(self) -> None:
+        self._retire_listener_client()
+        super()._redis_connect()
+
+    def _retire_listener_client(self) -> None:
         if self.redis is not None:
             self._retired.append((self.pubsub, self.redis))
-        super()._redis_connect()
 
     async def _close_retired(self) -> None:
         retired, self._retired = self._retired, []
@@ -75,10 +78,9 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         if thread is not None:
             thread.cancel()
             await asyncio.gather(thread, return_exceptions=True)
-        if self.redis is not None:
-            self._retired.append((self.pubsub, self.redis))
-            self.redis = self.pubsub = None
-            self.connected = False
+        self._retire_listener_client()
+        self.redis = self.pubsub = None
+        self.connected = False
         if self._publisher is not None:
             self._retired.append((None, self._publisher))
             self._publisher = None
