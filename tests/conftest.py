@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from chatsock.config import Settings, load_settings
 from chatsock.providers.base import Provider
 from tests.fakes.provider import ScriptedProvider
 from tests.support.clients import RecordingClient
+from tests.support.leaks import leaked_resources
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,10 +42,7 @@ def _no_leaked_resources() -> Iterator[None]:
     """Collect garbage after every test, so a leaked socket or transport fails
     the test that leaked it instead of whichever test the collector runs in."""
     yield
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
-        gc.collect()
-    leaks = sorted({str(w.message) for w in caught if issubclass(w.category, ResourceWarning)})
+    leaks = leaked_resources()
     if leaks:
         pytest.fail("leaked resources:\n" + "\n".join(leaks))
 

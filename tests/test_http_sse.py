@@ -15,6 +15,7 @@ from chatsock.providers.base import ProviderStreamError
 from tests.conftest import url_of
 from tests.fakes.provider import ScriptedProvider
 from tests.support.http import SSE, SSEReader, tokens
+from tests.support.waiting import poll_until
 
 
 @pytest.fixture
@@ -221,13 +222,7 @@ async def run_app_like() -> AsyncIterator[object]:
 
 
 async def _closed_within(provider, seconds):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while loop.time() < deadline:
-        if provider.closed == [True]:
-            return True
-        await asyncio.sleep(0.01)
-    return provider.closed == [True]
+    return await poll_until(lambda: provider.closed == [True], within=seconds, every=0.01)
 
 
 @pytest.mark.parametrize("handler_cancellation", [True, False], ids=["test-server", "run_app"])

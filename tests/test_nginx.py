@@ -9,6 +9,7 @@ import pytest
 from tests.support.nginx import Nginx
 from tests.support.node import run_node_client
 from tests.support.process import Worker
+from tests.support.waiting import poll_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.node]
 
@@ -31,7 +32,8 @@ async def test_stream_through_nginx_polling_then_websocket_upgrade(redis_url):
         assert "".join(t["token"] for t in tokens) == end["full_response"]
         assert result["transport"] == "websocket"  # upgraded from polling
         # nginx logs a WebSocket request when it closes, a moment after the client left.
-        log = await _log_with(proxy, " 101 ")
+        await poll_until(lambda: " 101 " in proxy.access_log(), within=10)
+        log = proxy.access_log()
         assert "transport=polling" in log
         assert "transport=websocket" in log
         assert " 101 " in log
@@ -39,11 +41,3 @@ async def test_stream_through_nginx_polling_then_websocket_upgrade(redis_url):
         proxy.stop()
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
 
-
-async def _log_with(proxy: Nginx, needle: str, within: float = 10) -> str:
-    deadline = asyncio.get_running_loop().time() + within
-    while needle not in (log := proxy.access_log()):
-        if asyncio.get_running_loop().time() > deadline:
-            return log
-        await asyncio.sleep(0.05)
-    return log

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import gc
-import warnings
-from collections.abc import Callable
 
 import pytest
 
 from chatsock.app import MANAGER
 from tests.fakes.provider import ScriptedProvider
+from tests.support.leaks import leaked_resources
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import poll_until
 
 pytestmark = pytest.mark.redis
 
@@ -59,22 +58,12 @@ async def test_the_socketio_manager_closes_the_clients_it_replaces(
     server = await start_server(store={"redis_url": private_redis_server.url})
     manager = server.app[MANAGER]
     client = await connect(server)
-    await _until(lambda: (manager.deaf_for() or 99) < 1.5)
+    assert await poll_until(lambda: (manager.deaf_for() or 99) < 1.5, within=10)
     await asyncio.to_thread(private_redis_server.stop, kill=True)
     await asyncio.sleep(2.5)  # heartbeats fail and the listener retries: clients get replaced
     await asyncio.to_thread(private_redis_server.start)
-    await _until(lambda: (manager.deaf_for() or 99) < 1.5, within=20)
+    assert await poll_until(lambda: (manager.deaf_for() or 99) < 1.5, within=20)
     await client.close()
     await server.close()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
-        gc.collect()
-    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
-    assert leaks == []
+    assert leaked_resources() == []
 
-
-async def _until(condition: Callable[[], bool], within: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
