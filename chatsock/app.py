@@ -25,11 +25,11 @@ from chatsock.sessions import SessionService
 from chatsock.signals import SignalBus
 from chatsock.sio_manager import WatchedRedisManager
 from chatsock.store import Store, create_store
+from chatsock.timing import LISTENER_DEAF_S
 from chatsock.web import add_page_routes
 
 log = logging.getLogger(__name__)
 
-LISTENER_DEAF_S = 6.0  # both listeners hear a heartbeat every 1-2 s
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)

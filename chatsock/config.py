@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -22,6 +30,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from chatsock.timing import TimingError, check_timing
 
 DEFAULT_CONFIG = Path("config.toml")
 
@@ -132,6 +142,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _timings_agree(self) -> Settings:
+        try:
+            check_timing(lease_s=self.stream.lease_s, log_ttl=self.stream.log_ttl)
+        except TimingError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -18,6 +18,7 @@ from typing import Any
 
 from chatsock import protocol
 from chatsock.config import Settings
+from chatsock.ending import ended_elsewhere, owner_lost
 from chatsock.errors import ChatsockError
 from chatsock.failover import read_chain
 from chatsock.fanout import Fanout
@@ -31,13 +32,11 @@ from chatsock.signals import SignalBus
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, MessageStatus, SessionInfo, StreamRecord, Terminal
 from chatsock.stream import ActiveStream, StreamHooks, resolve
-from chatsock.tailer import ended_elsewhere, owner_lost
+from chatsock.timing import UPKEEP_S
 
 __all__ = ["ActiveStream", "StreamHooks", "StreamRunner"]
 
 log = logging.getLogger(__name__)
-
-STOP_POLL_S = 0.5  # backup check of stop flags, for a missed stop signal
 
 
 class StreamRunner:
@@ -200,7 +199,7 @@ class StreamRunner:
         last_refresh = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(STOP_POLL_S)
+            await asyncio.sleep(UPKEEP_S)
             streams = [s for s in self.streams.values() if s.end_reason is None]
             try:
                 for stream in streams:

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from chatsock import protocol
+from chatsock.ending import ended_elsewhere, owner_lost
 from chatsock.errors import ChatsockError
 from chatsock.fanout import Fanout, Listener
 from chatsock.protocol import Payload
@@ -14,13 +15,10 @@ from chatsock.runner import StreamRunner
 from chatsock.signals import SignalBus
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, SessionInfo, StreamRecord
-from chatsock.tailer import Tailers, ended_elsewhere, owner_lost
+from chatsock.tailer import Tailers
+from chatsock.timing import DELETE_WAIT_S, PRESENCE_REFRESH_S, PRESENCE_TTL_S
 
 log = logging.getLogger(__name__)
-
-PRESENCE_REFRESH_S = 0.5
-PRESENCE_TTL_S = 3
-DELETE_WAIT_S = 5.0
 
 
 class SessionService:

@@ -16,12 +16,12 @@ from typing import Any
 import orjson
 
 from chatsock.store import Store, StoreUnavailable
+from chatsock.timing import SIGNAL_HEARTBEAT_S
 
 log = logging.getLogger(__name__)
 
 STARTED = "signals:started"
 STOP = "signals:stop"
-HEARTBEAT_S = 2.0
 
 OnStarted = Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]]
 OnStop = Callable[[str], Awaitable[None]]
@@ -94,7 +94,7 @@ class SignalBus:
     async def _heartbeat(self) -> None:
         beat = orjson.dumps({"heartbeat": self.worker_id})
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(SIGNAL_HEARTBEAT_S)
             try:
                 await self.store.publish(STARTED, beat)
             except StoreUnavailable:

@@ -17,10 +17,10 @@ from typing import Any
 
 import socketio
 
-log = logging.getLogger(__name__)
+from chatsock.timing import MANAGER_DEAF_AFTER_S as DEAF_AFTER_S
+from chatsock.timing import MANAGER_HEARTBEAT_S as HEARTBEAT_S
 
-HEARTBEAT_S = 1.0
-DEAF_AFTER_S = 4.0
+log = logging.getLogger(__name__)
 
 
 class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]

@@ -4,8 +4,8 @@ The owner sends each flush to its own room members directly and appends it
 to the stream's Redis log; a worker whose clients follow the stream tails
 that log and sends the entries to its local members. No token is published
 to every worker. A tailer also notices the end (the stored terminal event)
-and the owner's death (its lease expired): then it records the stream as
-`worker_lost` with the text the log holds.
+and the owner's death (its lease expired): then ending.py records the stream
+as `worker_lost` with the text the log holds.
 """
 
 from __future__ import annotations
@@ -15,20 +15,13 @@ import logging
 from typing import Any
 
 from chatsock import protocol
+from chatsock.ending import declare_lost
 from chatsock.fanout import Fanout, Feed
-from chatsock.ids import new_id
-from chatsock.retry import retrying
 from chatsock.store import Store, StoreUnavailable
-from chatsock.store.models import Message, StreamRecord, Terminal
+from chatsock.store.models import StreamRecord
+from chatsock.timing import TAIL_IDLE_FOLLOWERLESS_S, TAIL_POLL_MS
 
 log = logging.getLogger(__name__)
-
-POLL_MS = 250
-IDLE_FOLLOWERLESS_S = 5.0
-# How long a worker that lost the claim on a stream's end waits for the
-# winner to record it: the winner's store writes retry for 3 s.
-END_WAIT_S = 5.0
-END_POLL_S = 0.02
 
 
 class Tailers:
@@ -72,7 +65,9 @@ class Tailers:
                 await self.fanout.emit(feed, protocol.STREAM_START, start)
             while True:
                 try:
-                    entries = await self.store.wait_tokens(record.stream_id, feed.last_seq, POLL_MS)
+                    entries = await self.store.wait_tokens(
+                        record.stream_id, feed.last_seq, TAIL_POLL_MS
+                    )
                     for entry in entries:
                         if entry.seq > feed.last_seq:
                             await self.fanout.emit(feed, protocol.TOKEN, entry.payload, entry.seq)
@@ -94,7 +89,7 @@ class Tailers:
                     unfollowed_since = None
                 elif unfollowed_since is None:
                     unfollowed_since = loop.time()
-                elif loop.time() - unfollowed_since > IDLE_FOLLOWERLESS_S:
+                elif loop.time() - unfollowed_since > TAIL_IDLE_FOLLOWERLESS_S:
                     return
         except asyncio.CancelledError:
             raise
@@ -103,81 +98,3 @@ class Tailers:
         finally:
             if self.fanout.feeds.get(record.stream_id) is feed:
                 self.fanout.feeds.pop(record.stream_id, None)
-
-
-async def owner_lost(store: Store, record: StreamRecord, *, local: bool) -> bool:
-    """Whether `record` streams on another worker whose lease expired; if so it is
-    recorded as `worker_lost` (see `declare_lost`)."""
-    if local or record.status != "streaming" or await store.lease_alive(record.stream_id):
-        return False
-    await declare_lost(store, record)
-    return True
-
-
-async def declare_lost(store: Store, record: StreamRecord) -> Terminal:
-    """Record a stream whose owner died: error `worker_lost` with the logged text.
-
-    Several workers may notice at once, and an owner that was only cut off
-    from Redis may be finishing it too: the one that claims the end persists
-    the message and records it; the others return the end it recorded.
-    """
-    entries = await store.read_tokens(record.stream_id, 0)
-    partial = "".join(str(entry.payload.get("token", "")) for entry in entries)
-    payload = protocol.stream_error(
-        stream_id=record.stream_id,
-        session_id=record.session_id,
-        code="worker_lost",
-        error=f"the worker running this stream ({record.owner}) stopped responding",
-        partial=partial,
-        retryable=True,
-    )
-    terminal = Terminal("error", protocol.STREAM_ERROR, payload)
-    claimant = new_id("lost")  # unique, so a retried claim is recognised as ours
-    if not await retrying(lambda: store.claim_end(record.stream_id, claimant)):
-        recorded = await ended_elsewhere(store, record.stream_id)
-        if recorded is not None:
-            return recorded
-        # The claimant never recorded the end: record it (NX) to free the slot.
-        await retrying(lambda: store.finish_stream(record, terminal))
-        return await store.get_terminal(record.stream_id) or terminal
-    log.warning("stream %s: owner %s lost; recording worker_lost", record.stream_id, record.owner)
-    # If the owner was only cut off from Redis, it stops at its next flag check
-    # and relays the end recorded here.
-    await retrying(lambda: store.request_stop(record.stream_id))
-    message = Message(
-        record.message_id,
-        "assistant",
-        partial,
-        protocol.now_iso(),
-        status="error",
-        stream_id=record.stream_id,
-        provider=record.provider,
-        model=record.model,
-        error_code="worker_lost",
-    )
-    try:
-        await retrying(lambda: store.add_message(record.session_id, message))
-    except StoreUnavailable:
-        log.exception("stream %s: could not store its partial reply", record.stream_id)
-    await retrying(lambda: store.finish_stream(record, terminal))
-    return terminal
-
-
-async def ended_elsewhere(
-    store: Store, stream_id: str, within: float = END_WAIT_S, *, until_owner_gone: bool = False
-) -> Terminal | None:
-    """The end recorded by whoever claimed it, once it is stored. None after
-    `within`, or, with `until_owner_gone`, as soon as the owner's lease has
-    lapsed: its worker is gone and will record nothing more."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        try:
-            terminal = await store.get_terminal(stream_id)
-            if terminal is None and until_owner_gone and not await store.lease_alive(stream_id):
-                return None
-        except StoreUnavailable:
-            terminal = None
-        if terminal is not None or loop.time() >= deadline:
-            return terminal
-        await asyncio.sleep(END_POLL_S)
