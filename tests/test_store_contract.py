@@ -14,11 +14,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
-from chatsock.store.base import Store, StoreUnavailable
+from chatsock.store import Registration, StoreRequestError
+from chatsock.store.base import MAX_SEQ, Store, StoreUnavailable
 from chatsock.store.memory import MemoryStore
 from chatsock.store.models import LogEntry, Message, SessionInfo, StreamRecord, Terminal
 from chatsock.store.redis import RedisStore, mask_url
+from tests.fakes.store import FlakyStore
 from tests.support.fixtures import private_redis_server, redis_server, redis_url  # noqa: F401
 from tests.support.redis_server import RedisServer, free_port
 
@@ -40,10 +43,49 @@ def message(n: int, content: str = "", role: str = "user", t: float = 0) -> Mess
     return Message(f"msg-{n}", role, content or f"message {n}", at(t))  # type: ignore[arg-type]
 
 
-def stream(stream_id: str, session_id: str = "s1", t: float = 0) -> StreamRecord:
+def stream(
+    stream_id: str, session_id: str = "s1", t: float = 0, cmid: str | None = None
+) -> StreamRecord:
     return StreamRecord(
-        stream_id, session_id, f"msg-{stream_id}", "worker-a", "fake", "m", started_at=at(t)
+        stream_id, session_id, f"msg-{stream_id}", "worker-a", "fake", "m", started_at=at(t),
+        client_message_id=cmid,
+    )  # fmt: skip
+
+
+def ack(stream_id: str, session_id: str = "s1") -> dict[str, Any]:
+    return {"stream_id": stream_id, "session_id": session_id, "message_id": f"msg-{stream_id}"}
+
+
+async def register(
+    store: Store, record: StreamRecord, limit: int = 1, lease_s: float = 10
+) -> Registration:
+    return await store.register_stream(
+        record, limit=limit, lease_s=lease_s, ack=ack(record.stream_id, record.session_id)
     )
+
+
+async def stored_keys(store: Store) -> set[str]:
+    """Every key the store holds now (each Redis test has a database of its own)."""
+    if isinstance(store, MemoryStore):
+        return set(store.live_keys())
+    assert isinstance(store, RedisStore)
+    client = aioredis.Redis.from_url(store.url)  # test servers have no password to mask
+    try:
+        return {bytes(key).decode() for key in await client.keys("*")}
+    finally:
+        await client.aclose()
+
+
+async def redis_pings(store: Store) -> int:
+    """How many PINGs the Redis server has answered (0 for other stores)."""
+    if not isinstance(store, RedisStore):
+        return 0
+    client = aioredis.Redis.from_url(store.url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return int(stats.get("cmdstat_ping", {}).get("calls", 0))
 
 
 def terminal(status: str = "complete") -> Terminal:
@@ -112,15 +154,48 @@ async def test_delete_session_removes_it_its_messages_and_acks_once(store: Store
     await store.ensure_session(session("s1"))
     await store.ensure_session(session("s2", t=1))
     await store.add_message("s1", message(1, t=2))
-    await store.claim_client_message("s1", "c1", {"stream_id": "a"})
-    await store.claim_client_message("s2", "c1", {"stream_id": "b"})
+    await register(store, stream("a", cmid="c1"))
+    await register(store, stream("b", "s2", cmid="c1"))
     assert await store.delete_session("s1") is True
     assert await store.delete_session("s1") is False
     assert await store.get_session("s1") is None
     assert await store.get_messages("s1") == []
     assert await store.find_client_message("s1", "c1") is None
-    assert await store.find_client_message("s2", "c1") == {"stream_id": "b"}
+    assert await store.find_client_message("s2", "c1") == ack("b", "s2")
     assert [s.session_id for s in await store.list_sessions()] == ["s2"]
+
+
+async def test_delete_session_leaves_no_key_of_the_session_or_its_streams(store: Store) -> None:
+    """Defect 12: records, logs, ends, flags and leases of its streams went too."""
+    await store.ensure_session(session("s1"))
+    await store.ensure_session(session("s2", t=1))
+    await store.add_message("s1", message(1, t=2))
+    await register(store, stream("ended", cmid="c1"), limit=2)
+    for seq in (1, 2):
+        await store.append_token("ended", seq, {"seq": seq, "token": "x"})
+    await store.request_stop("ended")
+    assert await store.claim_end("ended", "worker-a") is True
+    await store.finish_stream(stream("ended"), terminal("stopped"))
+    await register(store, stream("running", cmid="c2"), limit=2)
+    await store.append_token("running", 1, {"seq": 1})
+    await store.mark_present("s1", "worker-a", 30)
+    await register(store, stream("kept", "s2", cmid="c1"))
+    await store.append_token("kept", 1, {"seq": 1})
+    before = await stored_keys(store)
+
+    assert await store.delete_session("s1") is True
+
+    for stream_id in ("ended", "running"):
+        assert await store.get_stream(stream_id) is None
+        assert await store.read_tokens(stream_id, 0) == []
+        assert await store.get_terminal(stream_id) is None
+        assert await store.stop_requested(stream_id) is False
+        assert await store.lease_alive(stream_id) is False
+    assert [r.stream_id for r in await store.active_streams()] == ["kept"]
+    assert await store.present_elsewhere("s1", "worker-b") is False
+    left = await stored_keys(store)
+    assert [k for k in left if any(n in k for n in (":s1", "ended", "running"))] == []
+    assert {k for k in before if ":s2" in k or "kept" in k} <= left
 
 
 async def test_messages_keep_append_order_and_the_newest_up_to_the_cap(
@@ -145,16 +220,48 @@ async def test_messages_round_trip_every_field(store: Store) -> None:
     assert await store.get_messages("s1") == [sent]
 
 
-async def test_claim_client_message_first_wins_and_later_claims_get_its_ack(store: Store) -> None:
-    assert await store.claim_client_message("s1", "c1", {"stream_id": "a"}) is None
-    assert await store.claim_client_message("s1", "c1", {"stream_id": "b"}) == {"stream_id": "a"}
-    assert await store.claim_client_message("s2", "c1", {"stream_id": "c"}) is None
-    assert await store.find_client_message("s1", "c1") == {"stream_id": "a"}
-    assert await store.find_client_message("s1", "c2") is None
+async def test_add_message_twice_stores_it_once(store: Store) -> None:
+    """Defect 6: a retried add_message (lost reply, redis-py's own retry) must not
+    store the reply twice."""
+    await store.ensure_session(session("s1"))
+    reply = message(1, "the reply", role="assistant", t=1)
+    assert await store.add_message("s1", reply) is True
+    assert await store.add_message("s1", reply) is False
+    await store.add_message("s1", message(2, t=2))
+    assert await store.add_message("s1", reply) is False
+    assert [m.message_id for m in await store.get_messages("s1")] == ["msg-1", "msg-2"]
 
-    await store.release_client_message("s1", "c1")
-    assert await store.find_client_message("s1", "c1") is None
-    assert await store.claim_client_message("s1", "c1", {"stream_id": "d"}) is None
+
+async def test_concurrent_adds_of_one_message_store_it_once(store: Store) -> None:
+    await store.ensure_session(session("s1"))
+    reply = message(1, "the reply", role="assistant", t=1)
+    stored = await asyncio.gather(*(store.add_message("s1", reply) for _ in range(20)))
+    assert sorted(stored) == [False] * 19 + [True]
+    assert await store.count_messages("s1") == 1
+
+
+async def test_message_ids_are_remembered_as_long_as_their_messages(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store(max_messages=3)
+    await store.ensure_session(session("s1"))
+    for n in range(1, 6):
+        await store.add_message("s1", message(n, t=n))
+    assert await store.add_message("s1", message(5, t=5)) is False  # still stored
+    assert await store.add_message("s1", message(1, t=6)) is True  # trimmed long ago
+    assert [m.message_id for m in await store.get_messages("s1")] == ["msg-4", "msg-5", "msg-1"]
+
+
+async def test_an_add_message_retried_after_its_reply_was_lost_stores_once() -> None:
+    store = FlakyStore()
+    await store.ensure_session(session("s1"))
+    reply = message(1, "the reply", role="assistant", t=1)
+    store.lose_assistant_replies = True
+    with pytest.raises(StoreUnavailable):
+        await store.add_message("s1", reply)
+    store.lose_assistant_replies = False
+    assert await store.add_message("s1", reply) is False
+    assert await store.get_messages("s1") == [reply]
 
 
 async def test_max_sessions_evicts_the_oldest_sessions(make_store: StoreFactory) -> None:
@@ -167,6 +274,127 @@ async def test_max_sessions_evicts_the_oldest_sessions(make_store: StoreFactory)
     assert await store.get_messages("s0") == []
 
 
+# -- registration ---------------------------------------------------------
+
+
+async def test_register_stream_holds_one_slot_per_stream_up_to_the_limit(store: Store) -> None:
+    assert await register(store, stream("a")) == Registration(True)
+    assert await register(store, stream("b")) == Registration(False)
+    assert await store.get_stream("b") is None
+    assert await register(store, stream("c", session_id="s2")) == Registration(True)
+
+    assert await store.finish_stream(stream("a"), terminal()) is True
+    assert await register(store, stream("b")) == Registration(True)
+
+
+async def test_register_stream_allows_several_when_the_limit_is_higher(store: Store) -> None:
+    assert (await register(store, stream("a"), limit=2)).accepted
+    assert (await register(store, stream("b"), limit=2)).accepted
+    assert not (await register(store, stream("c"), limit=2)).accepted
+
+
+async def test_register_stream_writes_slot_record_lease_index_and_ack_together(
+    store: Store,
+) -> None:
+    record = stream("a", cmid="c1")
+    assert await store.lease_alive("a") is False
+    assert await register(store, record) == Registration(True)
+    assert await store.get_stream("a") == record
+    assert await store.lease_alive("a") is True
+    assert await store.active_streams("s1") == [record]
+    assert await store.active_streams() == [record]
+    assert await store.find_client_message("s1", "c1") == ack("a")
+
+
+async def test_a_refused_registration_writes_nothing(store: Store) -> None:
+    await register(store, stream("a", cmid="c1"))
+    full = await register(store, stream("b", cmid="c2"))
+    repeated = await register(store, stream("c", cmid="c1"), limit=5)
+    assert full == Registration(False)
+    assert repeated == Registration(False, ack("a"))
+    for stream_id in ("b", "c"):
+        assert await store.get_stream(stream_id) is None
+        assert await store.lease_alive(stream_id) is False
+    assert await store.find_client_message("s1", "c2") is None
+    assert [r.stream_id for r in await store.active_streams("s1")] == ["a"]
+    assert [r.stream_id for r in await store.active_streams()] == ["a"]
+
+
+async def test_a_registration_retried_after_a_lost_reply_is_accepted_once(store: Store) -> None:
+    record = stream("a", cmid="c1")
+    assert await register(store, record) == Registration(True)
+    assert await register(store, record) == Registration(True)
+    no_cmid = stream("b", "s2")
+    assert await register(store, no_cmid) == Registration(True)
+    assert await register(store, no_cmid) == Registration(True)
+    assert await store.active_streams("s1") == [record]
+    assert await store.find_client_message("s1", "c1") == ack("a")
+
+
+async def test_a_repeated_client_message_id_gets_the_first_ack_not_too_many_streams(
+    store: Store,
+) -> None:
+    """Defect 17: the id is claimed with the slot, so a retry while the first
+    request runs is answered with the first ack, even when the slot is taken."""
+    await register(store, stream("a", cmid="c1"))
+    assert await register(store, stream("b", cmid="c1")) == Registration(False, ack("a"))
+    assert await register(store, stream("c", "s2", cmid="c1")) == Registration(True)
+
+
+@pytest.mark.parametrize("limit", [1, 20])
+async def test_concurrent_registrations_with_one_client_message_id_accept_exactly_one(
+    store: Store, limit: int
+) -> None:
+    """Every other one gets the first one's ack (never too_many_streams: defect 17)."""
+    records = [stream(f"st{n}", cmid="c1") for n in range(20)]
+    results = await asyncio.gather(*(register(store, r, limit=limit) for r in records))
+    accepted = [r.stream_id for r, result in zip(records, results, strict=True) if result.accepted]
+    assert len(accepted) == 1
+    assert all(res.earlier == ack(accepted[0]) for res in results if not res.accepted)
+    assert [r.stream_id for r in await store.active_streams("s1")] == accepted
+
+
+async def test_concurrent_registrations_over_the_limit_accept_exactly_the_limit(
+    store: Store,
+) -> None:
+    records = [stream(f"st{n:02}") for n in range(20)]
+    results = await asyncio.gather(*(register(store, r, limit=3) for r in records))
+    accepted = sorted(r.stream_id for r, res in zip(records, results, strict=True) if res.accepted)
+    assert len(accepted) == 3
+    assert all(res.earlier is None for res in results)
+    assert sorted(r.stream_id for r in await store.active_streams("s1")) == accepted
+
+
+async def test_release_client_message_with_a_stream_id_releases_only_its_own(
+    store: Store,
+) -> None:
+    await register(store, stream("a", cmid="c1"), limit=5)
+    assert await store.release_client_message("s1", "c1", "other") is False
+    assert await store.find_client_message("s1", "c1") == ack("a")
+    assert await store.release_client_message("s1", "c1", "a") is True
+    assert await store.find_client_message("s1", "c1") is None
+    assert await store.release_client_message("s1", "c1", "a") is False
+
+    assert (await register(store, stream("b", cmid="c1"), limit=5)).accepted
+    assert await store.release_client_message("s1", "c1") is True
+    assert await store.find_client_message("s1", "c1") is None
+
+
+async def test_a_session_remembers_its_newest_max_messages_client_message_ids(
+    make_store: StoreFactory,
+) -> None:
+    """Defect 20: the per-session acks were never trimmed."""
+    store = await make_store(max_messages=3)
+    for n in range(6):
+        assert (await register(store, stream(f"st{n}", cmid=f"c{n}"), limit=10)).accepted
+    found = [await store.find_client_message("s1", f"c{n}") for n in range(6)]
+    assert found == [None, None, None, ack("st3"), ack("st4"), ack("st5")]
+    # A released id leaves room for one more without dropping the others.
+    assert await store.release_client_message("s1", "c3") is True
+    await register(store, stream("st6", cmid="c6"), limit=10)
+    assert await store.find_client_message("s1", "c4") == ack("st4")
+
+
 # -- streams --------------------------------------------------------------
 
 
@@ -177,27 +405,10 @@ async def test_claim_end_is_won_once_per_stream(store: Store) -> None:
     assert await store.claim_end("b", "lost-1") is True
 
 
-async def test_create_stream_holds_one_slot_per_stream_up_to_the_cap(store: Store) -> None:
-    assert await store.create_stream(stream("a"), max_per_session=1) is True
-    assert await store.create_stream(stream("a"), max_per_session=1) is True  # same stream
-    assert await store.create_stream(stream("b"), max_per_session=1) is False
-    assert await store.get_stream("b") is None
-    assert await store.create_stream(stream("c", session_id="s2"), max_per_session=1) is True
-
-    assert await store.finish_stream(stream("a"), terminal()) is True
-    assert await store.create_stream(stream("b"), max_per_session=1) is True
-
-
-async def test_create_stream_allows_several_when_the_cap_is_higher(store: Store) -> None:
-    assert await store.create_stream(stream("a"), max_per_session=2) is True
-    assert await store.create_stream(stream("b"), max_per_session=2) is True
-    assert await store.create_stream(stream("c"), max_per_session=2) is False
-
-
 async def test_get_stream_reports_its_status_and_last_seq_from_the_log(store: Store) -> None:
     assert await store.get_stream("a") is None
     record = stream("a")
-    await store.create_stream(record, max_per_session=1)
+    await register(store, record)
     found = await store.get_stream("a")
     assert found == record
     assert (found.status, found.last_seq) == ("streaming", 0)
@@ -207,6 +418,7 @@ async def test_get_stream_reports_its_status_and_last_seq_from_the_log(store: St
     found = await store.get_stream("a")
     assert found is not None
     assert (found.status, found.last_seq) == ("streaming", 3)
+    assert [r.last_seq for r in await store.active_streams("s1")] == [3]
 
     await store.finish_stream(record, terminal("stopped"))
     found = await store.get_stream("a")
@@ -215,16 +427,119 @@ async def test_get_stream_reports_its_status_and_last_seq_from_the_log(store: St
 
 
 async def test_active_streams_are_oldest_first_and_exclude_ended_ones(store: Store) -> None:
-    await store.create_stream(stream("late", "s1", t=30), max_per_session=5)
-    await store.create_stream(stream("early", "s1", t=10), max_per_session=5)
-    await store.create_stream(stream("other", "s2", t=20), max_per_session=5)
-    await store.create_stream(stream("ended", "s1", t=5), max_per_session=5)
+    await register(store, stream("late", "s1", t=30), limit=5)
+    await register(store, stream("early", "s1", t=10), limit=5)
+    await register(store, stream("other", "s2", t=20), limit=5)
+    await register(store, stream("ended", "s1", t=5), limit=5)
     await store.finish_stream(stream("ended", "s1", t=5), terminal("error"))
 
     assert [r.stream_id for r in await store.active_streams("s1")] == ["early", "late"]
     assert [r.stream_id for r in await store.active_streams("s2")] == ["other"]
     assert await store.active_streams("s3") == []
     assert [r.stream_id for r in await store.active_streams()] == ["early", "other", "late"]
+
+
+async def test_active_streams_frees_a_slot_whose_record_is_gone(make_store: StoreFactory) -> None:
+    """Defects 4 and 20: a slot member whose record expired held the slot."""
+    store = await make_store(log_ttl=3)
+    await register(store, stream("gone"), limit=2)
+    await asyncio.sleep(1.5)
+    await register(store, stream("running"), limit=2)  # renews the slot set's TTL
+    await asyncio.sleep(2.0)  # "gone" expired; the slot set has not
+    assert await register(store, stream("new"), limit=2) == Registration(False)
+    assert [r.stream_id for r in await store.active_streams("s1")] == ["running"]
+    assert await register(store, stream("new"), limit=2) == Registration(True)
+
+
+async def test_active_streams_of_every_session_drops_index_entries_of_gone_streams(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store(log_ttl=1)
+    await register(store, stream("gone"))
+    await asyncio.sleep(1.3)
+    assert await store.active_streams() == []
+    assert [k for k in await stored_keys(store) if k.endswith(":streams:active")] == []
+
+
+async def test_lapsed_streams_are_the_running_streams_whose_lease_lapsed(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store(log_ttl=60)
+    lapsing, alive = stream("lapsing", "s1", t=1), stream("alive", "s2", t=2)
+    await register(store, lapsing, lease_s=1)
+    await register(store, alive, lease_s=30)
+    await register(store, stream("ended", "s3", t=0), lease_s=1)
+    await store.finish_stream(stream("ended", "s3"), terminal())
+    await store.append_token("lapsing", 1, {"seq": 1})
+    assert await store.lapsed_streams() == []
+
+    await asyncio.sleep(1.5)
+    lapsing.last_seq = 1
+    assert await store.lapsed_streams() == [lapsing]
+    assert await store.lapsed_streams(limit=1) == [lapsing]  # the oldest entries first
+    await store.refresh_lease("lapsing", "worker-b", 10)
+    assert await store.lapsed_streams() == []
+
+
+async def test_lapsed_streams_drops_index_entries_of_gone_streams(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store(log_ttl=1)
+    await register(store, stream("gone"), lease_s=1)
+    await asyncio.sleep(1.3)
+    assert await store.lapsed_streams() == []
+    assert [k for k in await stored_keys(store) if k.endswith(":streams:active")] == []
+
+
+async def test_keep_streams_alive_keeps_a_stream_running_past_log_ttl(
+    make_store: StoreFactory,
+) -> None:
+    """Defect 10: a stream longer than log_ttl lost its record and slot."""
+    store = await make_store(log_ttl=2, session_ttl=2)
+    kept, unkept = stream("kept", cmid="c1"), stream("unkept", "s2")
+    await register(store, kept)
+    await register(store, unkept)
+    await store.append_token("kept", 1, {"seq": 1})
+    for _ in range(7):
+        assert await store.keep_streams_alive([kept], "worker-a", 3) == set()
+        await asyncio.sleep(0.5)
+    assert await store.get_stream("unkept") is None
+    found = await store.get_stream("kept")
+    assert found is not None
+    assert (found.status, found.last_seq) == ("streaming", 1)
+    assert await store.read_tokens("kept", 0) == [LogEntry(1, {"seq": 1})]
+    assert await store.lease_alive("kept") is True
+    assert [r.stream_id for r in await store.active_streams("s1")] == ["kept"]
+    assert await register(store, stream("second")) == Registration(False)
+    assert await store.find_client_message("s1", "c1") == ack("kept")
+    # Its session's stream list was kept too, so deleting the session finds it.
+    await store.delete_session("s1")
+    assert await store.get_stream("kept") is None
+
+
+async def test_keep_streams_alive_renews_leases_and_reports_stop_flags(store: Store) -> None:
+    a, b, c = stream("a"), stream("b", "s2"), stream("c", "s3")
+    for record in (a, b, c):
+        await register(store, record, lease_s=1)
+    await store.request_stop("b")
+    await store.request_stop("elsewhere")
+    assert await store.keep_streams_alive([], "worker-a", 3) == set()
+    await asyncio.sleep(0.5)
+    assert await store.keep_streams_alive([a, b], "worker-a", 3) == {"b"}
+    await asyncio.sleep(1.5)  # past the first lease, inside the renewed one
+    assert await store.lease_alive("a") is True
+    assert await store.lease_alive("b") is True
+    assert await store.lease_alive("c") is False
+
+
+async def test_keep_streams_alive_does_not_revive_a_deleted_stream(store: Store) -> None:
+    record = stream("a")
+    await register(store, record)
+    await store.delete_session("s1")
+    assert await store.keep_streams_alive([record], "worker-a", 10) == set()
+    assert await store.lease_alive("a") is False
+    assert await store.get_stream("a") is None
+    assert await stored_keys(store) == set()
 
 
 async def test_read_tokens_returns_exactly_the_entries_after_seq_in_order(store: Store) -> None:
@@ -236,6 +551,40 @@ async def test_read_tokens_returns_exactly_the_entries_after_seq_in_order(store:
     assert await store.read_tokens("a", 5) == []
     assert await store.read_tokens("a", 99) == []
     assert await store.read_tokens("unknown", 0) == []
+
+
+async def test_read_tokens_with_a_limit_returns_the_first_entries_after_seq(store: Store) -> None:
+    for seq in range(1, 11):
+        await store.append_token("a", seq, {"seq": seq})
+    assert [e.seq for e in await store.read_tokens("a", 2, limit=3)] == [3, 4, 5]
+    assert [e.seq for e in await store.read_tokens("a", 8, limit=5)] == [9, 10]
+    assert await store.read_tokens("a", 0, limit=0) == []
+
+
+@pytest.mark.parametrize(("count", "page"), [(25, 10), (20, 10), (3, 1000), (0, 10)])
+async def test_iter_tokens_pages_through_the_whole_log(store: Store, count: int, page: int) -> None:
+    for seq in range(1, count + 1):
+        await store.append_token("a", seq, {"seq": seq})
+    seen = [entry.seq async for entry in store.iter_tokens("a", 0, page=page)]
+    assert seen == list(range(1, count + 1))
+    assert [e.seq async for e in store.iter_tokens("a", max(count - 1, 0), page=page)] == (
+        [count] if count else []
+    )
+
+
+@pytest.mark.parametrize("after", [-1, MAX_SEQ + 1, 99999999999999999999])
+async def test_a_seq_out_of_range_is_a_request_error_not_an_outage(
+    store: Store, after: int
+) -> None:
+    """Defect 15: `Last-Event-ID: 99999999999999999999` was reported as a Redis outage."""
+    with pytest.raises(StoreRequestError):
+        await store.read_tokens("a", after)
+    with pytest.raises(StoreRequestError):
+        await store.wait_tokens("a", after, 0)
+    with pytest.raises(StoreRequestError):
+        await anext(store.iter_tokens("a", after))
+    assert not issubclass(StoreRequestError, StoreUnavailable)
+    assert await store.read_tokens("a", MAX_SEQ) == []
 
 
 async def test_append_token_ignores_a_seq_at_or_below_the_last(store: Store) -> None:
@@ -250,7 +599,7 @@ async def test_append_token_ignores_a_seq_at_or_below_the_last(store: Store) -> 
 
 async def test_token_log_keeps_the_newest_max_log_entries(make_store: StoreFactory) -> None:
     store = await make_store(max_log_entries=5)
-    await store.create_stream(stream("a"), max_per_session=1)
+    await register(store, stream("a"))
     for seq in range(1, 13):
         await store.append_token("a", seq, {"seq": seq})
     assert [e.seq for e in await store.read_tokens("a", 0)] == [8, 9, 10, 11, 12]
@@ -262,7 +611,7 @@ async def test_token_log_keeps_the_newest_max_log_entries(make_store: StoreFacto
 
 async def test_finish_stream_first_caller_wins_and_its_terminal_is_kept(store: Store) -> None:
     record = stream("a")
-    await store.create_stream(record, max_per_session=1)
+    await register(store, record)
     assert await store.get_terminal("a") is None
     first = Terminal("stopped", "chat_done", {"stream_id": "a", "stopped": True, "seq": 4})
     assert await store.finish_stream(record, first) is True
@@ -270,6 +619,7 @@ async def test_finish_stream_first_caller_wins_and_its_terminal_is_kept(store: S
     assert await store.get_terminal("a") == first
     assert await store.active_streams("s1") == []
     assert await store.active_streams() == []
+    assert await store.lapsed_streams() == []
 
 
 async def test_request_stop_flags_only_that_stream(store: Store) -> None:
@@ -307,6 +657,42 @@ async def test_lease_is_alive_only_while_refreshed(store: Store) -> None:
     assert await store.lease_alive("b") is False
 
 
+# -- presence -------------------------------------------------------------
+
+
+async def test_presence_is_per_session_and_never_counts_the_asking_worker(store: Store) -> None:
+    await store.mark_present("s1", "worker-a", 30)
+    assert await store.present_elsewhere("s1", "worker-a") is False
+    assert await store.present_elsewhere("s1", "worker-b") is True
+    assert await store.present_elsewhere("s2", "worker-b") is False
+    await store.mark_present("s1", "worker-b", 30)
+    assert await store.present_elsewhere("s1", "worker-a") is True
+    await store.clear_present("s1", "worker-b")
+    assert await store.present_elsewhere("s1", "worker-a") is False
+    await store.clear_present("s1", "worker-a")
+    assert await stored_keys(store) == set()
+
+
+async def test_presence_expires_after_its_ttl_and_leaves_no_key(store: Store) -> None:
+    await store.mark_present("s1", "worker-a", 1)
+    await store.mark_present("s1", "worker-b", 30)
+    await store.mark_present("s1", "worker-b", 1)  # a shorter word replaces the longer
+    await asyncio.sleep(1.3)
+    assert await store.present_elsewhere("s1", "worker-c") is False
+    assert await stored_keys(store) == set()
+
+
+async def test_presence_keeps_one_key_per_session_whatever_the_workers(store: Store) -> None:
+    """Defect 19: one key per worker ever seen, and one GET per worker to ask."""
+    for n in range(50):
+        await store.mark_present("s1", f"worker-{n}", 30)
+    assert await store.present_elsewhere("s1", "worker-0") is True
+    assert len(await stored_keys(store)) == 1
+
+
+# -- expiry ---------------------------------------------------------------
+
+
 async def test_publish_reaches_nobody_in_memory_and_the_shared_store_says_so(
     store: Store,
 ) -> None:
@@ -318,13 +704,11 @@ async def test_data_expires_after_its_ttl(make_store: StoreFactory) -> None:
     store = await make_store(session_ttl=1, log_ttl=1)
     await store.ensure_session(session("s1"))
     await store.add_message("s1", message(1, t=1))
-    await store.claim_client_message("s1", "c1", {"ok": True})
-    await store.create_stream(stream("a"), max_per_session=1)
+    await register(store, stream("a", cmid="c1"))
     await store.append_token("a", 1, {"seq": 1})
     await store.request_stop("a")
     await store.finish_stream(stream("a"), terminal())
-    await store.create_stream(stream("b"), max_per_session=1)
-    await store.refresh_lease("b", "worker-a", 1)
+    await register(store, stream("b"), lease_s=1)
 
     await asyncio.sleep(1.6)
     assert await store.get_session("s1") is None
@@ -338,22 +722,27 @@ async def test_data_expires_after_its_ttl(make_store: StoreFactory) -> None:
     assert await store.active_streams() == []
     assert await store.lease_alive("b") is False
     # The expired stream "b" no longer holds the session's only slot.
-    assert await store.create_stream(stream("c"), max_per_session=1) is True
+    assert (await register(store, stream("c"))).accepted
 
 
 async def test_session_ttl_zero_keeps_sessions(make_store: StoreFactory) -> None:
     store = await make_store(session_ttl=0, log_ttl=1)
     await store.ensure_session(session("s1"))
     await store.add_message("s1", message(1, t=1))
-    await store.claim_client_message("s1", "c1", {"stream_id": "a"})
+    await register(store, stream("a", cmid="c1"))
     await asyncio.sleep(1.3)
     assert await store.get_session("s1") is not None
     assert len(await store.get_messages("s1")) == 1
-    assert await store.find_client_message("s1", "c1") == {"stream_id": "a"}
+    assert await store.add_message("s1", message(1, t=1)) is False
+    assert await store.find_client_message("s1", "c1") == ack("a")
 
 
 async def test_ping_succeeds_when_the_store_is_up(store: Store) -> None:
-    await store.ping()
+    """And on Redis it really asks the server."""
+    before = await redis_pings(store)
+    assert await store.ping() is None
+    if isinstance(store, RedisStore):
+        assert await redis_pings(store) > before
 
 
 # -- Redis only -----------------------------------------------------------
@@ -407,16 +796,52 @@ async def test_keys_are_namespaced_by_the_prefix(redis_server: RedisServer, redi
     two = RedisStore(redis_url, prefix="two")
     try:
         await one.ensure_session(session("s1"))
-        await one.create_stream(stream("a"), max_per_session=1)
+        await register(one, stream("a", cmid="c1"))
+        await one.add_message("s1", message(1))
         await one.append_token("a", 1, {"seq": 1})
+        await one.mark_present("s1", "worker-a", 30)
         assert await two.get_session("s1") is None
         assert await two.read_tokens("a", 0) == []
         assert await two.active_streams() == []
-        assert redis_server.command("EVAL", "return #redis.call('KEYS', 'one:*')", "0") == b":6"
-        assert redis_server.command("DBSIZE") == b":6"
+        keys = await stored_keys(one)
+        assert len(keys) == 13
+        assert all(key.startswith("one:") for key in keys)
     finally:
         await one.close()
         await two.close()
+
+
+@pytest.mark.redis
+async def test_an_argument_redis_rejects_is_a_request_error_not_an_outage(
+    redis_url: str,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Defect 15, at the backend: a reply error about the arguments is no outage."""
+    store = RedisStore(redis_url)
+    try:
+        with pytest.raises(StoreRequestError, match="rejected") as raised:
+            await store.refresh_lease("a", "worker-a", 1e20)  # EX out of range
+        assert not isinstance(raised.value, StoreUnavailable)
+        await store.ping()
+    finally:
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_a_registration_refused_for_lack_of_memory_is_an_outage_and_writes_nothing(
+    private_redis_server: RedisServer,  # noqa: F811
+) -> None:
+    store = RedisStore(private_redis_server.url)
+    try:
+        await store.ensure_session(session("s1"))
+        assert private_redis_server.command("CONFIG", "SET", "maxmemory", "1") == b"+OK"
+        with pytest.raises(StoreUnavailable, match="memory"):
+            await register(store, stream("a", cmid="c1"))
+        assert private_redis_server.command("CONFIG", "SET", "maxmemory", "0") == b"+OK"
+        assert await stored_keys(store) == {"chatsock:session:s1", "chatsock:sessions"}
+        assert (await register(store, stream("a", cmid="c1"))).accepted
+    finally:
+        await store.close()
 
 
 @pytest.mark.redis

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from chatsock.config import Settings
-from chatsock.store.base import Store, StoreUnavailable
+from chatsock.store.base import Store, StoreRequestError, StoreUnavailable
 from chatsock.store.memory import MemoryStore
+from chatsock.store.models import Registration
 
-__all__ = ["Store", "StoreUnavailable", "create_store"]
+__all__ = ["Registration", "Store", "StoreRequestError", "StoreUnavailable", "create_store"]
 
 
 def create_store(settings: Settings) -> Store:

@@ -1,19 +1,20 @@
 """The store contract: sessions, the stream registry, token logs and stop flags.
 
 `Store` does key naming, serialisation and the domain rules once; a backend
-implements a handful of Redis-shaped primitives (`_get`, `_set`, `_push`,
-`_log_append`...). The in-memory backend and the Redis backend therefore
-behave the same, and one contract suite (tests/test_store_contract.py) runs
-against both.
+implements Redis-shaped primitives (`_get`, `_set`, `_log_append`...). What
+must be atomic is one primitive (`_register`, `_push_once`, `_finish`...):
+one Lua script on Redis, a method with no `await` inside in memory. The two
+backends therefore behave the same, and one contract suite
+(tests/test_store_contract.py) runs against both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,17 +23,27 @@ import orjson
 from chatsock.store.models import (
     LogEntry,
     Message,
+    Registration,
     SessionInfo,
     StreamRecord,
     StreamStatus,
     Terminal,
 )
 
-MAX_WORKERS = 256  # workers remembered for presence checks
+MAX_SEQ = 2**64 - 1  # the largest seq a token log can address (Redis stream IDs)
+
+# Every key of a session and of a stream, by its parts after the id.
+_SESSION_KEYS = [(), ("messages",), ("message_ids",), ("cmids",), ("cmid_order",),
+                 ("active",), ("present",), ("streams",)]  # fmt: skip
+_STREAM_KEYS = [(), ("log",), ("end",), ("closer",), ("stop",), ("lease",)]
 
 
 class StoreUnavailable(Exception):
     """The backing store cannot be reached; the message says what to do."""
+
+
+class StoreRequestError(ValueError):
+    """The store refused a request because of its arguments (not an outage)."""
 
 
 def _dumps(value: Any) -> bytes:
@@ -42,6 +53,50 @@ def _dumps(value: Any) -> bytes:
 def _score(timestamp: str) -> float:
     """Index score of an ISO 8601 timestamp."""
     return datetime.fromisoformat(timestamp).timestamp()
+
+
+def check_seq(after: int) -> None:
+    """Raise StoreRequestError unless `after` is a seq a token log can address."""
+    if not 0 <= after <= MAX_SEQ:
+        raise StoreRequestError(f"seq {after} is outside 0..{MAX_SEQ}")
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterStep:
+    """Keys and values of one stream registration, written by `_register` at once."""
+
+    cmids: str  # hash: client_message_id -> ack
+    cmid_order: str  # ordered set: client_message_ids, oldest first
+    record_key: str
+    slots: str  # set: the session's running streams
+    lease: str
+    index: str  # ordered set: running streams of every session
+    streams: str  # ordered set: every stream of the session
+    stream_id: str
+    cmid: str | None
+    ack: bytes
+    record: bytes
+    owner: bytes
+    lease_ttl: int
+    started: float
+    limit: int
+    log_ttl: int
+    keep_ttl: int | None  # of `streams` and the cmids (None: no expiry)
+    cap: int  # of `streams` and the cmids
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAliveKeys:
+    """The keys `_keep_alive` refreshes for one running stream."""
+
+    record: str
+    log: str
+    slots: str
+    lease: str
+    stop: str
+    streams: str  # the session's stream list
+    cmids: str
+    cmid_order: str
 
 
 class Store(ABC):
@@ -68,6 +123,18 @@ class Store(ABC):
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    def _sk(self, session_id: str, *parts: str) -> str:
+        return self._k("session", session_id, *parts)
+
+    def _tk(self, stream_id: str, *parts: str) -> str:
+        return self._k("stream", stream_id, *parts)
+
+    @property
+    def _keep_ttl(self) -> int | None:
+        """TTL of a session's stream list and acks: as long as the session, and
+        never shorter than the stream keys they lead to (None: no expiry)."""
+        return max(self.session_ttl, self.log_ttl) if self.session_ttl else None
+
     # -- lifecycle --------------------------------------------------------
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect (a no-op in memory)."""
@@ -82,7 +149,7 @@ class Store(ABC):
     # -- sessions ---------------------------------------------------------
     async def ensure_session(self, session: SessionInfo) -> SessionInfo:
         """Create the session unless it exists; return the stored header."""
-        key = self._k("session", session.session_id)
+        key = self._sk(session.session_id)
         created = await self._set(key, _dumps(session.to_dict()), self.session_ttl, nx=True)
         if created:
             await self._index_add(
@@ -94,7 +161,7 @@ class Store(ABC):
         return found or session
 
     async def get_session(self, session_id: str) -> SessionInfo | None:
-        raw = await self._get(self._k("session", session_id))
+        raw = await self._get(self._sk(session_id))
         return SessionInfo.from_dict(orjson.loads(raw)) if raw else None
 
     async def list_sessions(self, limit: int = 100) -> list[SessionInfo]:
@@ -110,19 +177,28 @@ class Store(ABC):
         return sessions
 
     async def delete_session(self, session_id: str) -> bool:
-        key = self._k("session", session_id)
+        """Delete the session with every key of its streams (records, logs, ends,
+        flags, leases). False when nothing of it was stored."""
+        streams = set(await self._index_range(self._sk(session_id, "streams"), self.max_messages))
+        streams.update(await self._members(self._sk(session_id, "active")))
         removed = await self._delete(
-            key,
-            self._k("session", session_id, "messages"),
-            self._k("session", session_id, "cmids"),
+            *(self._sk(session_id, *parts) for parts in _SESSION_KEYS),
+            *(self._tk(s, *parts) for s in streams for parts in _STREAM_KEYS),
         )
+        if streams:
+            await self._index_remove(self._k("streams", "active"), *streams)
         await self._index_remove(self._k("sessions"), session_id)
         return removed > 0
 
-    async def add_message(self, session_id: str, message: Message) -> None:
-        """Append a message (capped at `max_messages`) and touch the session."""
-        await self._push(
-            self._k("session", session_id, "messages"),
+    async def add_message(self, session_id: str, message: Message) -> bool:
+        """Append a message (capped at `max_messages`) and touch the session.
+
+        Idempotent by `message.message_id`: a call retried after a lost reply
+        stores nothing more (returns False)."""
+        stored = await self._push_once(
+            self._sk(session_id, "messages"),
+            self._sk(session_id, "message_ids"),
+            message.message_id,
             _dumps(message.to_dict()),
             self.session_ttl,
             self.max_messages,
@@ -132,120 +208,226 @@ class Store(ABC):
             info.updated_at = message.created_at
             if info.title is None and message.role == "user":
                 info.title = " ".join(message.content.split())[:80]
-            await self._set(
-                self._k("session", session_id), _dumps(info.to_dict()), self.session_ttl
-            )
+            await self._set(self._sk(session_id), _dumps(info.to_dict()), self.session_ttl)
             await self._index_add(self._k("sessions"), session_id, _score(message.created_at))
+        return stored
 
     async def get_messages(self, session_id: str) -> list[Message]:
-        raw = await self._range(self._k("session", session_id, "messages"))
+        raw = await self._range(self._sk(session_id, "messages"))
         return [Message.from_dict(orjson.loads(item)) for item in raw]
 
     async def count_messages(self, session_id: str) -> int:
-        return await self._length(self._k("session", session_id, "messages"))
-
-    async def claim_client_message(
-        self, session_id: str, client_message_id: str, ack: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """Record `ack` for this client_message_id; return the earlier ack if one exists.
-
-        The acks of a session live in one hash beside its messages, so they
-        expire with the session and are removed with it."""
-        key = self._k("session", session_id, "cmids")
-        if await self._field_set(key, client_message_id, _dumps(ack), self.session_ttl, nx=True):
-            return None
-        raw = await self._field_get(key, client_message_id)
-        return orjson.loads(raw) if raw else None
-
-    async def release_client_message(self, session_id: str, client_message_id: str) -> None:
-        await self._field_delete(self._k("session", session_id, "cmids"), client_message_id)
+        return await self._length(self._sk(session_id, "messages"))
 
     async def find_client_message(
         self, session_id: str, client_message_id: str
     ) -> dict[str, Any] | None:
-        raw = await self._field_get(self._k("session", session_id, "cmids"), client_message_id)
+        """The ack of the stream this client_message_id started, if it is remembered.
+        A session remembers its newest `max_messages` ids."""
+        raw = await self._field_get(self._sk(session_id, "cmids"), client_message_id)
         return orjson.loads(raw) if raw else None
 
-    # -- streams ----------------------------------------------------------
-    async def create_stream(self, record: StreamRecord, max_per_session: int) -> bool:
-        """Register a streaming stream unless its session already has `max_per_session`."""
-        slots = self._k("session", record.session_id, "active")
-        if not await self._claim_slot(slots, record.stream_id, max_per_session, self.log_ttl):
-            return False
-        await self._set(self._k("stream", record.stream_id), _dumps(record.to_dict()), self.log_ttl)
-        await self._index_add(
-            self._k("streams", "active"), record.stream_id, _score(record.started_at)
+    async def release_client_message(
+        self, session_id: str, client_message_id: str, stream_id: str | None = None
+    ) -> bool:
+        """Forget a client_message_id, so that it can start a stream again. With
+        `stream_id`, only if it maps to that stream. True when it was forgotten."""
+        return await self._release_field(
+            self._sk(session_id, "cmids"),
+            self._sk(session_id, "cmid_order"),
+            client_message_id,
+            stream_id,
         )
-        return True
+
+    # -- streams ----------------------------------------------------------
+    async def register_stream(
+        self, record: StreamRecord, *, limit: int, lease_s: float, ack: dict[str, Any]
+    ) -> Registration:
+        """Register a streaming stream in one atomic step, or refuse it.
+
+        Refused when its client_message_id already started another stream
+        (`earlier` is that stream's ack) or when the session has `limit`
+        running streams. Otherwise the slot, record, owner lease, index entry,
+        the session's stream list and the client_message_id's ack are written
+        together. A retried call (same record) is accepted and writes nothing."""
+        session_id = record.session_id
+        outcome, earlier = await self._register(
+            RegisterStep(
+                cmids=self._sk(session_id, "cmids"),
+                cmid_order=self._sk(session_id, "cmid_order"),
+                record_key=self._tk(record.stream_id),
+                slots=self._sk(session_id, "active"),
+                lease=self._tk(record.stream_id, "lease"),
+                index=self._k("streams", "active"),
+                streams=self._sk(session_id, "streams"),
+                stream_id=record.stream_id,
+                cmid=record.client_message_id,
+                ack=_dumps(ack),
+                record=_dumps(record.to_dict()),
+                owner=record.owner.encode(),
+                lease_ttl=max(1, math.ceil(lease_s)),
+                started=_score(record.started_at),
+                limit=limit,
+                log_ttl=self.log_ttl,
+                keep_ttl=self._keep_ttl,
+                cap=self.max_messages,
+            )
+        )
+        if outcome == "full":
+            return Registration(False)
+        if earlier is not None:
+            found: dict[str, Any] = orjson.loads(earlier)
+            if found.get("stream_id") != record.stream_id:
+                return Registration(False, found)
+        return Registration(True)
 
     async def get_stream(self, stream_id: str) -> StreamRecord | None:
-        raw = await self._get(self._k("stream", stream_id))
+        raw = await self._get(self._tk(stream_id))
         if raw is None:
             return None
         record = StreamRecord.from_dict(orjson.loads(raw))
         terminal = await self.get_terminal(stream_id)
         if terminal is not None:
             record.status = terminal.status
-        record.last_seq = await self._log_last(self._k("stream", stream_id, "log"))
+        record.last_seq = await self._log_last(self._tk(stream_id, "log"))
         return record
 
     async def active_streams(self, session_id: str | None = None) -> list[StreamRecord]:
-        """Streams still streaming, oldest first; all sessions when `session_id` is None."""
+        """Streams still streaming, oldest first; all sessions when `session_id` is None.
+
+        Entries whose record is gone (expired, deleted) or that already ended
+        are removed from the session's slots or the index as they are found."""
         if session_id is None:
-            ids = list(reversed(await self._index_range(self._k("streams", "active"), 10000)))
+            index = self._k("streams", "active")
+            ids = await self._index_range(index, 10000)
         else:
-            ids = sorted(await self._members(self._k("session", session_id, "active")))
-        records = []
-        for stream_id in ids:
-            record = await self.get_stream(stream_id)
-            if record is None and session_id is None:
-                # Expired without finish_stream (its worker died): keep the index bounded.
-                await self._index_remove(self._k("streams", "active"), stream_id)
-            elif record is not None and record.status == "streaming":
-                records.append(record)
-        return sorted(records, key=lambda r: r.started_at)
+            slots = self._sk(session_id, "active")
+            ids = sorted(await self._members(slots))
+        records, stale = await self._running(ids)
+        if stale:
+            if session_id is None:
+                await self._index_remove(index, *stale)
+            else:
+                await self._remove_member(slots, *stale)
+        return sorted(await self._with_last_seq(records), key=lambda r: (r.started_at, r.stream_id))
+
+    async def lapsed_streams(self, limit: int = 200) -> list[StreamRecord]:
+        """Indexed streams still streaming whose owner lease has lapsed (their
+        worker died), among the oldest `limit` index entries; for a periodic
+        reaper. Index entries of streams gone or ended are removed on the way."""
+        index = self._k("streams", "active")
+        ids = await self._index_range(index, limit, oldest=True)
+        records, stale = await self._running(ids, lapsed_only=True)
+        if stale:
+            await self._index_remove(index, *stale)
+        return await self._with_last_seq(records)
+
+    async def _running(
+        self, ids: Sequence[str], *, lapsed_only: bool = False
+    ) -> tuple[list[StreamRecord], list[str]]:
+        """The records of `ids` still streaming (only those whose lease lapsed with
+        `lapsed_only`), and the ids whose record is gone or ended; one read."""
+        if not ids:
+            return [], []
+        parts = [(), ("end",), ("lease",)] if lapsed_only else [(), ("end",)]
+        raw = await self._mget([self._tk(s, *p) for p in parts for s in ids])
+        n = len(ids)
+        records, stale = [], []
+        for i, stream_id in enumerate(ids):
+            record, end = raw[i], raw[n + i]
+            if record is None or end is not None:
+                stale.append(stream_id)
+            elif not (lapsed_only and raw[2 * n + i] is not None):
+                records.append(StreamRecord.from_dict(orjson.loads(record)))
+        return records, stale
+
+    async def _with_last_seq(self, records: list[StreamRecord]) -> list[StreamRecord]:
+        lasts = await self._log_lasts([self._tk(r.stream_id, "log") for r in records])
+        for record, last in zip(records, lasts, strict=True):
+            record.last_seq = last
+        return records
+
+    async def keep_streams_alive(
+        self, records: Sequence[StreamRecord], owner: str, lease_s: float
+    ) -> set[str]:
+        """For every running stream of `owner`, in one round trip: renew its lease
+        for `lease_s`, keep its record, log and slot for another `log_ttl` (a
+        stream may run longer) and its session's stream list and acks as long,
+        and return the ids whose stop flag is set.
+
+        A stream whose record is gone (its session was deleted) is not revived."""
+        if not records:
+            return set()
+        keys = [
+            KeepAliveKeys(
+                record=self._tk(r.stream_id),
+                log=self._tk(r.stream_id, "log"),
+                slots=self._sk(r.session_id, "active"),
+                lease=self._tk(r.stream_id, "lease"),
+                stop=self._tk(r.stream_id, "stop"),
+                streams=self._sk(r.session_id, "streams"),
+                cmids=self._sk(r.session_id, "cmids"),
+                cmid_order=self._sk(r.session_id, "cmid_order"),
+            )
+            for r in records
+        ]
+        stopped = await self._keep_alive(
+            keys, owner.encode(), max(1, math.ceil(lease_s)), self.log_ttl, self._keep_ttl
+        )
+        return {r.stream_id for r, stop in zip(records, stopped, strict=True) if stop}
 
     async def append_token(self, stream_id: str, seq: int, payload: dict[str, Any]) -> None:
         """Append one flushed `chat_token` payload to the stream's log."""
         await self._log_append(
-            self._k("stream", stream_id, "log"),
-            seq,
-            _dumps(payload),
-            self.log_ttl,
-            self.max_log_entries,
+            self._tk(stream_id, "log"), seq, _dumps(payload), self.log_ttl, self.max_log_entries
         )
 
-    async def read_tokens(self, stream_id: str, after: int) -> list[LogEntry]:
-        """Log entries with seq > after, in order."""
-        raw = await self._log_read(self._k("stream", stream_id, "log"), after)
+    async def read_tokens(
+        self, stream_id: str, after: int, limit: int | None = None
+    ) -> list[LogEntry]:
+        """Log entries with seq > after, in order; at most `limit` of them.
+        StoreRequestError when `after` is outside 0..MAX_SEQ."""
+        check_seq(after)
+        raw = await self._log_read(self._tk(stream_id, "log"), after, limit)
         return [LogEntry(seq, orjson.loads(data)) for seq, data in raw]
+
+    async def iter_tokens(
+        self, stream_id: str, after: int, page: int = 1000
+    ) -> AsyncIterator[LogEntry]:
+        """Every log entry with seq > after, read `page` entries at a time."""
+        while True:
+            entries = await self.read_tokens(stream_id, after, page)
+            for entry in entries:
+                yield entry
+            if len(entries) < page:
+                return
+            after = entries[-1].seq
 
     async def claim_end(self, stream_id: str, by: str) -> bool:
         """Claim the right to persist and record a stream's end. Only the first
         claimant wins, so its owner and a worker taking it for lost never both
         persist a reply. `by` names the claimant uniquely: a retried claim
         whose first reply was lost still wins."""
-        key = self._k("stream", stream_id, "closer")
+        key = self._tk(stream_id, "closer")
         if await self._set(key, by.encode(), self.log_ttl, nx=True):
             return True
         return await self._get(key) == by.encode()
 
     async def finish_stream(self, record: StreamRecord, terminal: Terminal) -> bool:
-        """Mark the stream ended with `terminal`. Only the first caller wins (returns True)."""
-        won = await self._set(
-            self._k("stream", record.stream_id, "end"),
-            _dumps(
-                {"status": terminal.status, "event": terminal.event, "payload": terminal.payload}
-            ),
+        """Mark the stream ended with `terminal` and free its slot and index entry,
+        in one step. Only the first caller's terminal is kept (it gets True)."""
+        end = {"status": terminal.status, "event": terminal.event, "payload": terminal.payload}
+        return await self._finish(
+            self._tk(record.stream_id, "end"),
+            _dumps(end),
             self.log_ttl,
-            nx=True,
+            self._sk(record.session_id, "active"),
+            self._k("streams", "active"),
+            record.stream_id,
         )
-        await self._remove_member(self._k("session", record.session_id, "active"), record.stream_id)
-        await self._index_remove(self._k("streams", "active"), record.stream_id)
-        return won
 
     async def get_terminal(self, stream_id: str) -> Terminal | None:
-        raw = await self._get(self._k("stream", stream_id, "end"))
+        raw = await self._get(self._tk(stream_id, "end"))
         if raw is None:
             return None
         data = orjson.loads(raw)
@@ -254,39 +436,32 @@ class Store(ABC):
 
     # -- stop flags -------------------------------------------------------
     async def request_stop(self, stream_id: str) -> None:
-        await self._set(self._k("stream", stream_id, "stop"), b"1", self.log_ttl)
+        await self._set(self._tk(stream_id, "stop"), b"1", self.log_ttl)
 
     async def stop_requested(self, stream_id: str) -> bool:
-        return await self._get(self._k("stream", stream_id, "stop")) is not None
+        return await self._get(self._tk(stream_id, "stop")) is not None
 
     # -- owner leases -----------------------------------------------------
     async def refresh_lease(self, stream_id: str, owner: str, lease_s: float) -> None:
         """The owner of a running stream says it is alive for another `lease_s`."""
         ttl = max(1, math.ceil(lease_s))
-        await self._set(self._k("stream", stream_id, "lease"), owner.encode(), ttl)
+        await self._set(self._tk(stream_id, "lease"), owner.encode(), ttl)
 
     async def lease_alive(self, stream_id: str) -> bool:
-        return await self._get(self._k("stream", stream_id, "lease")) is not None
+        return await self._get(self._tk(stream_id, "lease")) is not None
 
     # -- presence: which workers have followers of a session ---------------
     async def mark_present(self, session_id: str, worker_id: str, ttl: int) -> None:
         """This worker has followers of the session, for the next `ttl` seconds."""
-        await self._set(self._k("session", session_id, "present", worker_id), b"1", ttl)
-        workers = self._k("workers")
-        await self._index_add(workers, worker_id, time.time())
-        await self._index_trim(workers, MAX_WORKERS)
+        await self._presence_mark(self._sk(session_id, "present"), worker_id, ttl)
 
     async def clear_present(self, session_id: str, worker_id: str) -> None:
-        await self._delete(self._k("session", session_id, "present", worker_id))
+        await self._index_remove(self._sk(session_id, "present"), worker_id)
 
     async def present_elsewhere(self, session_id: str, worker_id: str) -> bool:
-        """Whether another worker has said it has followers of the session."""
-        for other in await self._index_range(self._k("workers"), MAX_WORKERS):
-            if other != worker_id and await self._get(
-                self._k("session", session_id, "present", other)
-            ):
-                return True
-        return False
+        """Whether another worker has said it has followers of the session (and
+        its word has not expired)."""
+        return await self._presence_others(self._sk(session_id, "present"), worker_id)
 
     # -- following a stream generated elsewhere ---------------------------
     @property
@@ -320,6 +495,10 @@ class Store(ABC):
     async def _get(self, key: str) -> bytes | None: ...
 
     @abstractmethod
+    async def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of string keys, in one round trip (None where absent)."""
+
+    @abstractmethod
     async def _set(self, key: str, value: bytes, ttl: int | None, *, nx: bool = False) -> bool:
         """Set (only if absent with nx); True when written."""
 
@@ -327,20 +506,19 @@ class Store(ABC):
     async def _delete(self, *keys: str) -> int: ...
 
     @abstractmethod
-    async def _field_set(
-        self, key: str, field: str, value: bytes, ttl: int | None, *, nx: bool = False
-    ) -> bool:
-        """Set a field of a hash (only if absent with nx); the hash expires after `ttl`."""
-
-    @abstractmethod
     async def _field_get(self, key: str, field: str) -> bytes | None: ...
 
     @abstractmethod
-    async def _field_delete(self, key: str, field: str) -> None: ...
+    async def _release_field(self, key: str, order: str, field: str, stream_id: str | None) -> bool:
+        """Atomically delete a field of a hash (and from its `order` index), only
+        if its JSON value's "stream_id" is `stream_id` when that is given."""
 
     @abstractmethod
-    async def _push(self, key: str, value: bytes, ttl: int | None, cap: int) -> None:
-        """Append to a list, keeping the newest `cap` items."""
+    async def _push_once(
+        self, key: str, ids: str, item_id: str, value: bytes, ttl: int | None, cap: int
+    ) -> bool:
+        """Atomically append `value` to a list unless `item_id` is in the ordered
+        set `ids`; keep the newest `cap` of both. True when appended."""
 
     @abstractmethod
     async def _range(self, key: str) -> list[bytes]: ...
@@ -353,32 +531,68 @@ class Store(ABC):
         """Add/update a member of an index ordered by `score`."""
 
     @abstractmethod
-    async def _index_remove(self, key: str, member: str) -> None: ...
+    async def _index_remove(self, key: str, *members: str) -> None: ...
 
     @abstractmethod
-    async def _index_range(self, key: str, limit: int) -> list[str]:
-        """Members, highest score first."""
+    async def _index_range(self, key: str, limit: int, *, oldest: bool = False) -> list[str]:
+        """Members, highest score first (lowest first with `oldest`)."""
 
     @abstractmethod
     async def _index_trim(self, key: str, keep: int) -> list[str]:
         """Remove and return the lowest-scored members beyond `keep`."""
 
     @abstractmethod
-    async def _claim_slot(self, key: str, member: str, cap: int, ttl: int) -> bool:
-        """Atomically add `member` to a set unless it already holds `cap` members."""
+    async def _register(self, step: RegisterStep) -> tuple[str, bytes | None]:
+        """Atomically: ("earlier", ack) when `step.cmid` is known; ("exists", None)
+        when the record exists; ("full", None) when the slots are full; else
+        write everything and return ("registered", None)."""
+
+    @abstractmethod
+    async def _finish(
+        self, key: str, value: bytes, ttl: int, slots: str, index: str, member: str
+    ) -> bool:
+        """Atomically set `key` unless it exists and remove `member` from the
+        set `slots` and the index `index`. True when `key` was set."""
+
+    @abstractmethod
+    async def _keep_alive(
+        self,
+        streams: Sequence[KeepAliveKeys],
+        owner: bytes,
+        lease_ttl: int,
+        log_ttl: int,
+        keep_ttl: int | None,
+    ) -> list[bool]:
+        """For each stream whose record exists: set its lease, re-expire record,
+        log and slots to `log_ttl`, and its session's stream list and acks to
+        `keep_ttl` (unless None).
+        Return, for each, whether its stop key exists. One round trip."""
+
+    @abstractmethod
+    async def _presence_mark(self, key: str, member: str, ttl: float) -> None:
+        """Record `member` in the ordered set `key` until `ttl` from now."""
+
+    @abstractmethod
+    async def _presence_others(self, key: str, member: str) -> bool:
+        """Whether `key` holds an unexpired member other than `member` (one command)."""
 
     @abstractmethod
     async def _members(self, key: str) -> Sequence[str]: ...
 
     @abstractmethod
-    async def _remove_member(self, key: str, member: str) -> None: ...
+    async def _remove_member(self, key: str, *members: str) -> None: ...
 
     @abstractmethod
     async def _log_append(self, key: str, seq: int, data: bytes, ttl: int, cap: int) -> None: ...
 
     @abstractmethod
-    async def _log_read(self, key: str, after: int) -> list[tuple[int, bytes]]: ...
+    async def _log_read(self, key: str, after: int, limit: int | None) -> list[tuple[int, bytes]]:
+        """Entries with seq > after, at most `limit` (all when None)."""
 
     @abstractmethod
     async def _log_last(self, key: str) -> int:
         """The highest seq in the log, 0 when empty."""
+
+    @abstractmethod
+    async def _log_lasts(self, keys: Sequence[str]) -> list[int]:
+        """`_log_last` of several logs, in one round trip."""

@@ -1,4 +1,9 @@
-"""The in-memory backend: one worker, nothing to run. Expiry is checked lazily."""
+"""The in-memory backend: one worker, nothing to run. Expiry is checked lazily.
+
+Every primitive runs without an `await` inside, so each is atomic under
+asyncio by construction, as the Redis backend's scripts are on Redis.
+Containers left empty are dropped, as Redis drops empty keys.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from chatsock.store.base import Store
+import orjson
+
+from chatsock.store.base import KeepAliveKeys, RegisterStep, Store
 
 _SWEEP_EVERY = 1000
 
@@ -25,6 +32,10 @@ class MemoryStore(Store):
     async def ping(self) -> None:
         return None
 
+    def live_keys(self) -> list[str]:
+        """Every key that holds something now (for tests and debugging)."""
+        return [key for key in list(self._data) if self._live(key)]
+
     # -- expiry -----------------------------------------------------------
     def _live(self, key: str) -> Any:
         deadline = self._expires.get(key)
@@ -34,7 +45,7 @@ class MemoryStore(Store):
             return None
         return self._data.get(key)
 
-    def _touch(self, key: str, ttl: int | None) -> None:
+    def _touch(self, key: str, ttl: float | None) -> None:
         if ttl:
             self._expires[key] = time.monotonic() + ttl
         else:
@@ -46,17 +57,39 @@ class MemoryStore(Store):
                 self._data.pop(expired, None)
                 self._expires.pop(expired, None)
 
+    def _expire(self, key: str, ttl: int) -> None:
+        if self._live(key) is not None:
+            self._expires[key] = time.monotonic() + ttl
+
+    def _container(self, key: str, kind: type) -> Any:
+        """The container at `key`, created empty when absent."""
+        value = self._live(key)
+        if value is None:
+            value = self._data[key] = kind()
+        return value
+
+    def _drop_if_empty(self, key: str) -> None:
+        if key in self._data and not self._data[key]:
+            self._data.pop(key, None)
+            self._expires.pop(key, None)
+
     # -- strings ----------------------------------------------------------
     async def _get(self, key: str) -> bytes | None:
         value = self._live(key)
         return value if isinstance(value, bytes) else None
 
-    async def _set(self, key: str, value: bytes, ttl: int | None, *, nx: bool = False) -> bool:
+    async def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [value if isinstance(value := self._live(k), bytes) else None for k in keys]
+
+    def _set_now(self, key: str, value: bytes, ttl: int | None, *, nx: bool = False) -> bool:
         if nx and self._live(key) is not None:
             return False
         self._data[key] = value
         self._touch(key, ttl)
         return True
+
+    async def _set(self, key: str, value: bytes, ttl: int | None, *, nx: bool = False) -> bool:
+        return self._set_now(key, value, ttl, nx=nx)
 
     async def _delete(self, *keys: str) -> int:
         removed = 0
@@ -68,34 +101,47 @@ class MemoryStore(Store):
         return removed
 
     # -- hashes -----------------------------------------------------------
-    async def _field_set(
-        self, key: str, field: str, value: bytes, ttl: int | None, *, nx: bool = False
-    ) -> bool:
-        fields = self._live(key)
-        if fields is None:
-            fields = self._data[key] = {}
-        written = not (nx and field in fields)
-        if written:
-            fields[field] = value
-        self._touch(key, ttl)
-        return written
-
     async def _field_get(self, key: str, field: str) -> bytes | None:
         fields = self._live(key)
         return fields.get(field) if fields else None
 
-    async def _field_delete(self, key: str, field: str) -> None:
-        fields = self._live(key)
-        if fields:
-            fields.pop(field, None)
+    async def _release_field(self, key: str, order: str, field: str, stream_id: str | None) -> bool:
+        fields = self._live(key) or {}
+        value = fields.get(field)
+        if value is None:
+            return False
+        if stream_id is not None and orjson.loads(value).get("stream_id") != stream_id:
+            return False
+        del fields[field]
+        (self._live(order) or {}).pop(field, None)
+        self._drop_if_empty(key)
+        self._drop_if_empty(order)
+        return True
 
     # -- lists ------------------------------------------------------------
-    async def _push(self, key: str, value: bytes, ttl: int | None, cap: int) -> None:
+    def _append_ordered(self, key: str, member: str, cap: int, ttl: int | None) -> list[str]:
+        """Add `member` last to an insertion-ordered set, keeping the newest `cap`;
+        return the members dropped (the Lua scripts' `append`)."""
+        order: dict[str, float] = self._container(key, dict)
+        order[member] = next(reversed(order.values()), 0.0) + 1
+        dropped = list(order)[: max(0, len(order) - cap)]
+        for old in dropped:
+            del order[old]
+        self._touch(key, ttl)
+        return dropped
+
+    async def _push_once(
+        self, key: str, ids: str, item_id: str, value: bytes, ttl: int | None, cap: int
+    ) -> bool:
+        if item_id in (self._live(ids) or {}):
+            return False
         items = self._live(key)
         if items is None:
             items = self._data[key] = deque(maxlen=cap)
         items.append(value)
         self._touch(key, ttl)
+        self._append_ordered(ids, item_id, cap, ttl)
+        return True
 
     async def _range(self, key: str) -> list[bytes]:
         return list(self._live(key) or ())
@@ -104,51 +150,116 @@ class MemoryStore(Store):
         return len(self._live(key) or ())
 
     # -- ordered index ----------------------------------------------------
-    def _index(self, key: str) -> dict[str, float]:
-        index = self._live(key)
-        if index is None:
-            index = self._data[key] = {}
-        return index  # type: ignore[no-any-return]
-
     async def _index_add(self, key: str, member: str, score: float) -> None:
-        self._index(key)[member] = score
+        self._container(key, dict)[member] = score
 
-    async def _index_remove(self, key: str, member: str) -> None:
-        self._index(key).pop(member, None)
+    def _index_drop(self, key: str, members: Sequence[str]) -> None:
+        index = self._live(key) or {}
+        for member in members:
+            index.pop(member, None)
+        self._drop_if_empty(key)
+
+    async def _index_remove(self, key: str, *members: str) -> None:
+        self._index_drop(key, members)
 
     def _ordered(self, key: str) -> list[str]:
-        index = self._index(key)
+        index = self._live(key) or {}
         return sorted(index, key=lambda m: (index[m], m), reverse=True)
 
-    async def _index_range(self, key: str, limit: int) -> list[str]:
-        return self._ordered(key)[:limit]
+    async def _index_range(self, key: str, limit: int, *, oldest: bool = False) -> list[str]:
+        ordered = self._ordered(key)
+        return (ordered[::-1] if oldest else ordered)[: max(limit, 0)]
 
     async def _index_trim(self, key: str, keep: int) -> list[str]:
-        ordered = self._ordered(key)
-        dropped = ordered[keep:]
-        index = self._index(key)
-        for member in dropped:
-            index.pop(member, None)
+        dropped = self._ordered(key)[keep:]
+        self._index_drop(key, dropped)
         return dropped
 
-    # -- sets -------------------------------------------------------------
-    async def _claim_slot(self, key: str, member: str, cap: int, ttl: int) -> bool:
-        members = self._live(key)
-        if members is None:
-            members = self._data[key] = set()
-        if member not in members and len(members) >= cap:
-            return False
-        members.add(member)
-        self._touch(key, ttl)
-        return True
+    # -- streams: the atomic steps -----------------------------------------
+    async def _register(self, step: RegisterStep) -> tuple[str, bytes | None]:
+        if step.cmid is not None:
+            earlier = (self._live(step.cmids) or {}).get(step.cmid)
+            if earlier is not None:
+                return "earlier", earlier
+        if self._live(step.record_key) is not None:
+            return "exists", None
+        slots = self._live(step.slots) or set()
+        if step.stream_id not in slots and len(slots) >= step.limit:
+            return "full", None
+        self._container(step.slots, set).add(step.stream_id)
+        self._touch(step.slots, step.log_ttl)
+        self._set_now(step.record_key, step.record, step.log_ttl)
+        self._set_now(step.lease, step.owner, step.lease_ttl)
+        self._container(step.index, dict)[step.stream_id] = step.started
+        self._append_ordered(step.streams, step.stream_id, step.cap, step.keep_ttl)
+        if step.cmid is not None:
+            acks = self._container(step.cmids, dict)
+            acks[step.cmid] = step.ack
+            for old in self._append_ordered(step.cmid_order, step.cmid, step.cap, step.keep_ttl):
+                acks.pop(old, None)
+            self._data[step.cmids] = acks  # even if a sweep in between found it expired
+            self._touch(step.cmids, step.keep_ttl)
+        return "registered", None
 
+    async def _finish(
+        self, key: str, value: bytes, ttl: int, slots: str, index: str, member: str
+    ) -> bool:
+        won = self._set_now(key, value, ttl, nx=True)
+        (self._live(slots) or set()).discard(member)
+        (self._live(index) or {}).pop(member, None)
+        self._drop_if_empty(slots)
+        self._drop_if_empty(index)
+        return won
+
+    async def _keep_alive(
+        self,
+        streams: Sequence[KeepAliveKeys],
+        owner: bytes,
+        lease_ttl: int,
+        log_ttl: int,
+        keep_ttl: int | None,
+    ) -> list[bool]:
+        stopped = []
+        for keys in streams:
+            if self._live(keys.record) is not None:
+                for key in (keys.record, keys.log, keys.slots):
+                    self._expire(key, log_ttl)
+                self._set_now(keys.lease, owner, lease_ttl)
+                if keep_ttl:
+                    for key in (keys.streams, keys.cmids, keys.cmid_order):
+                        self._expire(key, keep_ttl)
+            stopped.append(self._live(keys.stop) is not None)
+        return stopped
+
+    # -- presence ---------------------------------------------------------
+    def _presence(self, key: str) -> dict[str, float]:
+        """The unexpired entries (member -> deadline) of a presence set."""
+        entries: dict[str, float] = self._live(key) or {}
+        now = time.monotonic()
+        for member in [m for m, deadline in entries.items() if deadline <= now]:
+            del entries[member]
+        self._drop_if_empty(key)
+        return entries
+
+    async def _presence_mark(self, key: str, member: str, ttl: float) -> None:
+        entries = self._presence(key)
+        if not entries:
+            entries = self._data[key] = {}
+        entries[member] = time.monotonic() + ttl
+        self._touch(key, max(entries.values()) - time.monotonic())
+
+    async def _presence_others(self, key: str, member: str) -> bool:
+        return any(other != member for other in self._presence(key))
+
+    # -- sets -------------------------------------------------------------
     async def _members(self, key: str) -> Sequence[str]:
         return list(self._live(key) or ())
 
-    async def _remove_member(self, key: str, member: str) -> None:
-        members = self._live(key)
-        if members is not None:
-            members.discard(member)
+    async def _remove_member(self, key: str, *members: str) -> None:
+        found = self._live(key)
+        if found is not None:
+            found.difference_update(members)
+            self._drop_if_empty(key)
 
     # -- token logs -------------------------------------------------------
     async def _log_append(self, key: str, seq: int, data: bytes, ttl: int, cap: int) -> None:
@@ -166,14 +277,21 @@ class MemoryStore(Store):
             del items[: len(items) - cap]
         self._touch(key, ttl)
 
-    async def _log_read(self, key: str, after: int) -> list[tuple[int, bytes]]:
+    async def _log_read(self, key: str, after: int, limit: int | None) -> list[tuple[int, bytes]]:
         log = self._live(key)
         if log is None:
             return []
         seqs, items = log
         start = bisect.bisect_right(seqs, after)
-        return list(zip(seqs[start:], items[start:], strict=True))
+        end = len(seqs) if limit is None else start + max(limit, 0)
+        return list(zip(seqs[start:end], items[start:end], strict=True))
 
-    async def _log_last(self, key: str) -> int:
+    def _last_seq(self, key: str) -> int:
         log = self._live(key)
         return log[0][-1] if log and log[0] else 0
+
+    async def _log_last(self, key: str) -> int:
+        return self._last_seq(key)
+
+    async def _log_lasts(self, keys: Sequence[str]) -> list[int]:
+        return [self._last_seq(key) for key in keys]

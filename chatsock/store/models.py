@@ -88,3 +88,16 @@ class LogEntry:
 
     seq: int
     payload: dict[str, Any]
+
+
+@dataclass(slots=True, frozen=True)
+class Registration:
+    """The answer to `Store.register_stream`.
+
+    `accepted`: the stream is registered (now, or by an earlier call with the
+    same record). Refused with `earlier` set: its `client_message_id` already
+    started another stream, whose ack that is. Refused with `earlier` None:
+    the session has no free slot."""
+
+    accepted: bool
+    earlier: dict[str, Any] | None = None

@@ -3,9 +3,12 @@
 Strings hold sessions and stream records, lists hold messages, sorted sets
 the indexes, sets the per-session stream slots, and one Redis Stream per chat
 stream holds its token log, with entry ID `0-<seq>` so that `XRANGE` and
-`XREAD` address seqs directly. Every Redis or socket error leaves this module
-as `StoreUnavailable`, with a message that names the URL (password masked)
-and says what to do.
+`XREAD` address seqs directly. A step that must be atomic is one Lua script
+that checks first and writes after, so it is all-or-nothing (Redis refuses a
+script for lack of memory only before its first write). A Redis reply that
+rejects the arguments leaves this module as `StoreRequestError`; every other
+Redis or socket error as `StoreUnavailable`, with a message that names the
+URL (password masked) and says what to do.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import astuple
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -22,9 +26,16 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
 
-from chatsock.store.base import Store, StoreUnavailable
+from chatsock.store.base import (
+    KeepAliveKeys,
+    RegisterStep,
+    Store,
+    StoreRequestError,
+    StoreUnavailable,
+    check_seq,
+)
 from chatsock.store.models import LogEntry
 
 __all__ = ["RedisStore", "Subscription", "mask_url"]
@@ -43,14 +54,124 @@ redis.call('ZREMRANGEBYRANK', KEYS[1], 0, excess - 1)
 return dropped
 """
 
-# Add ARGV[1] to the set unless it already holds ARGV[2] other members.
-_CLAIM_SLOT = """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1
-   or redis.call('SCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('SADD', KEYS[1], ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  return 1
+# Prepended to the scripts that use them. `keep` sets a TTL, or none for 0.
+# `append` adds a member last to an ordered set (score: the last one's + 1, so
+# the order is the order of writes whatever the workers' clocks say), keeps
+# the newest `cap` and returns the members it dropped.
+_HELPERS = """
+local function keep(key, ttl)
+  if tonumber(ttl) > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
 end
+local function append(key, member, cap, ttl)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  local score = 1
+  if last[2] then score = tonumber(last[2]) + 1 end
+  redis.call('ZADD', key, score, member)
+  local dropped = redis.call('ZRANGE', key, 0, -(tonumber(cap) + 1))
+  if #dropped > 0 then redis.call('ZREMRANGEBYRANK', key, 0, #dropped - 1) end
+  keep(key, ttl)
+  return dropped
+end
+"""
+
+# A stream's registration (see Store.register_stream and RegisterStep): checks
+# first, then writes that cannot fail, so it is all or nothing.
+# KEYS: cmids, cmid_order, record, slots, lease, streams:active, session streams
+# ARGV: stream_id, has_cmid, cmid, ack, record, owner, lease_ttl, started,
+#       limit, log_ttl, keep_ttl (0 = none), cap
+_REGISTER = """
+local id = ARGV[1]
+if ARGV[2] == '1' then
+  local earlier = redis.call('HGET', KEYS[1], ARGV[3])
+  if earlier then return {'earlier', earlier} end
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'exists'} end
+if redis.call('SISMEMBER', KEYS[4], id) == 0
+   and redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[9]) then
+  return {'full'}
+end
+redis.call('SADD', KEYS[4], id)
+redis.call('EXPIRE', KEYS[4], ARGV[10])
+redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[10])
+redis.call('SET', KEYS[5], ARGV[6], 'EX', ARGV[7])
+redis.call('ZADD', KEYS[6], ARGV[8], id)
+append(KEYS[7], id, ARGV[12], ARGV[11])
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+  for _, old in ipairs(append(KEYS[2], ARGV[3], ARGV[12], ARGV[11])) do
+    redis.call('HDEL', KEYS[1], old)
+  end
+  keep(KEYS[1], ARGV[11])
+end
+return {'registered'}
+"""
+
+# RPUSH unless the item's id is among the ids stored with the list. An id set
+# (ZSCORE, O(log n)) rather than a scan of the list: the check costs the same
+# whatever the messages' size, covers every message still in the list, and
+# holds at most `cap` short ids.
+# KEYS: list, ids; ARGV: id, value, ttl (0 = none), cap
+_PUSH_ONCE = """
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
+keep(KEYS[1], ARGV[3])
+append(KEYS[2], ARGV[1], ARGV[4], ARGV[3])
+return 1
+"""
+
+# HDEL a field (and its order entry), with ARGV[2] == '1' only if its JSON
+# value's stream_id is ARGV[3]. KEYS: hash, order; ARGV: field, check, stream_id
+_RELEASE_FIELD = """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+if ARGV[2] == '1' and cjson.decode(value)['stream_id'] ~= ARGV[3] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# Eight keys per stream: record, log, slots, lease, stop, session streams,
+# cmids, cmid_order. ARGV: owner, lease_ttl, log_ttl, keep_ttl (0 = leave).
+# Returns the stop flags.
+_KEEP_ALIVE = """
+local stopped = {}
+for i = 1, #KEYS, 8 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('EXPIRE', KEYS[i], ARGV[3])
+    redis.call('EXPIRE', KEYS[i + 1], ARGV[3])
+    redis.call('EXPIRE', KEYS[i + 2], ARGV[3])
+    redis.call('SET', KEYS[i + 3], ARGV[1], 'EX', ARGV[2])
+    if tonumber(ARGV[4]) > 0 then
+      for j = i + 5, i + 7 do redis.call('EXPIRE', KEYS[j], ARGV[4]) end
+    end
+  end
+  stopped[#stopped + 1] = redis.call('EXISTS', KEYS[i + 4])
+end
+return stopped
+"""
+
+# Presence: an ordered set member -> deadline, on the Redis clock so that the
+# workers' clocks do not matter. Expired members are dropped on every call.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+"""
+
+# KEYS: presence; ARGV: member, ttl (s). The key lives as long as its last member.
+_PRESENCE_MARK = """
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(last[2]) - now) * 1000))
+return 1
+"""
+
+# KEYS: presence; ARGV: member. 1 when another member is present.
+_PRESENCE_OTHERS = """
+local others = redis.call('ZCARD', KEYS[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then others = others - 1 end
+if others > 0 then return 1 end
 return 0
 """
 
@@ -89,15 +210,30 @@ def _secrets(url: str) -> list[str]:
     return [s for raw in found if raw for s in {raw, unquote(raw), quote(raw, safe="")}]
 
 
+# Error codes of replies that say the server cannot serve now, not that the
+# request was wrong (redis-py gives most other codes their own class).
+_SERVER_STATE = ("MISCONF", "BUSY", "NOREPLICAS", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")
+
+
+def _rejected(exc: BaseException) -> bool:
+    """Whether Redis answered `exc` because of the request's arguments."""
+    return type(exc) is ResponseError and not str(exc).startswith(_SERVER_STATE)
+
+
 def _mapped(
     method: Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, T]],
 ) -> Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, T]]:
-    """Turn Redis and socket errors raised by `method` into StoreUnavailable."""
+    """Turn Redis and socket errors raised by `method` into StoreRequestError
+    (a rejected argument) or StoreUnavailable (anything else)."""
 
     async def wrapper(self: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(self, *args, **kwargs)
         except (RedisError, OSError) as exc:
+            if _rejected(exc):
+                raise StoreRequestError(
+                    f"Redis at {self.url} rejected the request: {self._masked(exc)}"
+                ) from exc
             raise self.unavailable(exc) from exc
 
     functools.update_wrapper(wrapper, method)
@@ -154,15 +290,25 @@ class RedisStore(Store):
             socket_connect_timeout=socket_timeout,
             retry=Retry(NoBackoff(), 0),
         )
-        self._index_trim_script = self._client.register_script(_INDEX_TRIM)
-        self._claim_slot_script = self._client.register_script(_CLAIM_SLOT)
-        self._log_append_script = self._client.register_script(_LOG_APPEND)
+        script = self._client.register_script
+        self._index_trim_script = script(_INDEX_TRIM)
+        self._log_append_script = script(_LOG_APPEND)
+        self._register_script = script(_HELPERS + _REGISTER)
+        self._push_once_script = script(_HELPERS + _PUSH_ONCE)
+        self._release_field_script = script(_RELEASE_FIELD)
+        self._keep_alive_script = script(_KEEP_ALIVE)
+        self._presence_mark_script = script(_NOW + _PRESENCE_MARK)
+        self._presence_others_script = script(_NOW + _PRESENCE_OTHERS)
 
-    def unavailable(self, exc: BaseException) -> StoreUnavailable:
-        """A StoreUnavailable for `exc` that says what to do and never shows a password."""
+    def _masked(self, exc: BaseException) -> str:
         detail = str(exc) or type(exc).__name__
         for secret in self._secrets:
             detail = detail.replace(secret, "***")
+        return detail
+
+    def unavailable(self, exc: BaseException) -> StoreUnavailable:
+        """A StoreUnavailable for `exc` that says what to do and never shows a password."""
+        detail = self._masked(exc)
         if isinstance(exc, AuthenticationError | AuthorizationError):
             hint = "fix the user name and password in REDIS_URL"
             return StoreUnavailable(f"Redis at {self.url} refused the login ({detail}): {hint}")
@@ -196,6 +342,12 @@ class RedisStore(Store):
         return cast("bytes | None", await self._client.get(key))
 
     @_mapped
+    async def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        return cast("list[bytes | None]", await self._client.mget(keys))
+
+    @_mapped
     async def _set(self, key: str, value: bytes, ttl: int | None, *, nx: bool = False) -> bool:
         return bool(await self._client.set(key, value, ex=ttl or None, nx=nx))
 
@@ -203,42 +355,22 @@ class RedisStore(Store):
     async def _delete(self, *keys: str) -> int:
         return int(await self._client.delete(*keys))
 
-    # -- hashes -----------------------------------------------------------
-    @_mapped
-    async def _field_set(
-        self, key: str, field: str, value: bytes, ttl: int | None, *, nx: bool = False
-    ) -> bool:
-        async with self._client.pipeline(transaction=True) as pipe:
-            if nx:
-                pipe.hsetnx(key, field, value)
-            else:
-                pipe.hset(key, field, value)
-            if ttl:
-                pipe.expire(key, ttl)
-            else:
-                pipe.persist(key)
-            written, _ = await pipe.execute()
-        return bool(written) or not nx
-
+    # -- hashes and lists -------------------------------------------------
     @_mapped
     async def _field_get(self, key: str, field: str) -> bytes | None:
         return cast("bytes | None", await self._client.hget(key, field))
 
     @_mapped
-    async def _field_delete(self, key: str, field: str) -> None:
-        await self._client.hdel(key, field)
+    async def _release_field(self, key: str, order: str, field: str, stream_id: str | None) -> bool:
+        check = ("1", stream_id) if stream_id is not None else ("0", "")
+        return bool(await self._release_field_script(keys=[key, order], args=[field, *check]))
 
-    # -- lists ------------------------------------------------------------
     @_mapped
-    async def _push(self, key: str, value: bytes, ttl: int | None, cap: int) -> None:
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, value)
-            pipe.ltrim(key, -cap, -1)
-            if ttl:
-                pipe.expire(key, ttl)
-            else:
-                pipe.persist(key)
-            await pipe.execute()
+    async def _push_once(
+        self, key: str, ids: str, item_id: str, value: bytes, ttl: int | None, cap: int
+    ) -> bool:
+        args: list[bytes | str | int] = [item_id, value, ttl or 0, cap]
+        return bool(await self._push_once_script(keys=[key, ids], args=args))
 
     @_mapped
     async def _range(self, key: str) -> list[bytes]:
@@ -254,31 +386,76 @@ class RedisStore(Store):
         await self._client.zadd(key, {member: score})
 
     @_mapped
-    async def _index_remove(self, key: str, member: str) -> None:
-        await self._client.zrem(key, member)
+    async def _index_remove(self, key: str, *members: str) -> None:
+        if members:
+            await self._client.zrem(key, *members)
 
     @_mapped
-    async def _index_range(self, key: str, limit: int) -> list[str]:
+    async def _index_range(self, key: str, limit: int, *, oldest: bool = False) -> list[str]:
         if limit <= 0:
             return []
-        return _decoded(await self._client.zrevrange(key, 0, limit - 1))
+        read = self._client.zrange if oldest else self._client.zrevrange
+        return _decoded(await read(key, 0, limit - 1))
 
     @_mapped
     async def _index_trim(self, key: str, keep: int) -> list[str]:
         return _decoded(await self._index_trim_script(keys=[key], args=[keep]))
 
-    # -- sets -------------------------------------------------------------
+    # -- streams: the atomic steps -----------------------------------------
     @_mapped
-    async def _claim_slot(self, key: str, member: str, cap: int, ttl: int) -> bool:
-        return bool(await self._claim_slot_script(keys=[key], args=[member, cap, ttl]))
+    async def _register(self, step: RegisterStep) -> tuple[str, bytes | None]:
+        keys = [step.cmids, step.cmid_order, step.record_key, step.slots, step.lease,
+                step.index, step.streams]  # fmt: skip
+        args: list[bytes | str | int | float] = [
+            step.stream_id, "1" if step.cmid is not None else "0", step.cmid or "", step.ack,
+            step.record, step.owner, step.lease_ttl, step.started, step.limit, step.log_ttl,
+            step.keep_ttl or 0, step.cap,
+        ]  # fmt: skip
+        reply = await self._register_script(keys=keys, args=args)
+        return bytes(reply[0]).decode(), (bytes(reply[1]) if len(reply) > 1 else None)
 
+    @_mapped
+    async def _finish(
+        self, key: str, value: bytes, ttl: int, slots: str, index: str, member: str
+    ) -> bool:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.set(key, value, ex=ttl, nx=True)
+            pipe.srem(slots, member)
+            pipe.zrem(index, member)
+            won, _, _ = await pipe.execute()
+        return bool(won)
+
+    @_mapped
+    async def _keep_alive(
+        self,
+        streams: Sequence[KeepAliveKeys],
+        owner: bytes,
+        lease_ttl: int,
+        log_ttl: int,
+        keep_ttl: int | None,
+    ) -> list[bool]:
+        keys = [key for s in streams for key in astuple(s)]  # in the script's order
+        args: list[bytes | int] = [owner, lease_ttl, log_ttl, keep_ttl or 0]
+        return [bool(flag) for flag in await self._keep_alive_script(keys=keys, args=args)]
+
+    # -- presence ---------------------------------------------------------
+    @_mapped
+    async def _presence_mark(self, key: str, member: str, ttl: float) -> None:
+        await self._presence_mark_script(keys=[key], args=[member, ttl])
+
+    @_mapped
+    async def _presence_others(self, key: str, member: str) -> bool:
+        return bool(await self._presence_others_script(keys=[key], args=[member]))
+
+    # -- sets -------------------------------------------------------------
     @_mapped
     async def _members(self, key: str) -> Sequence[str]:
         return _decoded(await self._client.smembers(key))
 
     @_mapped
-    async def _remove_member(self, key: str, member: str) -> None:
-        await self._client.srem(key, member)
+    async def _remove_member(self, key: str, *members: str) -> None:
+        if members:
+            await self._client.srem(key, *members)
 
     # -- token logs -------------------------------------------------------
     @_mapped
@@ -286,14 +463,28 @@ class RedisStore(Store):
         await self._log_append_script(keys=[key], args=[seq, data, cap, ttl])
 
     @_mapped
-    async def _log_read(self, key: str, after: int) -> list[tuple[int, bytes]]:
-        entries = cast(_Entries, await self._client.xrange(key, min=f"(0-{after}", max="+"))
+    async def _log_read(self, key: str, after: int, limit: int | None) -> list[tuple[int, bytes]]:
+        if limit is not None and limit <= 0:
+            return []
+        entries = cast(
+            _Entries, await self._client.xrange(key, min=f"(0-{after}", max="+", count=limit)
+        )
         return [(_seq(entry_id), fields[b"d"]) for entry_id, fields in entries]
 
     @_mapped
     async def _log_last(self, key: str) -> int:
         entries = cast(_Entries, await self._client.xrevrange(key, max="+", min="-", count=1))
         return _seq(entries[0][0]) if entries else 0
+
+    @_mapped
+    async def _log_lasts(self, keys: Sequence[str]) -> list[int]:
+        if not keys:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.xrevrange(key, max="+", min="-", count=1)
+            replies = cast(list[_Entries], await pipe.execute())
+        return [_seq(entries[0][0]) if entries else 0 for entries in replies]
 
     # -- cross-worker helpers --------------------------------------------
     @property
@@ -307,6 +498,7 @@ class RedisStore(Store):
         Uses the same log as `read_tokens`, so a worker can tail a stream that
         another worker is generating. `timeout_ms <= 0` polls without waiting.
         """
+        check_seq(after)
         key = self._k("stream", stream_id, "log")
         block = timeout_ms if timeout_ms > 0 else None
         # Bounds the wait when the server vanishes without closing the socket.
