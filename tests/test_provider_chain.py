@@ -3,9 +3,10 @@
 Every test builds OpenAIProvider / AnthropicProvider from config (no ready-made
 provider objects, no mocks) and points them at FakeOpenAI / FakeAnthropic
 (tests/fakes/upstream.py), which speak each API's wire format byte for byte.
-What is pinned is what a client sees: silent failover before the first delta,
-exact partials after it, timeouts, stop closing the upstream, usage and finish
-reasons, and provider selection by name.
+What is pinned is what a client sees: silent failover before the first text
+(HTTP errors, in-stream error events, resets), exact partials after it,
+timeouts (reasoning counts as activity), content that is not text, stop
+closing the upstream, usage and finish reasons, and provider selection by name.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.fakes.upstream import FakeAnthropic, FakeOpenAI, Reply
+from tests.fakes.upstream import Ending, FakeAnthropic, FakeOpenAI, Reply, reasoning, thinking
 from tests.support.clients import RecordingClient
 
 MODEL = "fake-model"
@@ -216,6 +217,37 @@ async def test_stall_before_the_first_byte_hits_first_token_timeout_and_fails_ov
     assert slow.requests[0].finished_at is None
 
 
+@pytest.mark.parametrize("kind", [FakeOpenAI, FakeAnthropic], ids=["openai", "anthropic"])
+@pytest.mark.parametrize("ending", ["error_event", "reset"])
+async def test_error_event_or_reset_before_any_text_fails_over_to_the_next_provider(
+    kind: type[Upstream],
+    ending: Ending,
+    start_fake: Any,
+    make_settings: Any,
+    start_server: Any,
+    connect: Connect,
+) -> None:
+    # Anthropic's overloaded_error after HTTP 200 (or an OpenAI error chunk), or a
+    # reset, before any text: the user has seen nothing, so the next provider answers.
+    first = await start_fake(kind)
+    second: FakeOpenAI = await start_fake(FakeOpenAI)
+    first.enqueue(Reply(pieces=["never shown"], cut_after=0, ending=ending))
+    second.enqueue(Reply(pieces=["from ", "second"]))
+    server = await chain_server(
+        make_settings,
+        start_server,
+        {"first": config_for(first), "second": config_for(second, model="second-model")},
+        ["first", "second"],
+    )
+    client = await connect(server)
+    event, done, tokens = await run_stream(client)
+    assert event == "chat_complete"
+    assert (done["provider"], done["model"]) == ("second", "second-model")
+    assert done["full_response"] == tokens == "from second"
+    assert not client.of("chat_stream_error")
+    assert (len(first.requests), len(second.requests)) == (1, 1)
+
+
 # -- failures after the first delta ----------------------------------------
 
 
@@ -252,16 +284,21 @@ async def test_mid_stream_reset_is_provider_error_with_exact_partial_and_no_fail
     assert joined["messages"][-1]["provider"] == "broken"
 
 
-async def test_anthropic_error_event_after_http_200_is_retryable_provider_error_with_partial(
-    start_fake: Any, make_settings: Any, start_server: Any, connect: Connect
+@pytest.mark.parametrize("kind", [FakeOpenAI, FakeAnthropic], ids=["openai", "anthropic"])
+async def test_error_event_after_text_is_retryable_provider_error_with_exact_partial(
+    kind: type[Upstream],
+    start_fake: Any,
+    make_settings: Any,
+    start_server: Any,
+    connect: Connect,
 ) -> None:
-    claude: FakeAnthropic = await start_fake(FakeAnthropic)
+    upstream = await start_fake(kind)
     spare: FakeOpenAI = await start_fake(FakeOpenAI)
-    claude.enqueue(Reply(pieces=["Par", "tial ", "answer"], cut_after=2, ending="error_event"))
+    upstream.enqueue(Reply(pieces=["Par", "tial ", "answer"], cut_after=2, ending="error_event"))
     server = await chain_server(
         make_settings,
         start_server,
-        {"claude": config_for(claude), "spare": config_for(spare)},
+        {"claude": config_for(upstream), "spare": config_for(spare)},
         ["claude", "spare"],
     )
     client = await connect(server)
@@ -302,6 +339,101 @@ async def test_stall_after_some_text_hits_idle_timeout_with_exact_partial(
     assert 0.35 <= elapsed < 5.0  # the idle timeout, not the 10 s first-token one
     assert spare.requests == []
     await stalling.requests[0].wait_closed(within=2)
+
+
+# -- activity and content that is not text --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "prelude"),
+    [
+        (FakeOpenAI, reasoning(*["step "] * 12)),
+        (FakeOpenAI, reasoning(*["step "] * 12, field="reasoning")),
+        (FakeAnthropic, [thinking(*["step "] * 12)]),
+    ],
+    ids=["openai-reasoning_content", "openai-reasoning", "anthropic-thinking"],
+)
+async def test_reasoning_longer_than_the_first_token_timeout_does_not_fail_the_stream(
+    kind: type[Upstream],
+    prelude: Any,
+    start_fake: Any,
+    make_settings: Any,
+    start_server: Any,
+    connect: Connect,
+) -> None:
+    # About 1.3 s of reasoning, one event every 0.1 s, against a 0.5 s first-token
+    # timeout: each event is activity, so the deadline keeps moving.
+    thinker = await start_fake(kind)
+    spare: FakeOpenAI = await start_fake(FakeOpenAI)
+    thinker.enqueue(Reply(prelude=prelude, pieces=["the ", "answer"], gap=0.1))
+    server = await chain_server(
+        make_settings,
+        start_server,
+        {
+            "thinker": config_for(thinker, first_token_timeout=0.5, idle_timeout=0.5),
+            "spare": config_for(spare),
+        },
+        ["thinker", "spare"],
+    )
+    client = await connect(server)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    event, done, tokens = await run_stream(client)
+    assert event == "chat_complete", done
+    assert loop.time() - began > 1.0  # the reasoning did outlast the first-token timeout
+    assert (done["provider"], done["full_response"]) == ("thinker", "the answer")
+    assert tokens == "the answer"
+    assert spare.requests == []
+
+
+async def test_reasoning_then_silence_still_times_out_and_fails_over(
+    start_fake: Any, make_settings: Any, start_server: Any, connect: Connect
+) -> None:
+    thinker: FakeOpenAI = await start_fake(FakeOpenAI)
+    backup: FakeOpenAI = await start_fake(FakeOpenAI)
+    thinker.enqueue(Reply(prelude=reasoning("hmm"), pieces=["x"], cut_after=0, ending="stall"))
+    backup.enqueue(Reply(pieces=["rescued"]))
+    server = await chain_server(
+        make_settings,
+        start_server,
+        {
+            "thinker": config_for(thinker, first_token_timeout=0.4, idle_timeout=0.4),
+            "backup": config_for(backup),
+        },
+        ["thinker", "backup"],
+    )
+    client = await connect(server)
+    event, done, tokens = await run_stream(client)
+    assert (event, done["provider"], tokens) == ("chat_complete", "backup", "rescued")
+    await thinker.requests[0].wait_closed(within=2)
+
+
+async def test_non_string_content_is_dropped_and_the_stream_completes_with_its_text(
+    start_fake: Any, make_settings: Any, start_server: Any, connect: Connect
+) -> None:
+    odd: FakeOpenAI = await start_fake(FakeOpenAI)
+    odd.enqueue(
+        Reply(
+            prelude=[
+                {"content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]},
+                {"content": 42},
+                {"content": {"text": "nope"}},
+                {"content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": ""}}]},
+                {"refusal": "no"},
+            ],
+            pieces=[", ", "world"],
+        )
+    )
+    server = await chain_server(make_settings, start_server, {"odd": config_for(odd)}, ["odd"])
+    client = await connect(server)
+    event, done, tokens = await run_stream(client, session_id="odd-content")
+    assert event == "chat_complete", done
+    assert done["full_response"] == tokens == "Hello, world"
+    other = await connect(server)
+    joined = await other.call("session_join", {"session_id": "odd-content"})
+    assert joined["active_stream"] is None  # the session's slot is free again
+    assert joined["messages"][-1]["content"] == "Hello, world"
 
 
 # -- stop ------------------------------------------------------------------

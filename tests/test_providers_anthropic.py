@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -16,8 +18,16 @@ from chatsock.providers.base import (
     ProviderStreamError,
     Usage,
 )
-from tests.fakes.upstream import FakeAnthropic, Reply, unused_port
-from tests.support.provider_harness import HELLO, ProviderMaker, collect, drain_into, text_of
+from tests.fakes.upstream import Block, FakeAnthropic, Reply, thinking, unused_port
+from tests.support.provider_harness import (
+    HELLO,
+    ProviderMaker,
+    collect,
+    drain_into,
+    ignored_notes,
+    is_activity,
+    text_of,
+)
 
 MODEL = "claude-fake"
 SECRET = "sk-ant-test-0123456789abcdef"
@@ -120,6 +130,139 @@ async def test_stop_reasons_map_into_the_chatsock_vocabulary(
     upstream.enqueue(Reply(pieces=["x"], finish_reason=stop_reason))
     deltas = await collect(provider)
     assert deltas[-1].finish_reason == expected
+
+
+# -- activity and parts that are not text ----------------------------------
+
+
+async def test_thinking_block_and_its_deltas_are_activity_without_text(
+    upstream: FakeAnthropic, provider: AnthropicProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatsock.providers")
+    upstream.enqueue(Reply(prelude=[thinking("Let me", " think.")], pieces=["Hi"]))
+    deltas = await collect(provider)
+    # content_block_start, two thinking_deltas, one signature_delta; then the text.
+    assert [d.text for d in deltas] == ["", "", "", "", "Hi", ""]
+    assert all(is_activity(d) for d in deltas[:4])
+    assert deltas[-1].finish_reason == "stop"
+    assert ignored_notes(caplog.records) == []  # reasoning is expected, not worth a line
+
+
+async def test_redacted_thinking_block_is_activity_without_text(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    redacted = Block({"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"})
+    upstream.enqueue(Reply(prelude=[redacted], pieces=["Hi"]))
+    deltas = await collect(provider)
+    assert [d.text for d in deltas] == ["", "Hi", ""]
+    assert is_activity(deltas[0])
+
+
+TOOL_INPUT = [
+    {"type": "input_json_delta", "partial_json": '{"city": "Par'},
+    {"type": "input_json_delta", "partial_json": 'is"}'},
+]
+CITATION = {
+    "type": "citations_delta",
+    "citation": {"type": "char_location", "cited_text": "<b>leak</b>", "document_index": 0},
+}
+
+
+@pytest.mark.parametrize(
+    ("block", "activity", "logged"),
+    [
+        pytest.param(
+            Block(
+                {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}, TOOL_INPUT
+            ),
+            3,
+            ["content block tool_use", "delta input_json_delta"],
+            id="tool_use",
+        ),
+        pytest.param(
+            Block({"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search"}),
+            1,
+            ["content block server_tool_use"],
+            id="server_tool_use",
+        ),
+        pytest.param(
+            Block({"type": "text", "text": ""}, [CITATION, CITATION]),
+            2,
+            ["delta citations_delta"],
+            id="citations_delta",
+        ),
+    ],
+)
+async def test_unsupported_blocks_and_deltas_are_activity_without_text_and_logged_once(
+    upstream: FakeAnthropic,
+    provider: AnthropicProvider,
+    block: Block,
+    activity: int,
+    logged: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatsock.providers")
+    upstream.enqueue(Reply(prelude=[block], pieces=["ok"], finish_reason="tool_use"))
+    deltas = await collect(provider)
+    assert [d.text for d in deltas] == [""] * activity + ["ok", ""]
+    assert all(is_activity(d) for d in deltas[:activity])
+    assert deltas[-1].finish_reason == "tool_calls"
+    notes = [message for _, message in ignored_notes(caplog.records)]
+    assert len(notes) == len(logged), notes
+    for kind, message in zip(logged, notes, strict=True):
+        assert kind in message
+        assert "claude" in message
+        assert "leak" not in message
+
+
+async def test_unknown_block_delta_and_event_types_yield_nothing_and_are_logged_once(
+    upstream: FakeAnthropic, provider: AnthropicProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatsock.providers")
+    future_delta = {"type": "hologram_delta", "hologram": "<b>leak</b>"}
+    future = Block({"type": "hologram", "hologram": "<b>leak</b>"}, [future_delta, future_delta])
+    odd = Block({"type": ["not", "a", "name"]})
+    reply = Reply(prelude=[future, odd], pieces=["ok"])
+    body = upstream.render(reply, MODEL)
+    extra = b'event: future_event\ndata: {"type": "future_event"}\n\n'
+    upstream.enqueue(Reply(raw_body=extra + body + extra))
+    deltas = await collect(provider)
+    assert [d.text for d in deltas] == ["ok", ""]
+    notes = [message for _, message in ignored_notes(caplog.records)]
+    kinds = [
+        "event 'future_event'",
+        "content block type 'hologram'",
+        "delta type 'hologram_delta'",
+        "content block type <list>",
+    ]
+    assert len(notes) == len(kinds), notes
+    for kind, note in zip(kinds, notes, strict=True):
+        assert f"provider claude: ignored {kind}" in note
+        assert "leak" not in note
+
+
+@pytest.mark.parametrize("text", [42, None, {"t": "<b>leak</b>"}, ["<b>leak</b>"]])
+async def test_non_string_text_delta_yields_nothing_and_the_stream_completes(
+    upstream: FakeAnthropic,
+    provider: AnthropicProvider,
+    text: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatsock.providers")
+    odd = {"type": "text_delta", "text": text}
+    upstream.enqueue(
+        Reply(prelude=[Block({"type": "text", "text": ""}, [odd, odd])], pieces=["ok"])
+    )
+    deltas = await collect(provider)
+    assert all(type(d.text) is str for d in deltas)
+    assert [d.text for d in deltas] == ["ok", ""]
+    notes = ignored_notes(caplog.records)
+    assert len(notes) == 1, notes
+    level, message = notes[0]
+    assert level == logging.WARNING
+    assert "claude" in message
+    assert "text_delta.text" in message
+    assert "leak" not in message
 
 
 # -- the request -----------------------------------------------------------
@@ -245,7 +388,7 @@ async def test_error_event_after_http_200_is_a_retryable_stream_error(
         await drain_into(received, provider)
     assert received == ["par", "tial"]
     error = caught.value
-    assert (error.fails_over, error.retryable) == (False, True)
+    assert (error.fails_over, error.before_text, error.retryable) == (False, False, True)
     assert "overloaded_error" in error.message
     assert "Overloaded" in error.message
     assert error.provider == "claude"
@@ -297,6 +440,51 @@ async def test_body_ending_before_message_stop_is_a_stream_error(
     with pytest.raises(ProviderStreamError, match="ended before message_stop"):
         await drain_into(received, provider)
     assert received == ["a", "b"]
+
+
+# -- failures after HTTP 200 but before any text ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("error_type", "retryable"),
+    [("overloaded_error", True), ("api_error", True), ("invalid_request_error", False)],
+)
+async def test_error_event_before_any_text_fails_over(
+    upstream: FakeAnthropic, provider: AnthropicProvider, error_type: str, retryable: bool
+) -> None:
+    upstream.enqueue(
+        Reply(
+            pieces=["never"],
+            cut_after=0,
+            ending="error_event",
+            error_event=(error_type, "Overloaded"),
+        )
+    )
+    with pytest.raises(ProviderStreamError) as caught:
+        await collect(provider)
+    error = caught.value
+    assert (error.before_text, error.fails_over, error.retryable) == (True, True, retryable)
+    assert error_type in error.message
+
+
+async def test_error_event_after_only_thinking_still_fails_over(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    upstream.enqueue(Reply(prelude=[thinking("hmm")], cut_after=0, ending="error_event"))
+    received: list[str] = []
+    with pytest.raises(ProviderStreamError) as caught:
+        await drain_into(received, provider)
+    assert set(received) == {""}
+    assert caught.value.fails_over
+
+
+async def test_reset_before_any_text_fails_over(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    upstream.enqueue(Reply(pieces=["x"], cut_after=0, ending="reset"))
+    with pytest.raises(ProviderStreamError) as caught:
+        await collect(provider)
+    assert (caught.value.before_text, caught.value.fails_over) == (True, True)
 
 
 # -- cancellation ----------------------------------------------------------

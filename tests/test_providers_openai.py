@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -16,8 +18,16 @@ from chatsock.providers.base import (
     Usage,
 )
 from chatsock.providers.openai import OpenAIProvider
-from tests.fakes.upstream import FakeOpenAI, Reply, unused_port
-from tests.support.provider_harness import HELLO, ProviderMaker, collect, drain_into, text_of
+from tests.fakes.upstream import FakeOpenAI, Reply, reasoning, unused_port
+from tests.support.provider_harness import (
+    HELLO,
+    ProviderMaker,
+    collect,
+    drain_into,
+    ignored_notes,
+    is_activity,
+    text_of,
+)
 
 MODEL = "fake-model"
 SECRET = "sk-test-0123456789abcdef"
@@ -149,6 +159,138 @@ async def test_finish_reasons_map_into_the_chatsock_vocabulary(
     upstream.enqueue(Reply(pieces=["x"], finish_reason=upstream_reason))
     deltas = await collect(provider)
     assert deltas[-1].finish_reason == expected
+
+
+# -- content that is not plain text ----------------------------------------
+
+
+async def test_list_content_parts_give_their_text(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    parts = [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]
+    upstream.enqueue(Reply(prelude=[{"content": parts}], pieces=[" there"]))
+    deltas = await collect(provider)
+    assert [d.text for d in deltas] == ["Hello", " there", ""]
+    assert deltas[-1].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(42, id="number"),
+        pytest.param(1.5, id="float"),
+        pytest.param(True, id="bool"),
+        pytest.param({"text": "<b>leak</b>"}, id="dict"),
+        pytest.param([{"type": "image_url", "image_url": {"url": "x"}}], id="non-text-parts"),
+        pytest.param(["<b>leak</b>"], id="list-of-strings"),
+        pytest.param([{"type": "text", "text": 7}], id="text-part-with-a-number"),
+    ],
+)
+async def test_non_string_content_yields_nothing_and_the_stream_completes(
+    upstream: FakeOpenAI,
+    provider: OpenAIProvider,
+    content: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatsock.providers")
+    upstream.enqueue(Reply(prelude=[{"content": content}, {"content": content}], pieces=["ok"]))
+    deltas = await collect(provider)
+    assert all(type(d.text) is str for d in deltas)
+    assert [d.text for d in deltas] == ["ok", ""]
+    assert deltas[-1].finish_reason == "stop"
+    # One warning for the stream, naming the provider, never quoting the content.
+    notes = ignored_notes(caplog.records)
+    assert len(notes) == 1, notes
+    level, message = notes[0]
+    assert level == logging.WARNING
+    assert "primary" in message
+    assert "delta.content" in message
+    assert "leak" not in message
+
+
+async def test_non_string_content_is_logged_once_per_stream_not_once_per_process(
+    upstream: FakeOpenAI, provider: OpenAIProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatsock.providers")
+    upstream.enqueue(
+        Reply(prelude=[{"content": 1}, {"content": {}}], pieces=["a"]),
+        Reply(prelude=[{"content": 2}], pieces=["b"]),
+    )
+    assert text_of(await collect(provider)) == "a"
+    assert text_of(await collect(provider)) == "b"
+    assert len(ignored_notes(caplog.records)) == 2
+
+
+# -- activity without text -------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_reasoning_deltas_are_bare_activity_deltas_without_text(
+    upstream: FakeOpenAI, provider: OpenAIProvider, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatsock.providers")
+    upstream.enqueue(Reply(prelude=reasoning("Let me", " think.", field=field), pieces=["Hi"]))
+    deltas = await collect(provider)
+    assert [d.text for d in deltas] == ["", "", "Hi", ""]
+    assert is_activity(deltas[0])
+    assert is_activity(deltas[1])
+    assert deltas[-1].finish_reason == "stop"
+    assert ignored_notes(caplog.records) == []  # reasoning is expected, not worth a line
+
+
+TOOL_CALL = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f"}}
+
+
+@pytest.mark.parametrize(
+    ("delta", "kind"),
+    [
+        pytest.param({"tool_calls": [TOOL_CALL]}, "delta.tool_calls", id="tool_calls"),
+        pytest.param({"refusal": "I can't help with that."}, "delta.refusal", id="refusal"),
+        pytest.param({"function_call": {"name": "f"}}, "delta.function_call", id="function_call"),
+    ],
+)
+async def test_unsupported_parts_are_activity_without_text_and_logged_once(
+    upstream: FakeOpenAI,
+    provider: OpenAIProvider,
+    delta: dict[str, Any],
+    kind: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatsock.providers")
+    upstream.enqueue(
+        Reply(prelude=[delta, delta, delta], pieces=["ok"], finish_reason="tool_calls")
+    )
+    deltas = await collect(provider)
+    assert [d.text for d in deltas] == ["", "", "", "ok", ""]
+    assert all(is_activity(d) for d in deltas[:3])
+    assert deltas[-1].finish_reason == "tool_calls"
+    notes = ignored_notes(caplog.records)
+    assert len(notes) == 1, notes
+    assert "primary" in notes[0][1]
+    assert kind in notes[0][1]
+
+
+async def test_unknown_delta_fields_yield_nothing_and_are_logged_once(
+    upstream: FakeOpenAI, provider: OpenAIProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatsock.providers")
+    future = {"content": None, "audio": {"data": "<b>leak</b>"}}
+    upstream.enqueue(Reply(prelude=[future, future], pieces=["ok"]))
+    deltas = await collect(provider)
+    assert [d.text for d in deltas] == ["ok", ""]
+    notes = ignored_notes(caplog.records)
+    assert len(notes) == 1, notes
+    assert "'audio'" in notes[0][1]
+    assert "leak" not in notes[0][1]
+
+
+async def test_a_flood_of_unknown_fields_logs_a_bounded_number_of_lines(
+    upstream: FakeOpenAI, provider: OpenAIProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatsock.providers")
+    upstream.enqueue(Reply(prelude=[{f"field_{i}": 1} for i in range(100)], pieces=["ok"]))
+    assert text_of(await collect(provider)) == "ok"
+    assert 1 < len(ignored_notes(caplog.records)) <= 20
 
 
 # -- the request -----------------------------------------------------------
@@ -309,6 +451,7 @@ async def test_mid_stream_reset_is_a_stream_error_after_the_partial(
         await drain_into(received, provider)
     assert received == ["one", "two"]
     assert not caught.value.fails_over
+    assert not caught.value.before_text
     assert caught.value.provider == "primary"
     assert upstream.base_url in caught.value.message
 
@@ -332,8 +475,9 @@ async def test_error_chunk_after_http_200_is_a_stream_error(
         b'data: {"error":{"message":"model crashed","type":"server_error"}}\n\n'
     )
     upstream.enqueue(Reply(raw_body=body))
-    with pytest.raises(ProviderStreamError, match="model crashed"):
+    with pytest.raises(ProviderStreamError, match="model crashed") as caught:
         await collect(provider)
+    assert not caught.value.fails_over  # text reached the consumer
 
 
 async def test_malformed_chunk_is_a_stream_error(
@@ -342,6 +486,51 @@ async def test_malformed_chunk_is_a_stream_error(
     upstream.enqueue(Reply(raw_body=b"data: {not json\n\n"))
     with pytest.raises(ProviderStreamError, match="malformed chunk"):
         await collect(provider)
+
+
+# -- failures after HTTP 200 but before any text ---------------------------
+
+
+async def test_error_chunk_before_any_text_fails_over(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    reply = Reply(pieces=["never"], cut_after=0, ending="error_event")
+    reply.error_event = ("server_error", "model crashed")
+    upstream.enqueue(reply)
+    with pytest.raises(ProviderStreamError, match="model crashed") as caught:
+        await collect(provider)
+    error = caught.value
+    assert (error.before_text, error.fails_over, error.retryable) == (True, True, True)
+    assert error.provider == "primary"
+
+
+async def test_error_chunk_after_only_reasoning_still_fails_over(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    # Activity is not text: the user has seen nothing yet.
+    upstream.enqueue(Reply(prelude=reasoning("hmm"), cut_after=0, ending="error_event"))
+    received: list[str] = []
+    with pytest.raises(ProviderStreamError) as caught:
+        await drain_into(received, provider)
+    assert received == [""]
+    assert caught.value.fails_over
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(Reply(pieces=["x"], cut_after=0, ending="reset"), id="reset"),
+        pytest.param(Reply(raw_body=b"data: {not json\n\n"), id="malformed"),
+        pytest.param(Reply(raw_body=b'data: {"choices":[]}\n\n'), id="cut-short"),
+    ],
+)
+async def test_broken_body_before_any_text_fails_over(
+    upstream: FakeOpenAI, provider: OpenAIProvider, reply: Reply
+) -> None:
+    upstream.enqueue(reply)
+    with pytest.raises(ProviderStreamError) as caught:
+        await collect(provider)
+    assert (caught.value.before_text, caught.value.fails_over) == (True, True)
 
 
 # -- cancellation ----------------------------------------------------------

@@ -6,8 +6,10 @@ orjson) instead of through the SDK's typed events (56-150 µs per token).
 
 Events used: `message_start` (usage.input_tokens), `content_block_delta`
 with a `text_delta`, `message_delta` (stop_reason, usage.output_tokens),
-`message_stop`; `ping` and the block start/stop events are ignored, and
-`event: error` after HTTP 200 is a mid-stream failure.
+`message_stop`; `event: error` after HTTP 200 is a stream failure. Thinking
+and tool-use blocks and their deltas are activity (the model is alive) with
+no text; `ping` is not. Unsupported and unknown types are dropped and logged
+once per stream.
 
 Stop reasons map into base.FINISH_REASONS:
 
@@ -21,6 +23,7 @@ Stop reasons map into base.FINISH_REASONS:
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
+from logging import WARNING
 from typing import Any
 
 import anthropic
@@ -28,7 +31,7 @@ import orjson
 
 from chatsock.providers.base import ChatRequest, Delta, Usage
 from chatsock.providers.errors import MALFORMED, UpstreamEventError, upstream_message
-from chatsock.providers.streaming import SSEStreamProvider
+from chatsock.providers.streaming import IgnoredParts, SSEStreamProvider, type_name
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-5-5"
@@ -36,6 +39,17 @@ DEFAULT_MODEL = "claude-sonnet-5-5"
 DEFAULT_MAX_TOKENS = 1024
 # In-stream error types worth retrying later.
 RETRYABLE_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error"})
+
+# Block and delta types that show the model at work on something other than
+# text: reasoning (dropped silently) and parts chatsock does not stream (logged).
+THINKING_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+UNSUPPORTED_BLOCKS = frozenset({"tool_use", "server_tool_use"})
+THINKING_DELTAS = frozenset({"thinking_delta", "signature_delta"})
+UNSUPPORTED_DELTAS = frozenset({"input_json_delta", "citations_delta"})
+# Events with nothing to read. `ping` is not activity: it proves only that the
+# connection is up, not that the model is working.
+QUIET_EVENTS = frozenset({"ping", "content_block_stop"})
+NON_TEXT = "non-text text_delta.text"
 
 STOP_REASON_MAP = {
     "end_turn": "stop",
@@ -54,24 +68,36 @@ def map_stop_reason(reason: str | None) -> str:
 
 
 class _EventReader:
-    """The state of one Anthropic stream: turns each named event into text."""
+    """The state of one Anthropic stream: turns each named event into text or activity."""
 
-    __slots__ = ("finished", "input_tokens", "output_tokens", "stop_reason")
+    __slots__ = ("finished", "ignored", "input_tokens", "output_tokens", "stop_reason")
 
-    def __init__(self) -> None:
+    def __init__(self, provider: str) -> None:
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
         self.stop_reason: str | None = None
         self.finished = False
+        self.ignored = IgnoredParts(provider)
 
     def read(self, event: str, data: str) -> str | None:
-        """Text to yield for one event, or None; UpstreamEventError for errors."""
+        """Text, "" for activity, or None for one event; UpstreamEventError for errors."""
         try:
             if event == "content_block_delta":
                 delta = orjson.loads(data)["delta"]
-                if delta.get("type") == "text_delta":
-                    return delta.get("text") or None
-                return None
+                kind = delta.get("type")
+                if kind == "text_delta":
+                    text = delta.get("text")
+                    if isinstance(text, str):
+                        return text or None
+                    self.ignored.note(NON_TEXT, f"of type {type(text).__name__}", level=WARNING)
+                    return None
+                return self._activity("delta", kind, THINKING_DELTAS, UNSUPPORTED_DELTAS)
+            if event == "content_block_start":
+                block = orjson.loads(data).get("content_block")
+                kind = block.get("type") if isinstance(block, dict) else None
+                if kind == "text":
+                    return None
+                return self._activity("content block", kind, THINKING_BLOCKS, UNSUPPORTED_BLOCKS)
             if event == "message_start":
                 usage = orjson.loads(data)["message"].get("usage") or {}
                 self.input_tokens = usage.get("input_tokens")
@@ -92,8 +118,23 @@ class _EventReader:
                     f"error event: {upstream_message(body)}",
                     retryable=kind in RETRYABLE_ERROR_TYPES,
                 )
+            elif event not in QUIET_EVENTS:
+                self.ignored.note(f"event {type_name(event)}")
         except MALFORMED as exc:
             raise UpstreamEventError(f"malformed {event} event: {exc}", retryable=True) from exc
+        return None
+
+    def _activity(
+        self, what: str, kind: object, thinking: frozenset[str], unsupported: frozenset[str]
+    ) -> str | None:
+        """An empty string (activity) for a type that shows the model at work, else None."""
+        if isinstance(kind, str):
+            if kind in thinking:
+                return ""  # Reasoning: not forwarded (yet), not worth a log line.
+            if kind in unsupported:
+                self.ignored.note(f"{what} {kind}")
+                return ""
+        self.ignored.note(f"{what} type {type_name(kind)}")
         return None
 
     def final(self) -> Delta | None:
@@ -148,7 +189,7 @@ class AnthropicProvider(SSEStreamProvider):
         return create(stream=True, **body)
 
     def _reader(self) -> _EventReader:
-        return _EventReader()
+        return _EventReader(self.name)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -48,10 +48,16 @@ class ChatRequest:
 
 @dataclass(slots=True)
 class Delta:
-    """A piece of a streamed reply.
+    """A piece of a streamed reply, in one of three shapes.
 
-    Text deltas carry `text`; the last delta of a stream may carry only
-    `finish_reason` and/or `usage` (with `text == ""`).
+    - text: `text` is non-empty, nothing else is set;
+    - activity: all fields empty (`Delta()`): the model is alive but sent no
+      text (reasoning, a tool call), so a consumer resets its idle deadline
+      and shows nothing;
+    - final: the last delta may carry `finish_reason` and/or `usage`, with
+      `text == ""`.
+
+    `text` is always a `str`: providers drop content of any other type.
     """
 
     text: str = ""
@@ -121,7 +127,26 @@ class ProviderTimeout(ProviderError):
 
 
 class ProviderStreamError(ProviderError):
-    """The stream broke after it started: an in-stream error event or a reset mid-body."""
+    """The body of a started stream failed: an error event, a reset, a malformed or cut body.
+
+    `before_text` says no text had been yielded yet; only then does the chain
+    move on, since the user has seen nothing.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        retryable: bool = False,
+        before_text: bool = False,
+    ) -> None:
+        super().__init__(message, provider=provider, retryable=retryable)
+        self.before_text = before_text
+
+    @property
+    def fails_over(self) -> bool:
+        return self.before_text
 
 
 class Provider(ABC):

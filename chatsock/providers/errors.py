@@ -80,7 +80,10 @@ class ErrorMapper:
         )
 
     def broken_stream(self, exc: BaseException, *, started: bool) -> ProviderError:
-        """Reading the body failed after HTTP 200: a reset, truncation or read timeout."""
+        """Reading the body failed after HTTP 200: a reset, truncation or read timeout.
+
+        `started`: text had been yielded, so the chain must not fail over.
+        """
         if isinstance(exc, httpx2.TimeoutException):
             return ProviderTimeout(
                 f"no bytes from {self.base_url} within the read timeout",
@@ -88,18 +91,23 @@ class ErrorMapper:
                 first_token=not started,
             )
         reason = _innermost(exc) or type(exc).__name__
-        return ProviderStreamError(
-            self.redact(f"the stream from {self.base_url} broke: {reason}"),
-            provider=self.provider,
-            retryable=True,
+        return self.stream_failed(
+            f"the stream from {self.base_url} broke: {reason}", retryable=True, started=started
         )
 
-    def stream_event(self, what: str, *, retryable: bool) -> ProviderStreamError:
-        """The provider reported an error inside a stream that had started fine."""
+    def stream_event(self, what: str, *, retryable: bool, started: bool) -> ProviderStreamError:
+        """The provider reported an error (or sent a malformed event) after HTTP 200."""
+        return self.stream_failed(
+            f"{what} (from {self.base_url})", retryable=retryable, started=started
+        )
+
+    def stream_failed(self, message: str, *, retryable: bool, started: bool) -> ProviderStreamError:
+        """The body failed; before any text (`started` False) the chain fails over."""
         return ProviderStreamError(
-            self.redact(f"{what} (from {self.base_url})"),
+            self.redact(message),
             provider=self.provider,
             retryable=retryable,
+            before_text=not started,
         )
 
 

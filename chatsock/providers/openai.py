@@ -6,6 +6,12 @@ HTTP errors into exception types. The body is then read raw and parsed here
 (sse.py + orjson): iterating the SDK's typed chunks costs ~200 µs per token,
 this path ~15 µs (shared/FACTS.md, benchmarks/providers.py).
 
+Each chunk gives text (`delta.content`: a string, or a list whose `text`
+parts are joined), activity (reasoning in `reasoning_content`, `reasoning` or
+`reasoning_details`; `tool_calls`, `function_call`, `refusal`) or nothing.
+Content of any other type, and every field chatsock does not stream, is
+dropped and logged once per stream.
+
 Finish reasons map into base.FINISH_REASONS:
 
     stop                      -> stop
@@ -18,6 +24,7 @@ Finish reasons map into base.FINISH_REASONS:
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,7 +34,7 @@ import orjson
 
 from chatsock.providers.base import ChatRequest, Delta, Usage
 from chatsock.providers.errors import MALFORMED, UpstreamEventError, upstream_message
-from chatsock.providers.streaming import SSEStreamProvider
+from chatsock.providers.streaming import IgnoredParts, SSEStreamProvider, type_name
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -48,18 +55,29 @@ def map_finish_reason(reason: str | None) -> str:
     return FINISH_REASON_MAP.get(reason or "stop", "stop")
 
 
+# Delta fields that show the model is working on something other than text.
+# Reasoning text is dropped silently (a later protocol version may forward it);
+# the others are parts chatsock does not support, logged once per stream.
+REASONING_FIELDS = frozenset({"reasoning_content", "reasoning", "reasoning_details"})
+UNSUPPORTED_ACTIVITY_FIELDS = frozenset({"tool_calls", "refusal", "function_call"})
+# Fields with nothing to do or to log: the role, and content (read separately).
+PLAIN_FIELDS = frozenset({"role", "content"})
+NON_TEXT = "non-text delta.content"
+
+
 class _ChunkReader:
-    """The state of one OpenAI stream: turns each `data:` payload into text."""
+    """The state of one OpenAI stream: turns each `data:` payload into text or activity."""
 
-    __slots__ = ("finish_reason", "finished", "usage")
+    __slots__ = ("finish_reason", "finished", "ignored", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, provider: str) -> None:
         self.finished = False
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
+        self.ignored = IgnoredParts(provider)
 
     def read(self, event: str, data: str) -> str | None:
-        """Text to yield for one event, or None; UpstreamEventError for errors."""
+        """Text, "" for activity, or None for one event; UpstreamEventError for errors."""
         if data == "[DONE]":
             self.finished = True
             return None
@@ -71,7 +89,7 @@ class _ChunkReader:
                 choice = choices[0]
                 delta = choice.get("delta")
                 if delta:
-                    text = delta.get("content") or None
+                    text = self._delta(delta)
                 reason = choice.get("finish_reason")
                 if reason:
                     self.finish_reason = reason
@@ -86,6 +104,44 @@ class _ChunkReader:
             detail = upstream_message({"error": error})
             raise UpstreamEventError(f"error event: {detail}", retryable=True)
         return text
+
+    def _delta(self, delta: dict[str, Any]) -> str | None:
+        content = delta.get("content")
+        if type(content) is str and len(delta) == 1:
+            return content or None  # The common case, kept short: one text piece.
+        text = self._content(content)
+        active = False
+        for field, value in delta.items():
+            if not value or field in PLAIN_FIELDS:
+                continue
+            if field in REASONING_FIELDS:
+                active = True
+            elif field in UNSUPPORTED_ACTIVITY_FIELDS:
+                active = True
+                self.ignored.note(f"delta.{field}")
+            else:
+                self.ignored.note(f"delta field {type_name(field)}")
+        if text:
+            return text
+        return "" if active else None
+
+    def _content(self, content: object) -> str | None:
+        """`delta.content` as text: a str, or the text parts of a list joined."""
+        if content is None or isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            texts = [
+                part["text"]
+                for part in content
+                if isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ]
+            if len(texts) < len(content):
+                self.ignored.note(NON_TEXT, "a list with non-text parts", level=logging.WARNING)
+            return "".join(texts)
+        self.ignored.note(NON_TEXT, f"of type {type(content).__name__}", level=logging.WARNING)
+        return None
 
     def final(self) -> Delta | None:
         if not self.finished and self.finish_reason is None:
@@ -140,7 +196,7 @@ class OpenAIProvider(SSEStreamProvider):
         return create(stream=True, **body)
 
     def _reader(self) -> _ChunkReader:
-        return _ChunkReader()
+        return _ChunkReader(self.name)
 
     async def aclose(self) -> None:
         await self._client.close()

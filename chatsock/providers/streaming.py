@@ -9,6 +9,7 @@ supplies how to open the response and an `EventReader` for its event format.
 
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
 from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager
@@ -21,10 +22,15 @@ from chatsock.providers.base import (
     Delta,
     Provider,
     ProviderHTTPError,
-    ProviderStreamError,
 )
 from chatsock.providers.errors import ErrorMapper, UpstreamEventError
 from chatsock.providers.sse import SSEParser
+
+log = logging.getLogger(__name__)
+
+# A stream logs at most this many distinct ignored kinds (then one line saying
+# there were more), so an upstream that invents a type per event cannot flood the log.
+MAX_IGNORED_NOTES = 16
 
 
 class EventReader(Protocol):
@@ -33,10 +39,46 @@ class EventReader(Protocol):
     finished: bool  # the upstream said the reply is over ([DONE], message_stop)
 
     def read(self, event: str, data: str) -> str | None:
-        """Text to yield for one event, or None; UpstreamEventError for errors."""
+        """One event: its text (non-empty), "" for activity without text (reasoning,
+        tool calls), or None for nothing; UpstreamEventError for errors."""
 
     def final(self) -> Delta | None:
         """The closing delta (finish reason, usage); None when the reply was cut short."""
+
+
+class IgnoredParts:
+    """What one stream drops (tool calls, refusals, unknown types, non-text content).
+
+    Each kind is logged once per stream with the provider's name: the user never
+    sees these parts, an operator should know they came. Upstream values are
+    never logged, only their type names, escaped.
+    """
+
+    __slots__ = ("_provider", "_seen")
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+        self._seen: set[str] = set()
+
+    def note(self, kind: str, detail: str = "", *, level: int = logging.INFO) -> None:
+        """Log `kind` (with `detail` of its first occurrence) unless already logged."""
+        if kind in self._seen or len(self._seen) > MAX_IGNORED_NOTES:
+            return
+        self._seen.add(kind)
+        if len(self._seen) > MAX_IGNORED_NOTES:
+            kind, detail, level = "more kinds", "not logged for this stream", logging.INFO
+        log.log(
+            level,
+            "provider %s: ignored %s%s (chatsock streams text only)",
+            self._provider,
+            kind,
+            f": {detail}" if detail else "",
+        )
+
+
+def type_name(value: object) -> str:
+    """An upstream type name, safe to log: escaped and short."""
+    return repr(value)[:40] if isinstance(value, str) else f"<{type(value).__name__}>"
 
 
 # Local servers ignore the key, and a missing one should give the API's own 401;
@@ -114,17 +156,19 @@ class SSEStreamProvider(Provider):
                 async for raw in response.http_response.aiter_bytes():
                     for event, data in parser.feed(raw):
                         text = reader.read(event, data)
-                        if text:
-                            started = True
+                        if text is not None:
+                            # "" is an activity delta: the runner's idle deadline moves.
+                            started = started or bool(text)
                             yield Delta(text)
-                        elif reader.finished:
+                        if reader.finished:
                             break
                     if reader.finished:
                         break
                 else:
                     for event, data in parser.close():
                         text = reader.read(event, data)
-                        if text:
+                        if text is not None:
+                            started = started or bool(text)
                             yield Delta(text)
         except self.status_error as exc:
             # Raised below, outside this block, so no traceback carries the SDK's
@@ -138,14 +182,14 @@ class SSEStreamProvider(Provider):
         except httpx2.TransportError as exc:
             raise self._errors.broken_stream(exc, started=started) from exc
         except UpstreamEventError as exc:
-            raise self._errors.stream_event(str(exc), retryable=exc.retryable) from None
+            raise self._errors.stream_event(
+                str(exc), retryable=exc.retryable, started=started
+            ) from None
         if refused is not None:
             raise refused
         final = reader.final()
         if final is None:
-            raise ProviderStreamError(
-                f"the stream from {self.base_url} {self.cut_short}",
-                provider=self.name,
-                retryable=True,
+            raise self._errors.stream_failed(
+                f"the stream from {self.base_url} {self.cut_short}", retryable=True, started=started
             )
         yield final

@@ -3,9 +3,10 @@
 Each fake is a real aiohttp.web server on 127.0.0.1 that answers
 `POST /v1/chat/completions` (OpenAI) or `POST /v1/messages` (Anthropic) with
 the providers' wire format byte for byte (shared/FACTS.md). Tests enqueue a
-`Reply` per request to script it: text pieces, usage, finish reason, an HTTP
-error, a mid-stream reset, an in-stream error event, a stall, or an exact
-chunking of the raw bytes. Every request is recorded with its JSON body,
+`Reply` per request to script it: text pieces, non-text parts before them
+(reasoning, tool calls, odd content), usage, finish reason, an HTTP error, a
+mid-stream reset, an in-stream error event, a stall, or an exact chunking of
+the raw bytes. Every request is recorded with its JSON body,
 headers, and when the client closed the connection.
 """
 
@@ -24,9 +25,42 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-__all__ = ["FakeAnthropic", "FakeOpenAI", "RecordedRequest", "Reply", "unused_port"]
+__all__ = [
+    "Block",
+    "Ending",
+    "FakeAnthropic",
+    "FakeOpenAI",
+    "RecordedRequest",
+    "Reply",
+    "reasoning",
+    "thinking",
+    "unused_port",
+]
 
 Ending = Literal["complete", "reset", "stall", "error_event"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """An Anthropic content block: its `content_block_start` payload, then its deltas.
+
+    E.g. `Block({"type": "thinking", "thinking": ""}, [{"type": "thinking_delta", ...}])`.
+    """
+
+    content_block: dict[str, Any]
+    deltas: Sequence[dict[str, Any]] = ()
+
+
+def reasoning(*steps: str, field: str = "reasoning_content") -> list[dict[str, Any]]:
+    """OpenAI-compatible deltas carrying only reasoning, one per step."""
+    return [{"role": "assistant", "content": None, field: step} for step in steps]
+
+
+def thinking(*steps: str) -> Block:
+    """An Anthropic thinking block: one thinking_delta per step, then its signature."""
+    deltas: list[dict[str, Any]] = [{"type": "thinking_delta", "thinking": s} for s in steps]
+    deltas.append({"type": "signature_delta", "signature": "c2lnbmF0dXJl"})
+    return Block({"type": "thinking", "thinking": "", "signature": ""}, deltas)
 
 
 @dataclass
@@ -39,6 +73,9 @@ class Reply:
     """
 
     pieces: Sequence[str] = ()
+    # Sent before the pieces, each as the upstream would: an OpenAI `delta`
+    # object per chunk (FakeOpenAI), or a content `Block` (FakeAnthropic).
+    prelude: Sequence[dict[str, Any] | Block] = ()
     finish_reason: str | None = None
     usage: tuple[int, int] | None = (11, 7)
     # An HTTP error instead of a stream: status, JSON error body, Retry-After.
@@ -251,12 +288,20 @@ class FakeOpenAI(_FakeUpstream):
         frames: list[bytes] = []
         if reply.role_chunk:
             frames.append(chunk({"role": "assistant", "content": "", "refusal": None}))
+        for delta in reply.prelude:
+            assert isinstance(delta, dict), "FakeOpenAI's prelude holds delta objects"
+            frames.append(chunk(delta))
         cut = self._cut(reply)
         for piece in reply.pieces[:cut]:
             frames.append(chunk({"content": piece}))
             if reply.empty_deltas:
                 frames.append(chunk({"content": ""}))
                 frames.append(chunk({}))
+        if reply.ending == "error_event":
+            # As vLLM and proxies report a failure after HTTP 200.
+            kind, text = reply.error_event
+            frames.append(_data({"error": {"message": text, "type": kind, "code": None}}))
+            return frames, "complete"
         if reply.ending != "complete":
             return frames, reply.ending
         frames.append(chunk({}, reply.finish_reason or "stop"))
@@ -315,31 +360,39 @@ class FakeAnthropic(_FakeUpstream):
             "stop_sequence": None,
             "usage": {"input_tokens": input_tokens, "output_tokens": 1},
         }
-        frames = [
-            _event("message_start", {"type": "message_start", "message": message}),
-            _event(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            ),
-            # Anthropic writes its ping with a space after the colon.
-            b'event: ping\ndata: {"type": "ping"}\n\n',
-        ]
-        cut = self._cut(reply)
-        for piece in reply.pieces[:cut]:
+        frames = [_event("message_start", {"type": "message_start", "message": message})]
+        blocks = [*reply.prelude, Block({"type": "text", "text": ""})]
+        for index, block in enumerate(blocks):
+            assert isinstance(block, Block), "FakeAnthropic's prelude holds Blocks"
             frames.append(
                 _event(
-                    "content_block_delta",
+                    "content_block_start",
                     {
-                        "type": "content_block_delta",
-                        "index": 0,
-                        "delta": {"type": "text_delta", "text": piece},
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": block.content_block,
                     },
                 )
             )
+            if index == 0:
+                # Anthropic pings after the first block starts, with a space after the colon.
+                frames.append(b'event: ping\ndata: {"type": "ping"}\n\n')
+            deltas = list(block.deltas)
+            if index == len(blocks) - 1:
+                cut = self._cut(reply)
+                deltas += [{"type": "text_delta", "text": piece} for piece in reply.pieces[:cut]]
+            frames.extend(
+                _event(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                )
+                for delta in deltas
+            )
+            if index < len(blocks) - 1:
+                frames.append(
+                    _event("content_block_stop", {"type": "content_block_stop", "index": index})
+                )
+        text_index = len(blocks) - 1
         if reply.ending == "error_event":
             kind, text = reply.error_event
             frames.append(
@@ -348,7 +401,9 @@ class FakeAnthropic(_FakeUpstream):
             return frames, "complete"
         if reply.ending != "complete":
             return frames, reply.ending
-        frames.append(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        frames.append(
+            _event("content_block_stop", {"type": "content_block_stop", "index": text_index})
+        )
         frames.append(
             _event(
                 "message_delta",

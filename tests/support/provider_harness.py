@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Generic, TypeVar
 
 from chatsock.providers.base import ChatMessage, ChatRequest, Delta, Provider
@@ -42,3 +43,17 @@ async def drain_into(received: list[str], provider: Provider) -> None:
 
 def text_of(deltas: list[Delta]) -> str:
     return "".join(delta.text for delta in deltas)
+
+
+def is_activity(delta: Delta) -> bool:
+    """A bare delta: the model is alive, with no text, finish reason or usage."""
+    return delta == Delta()
+
+
+def ignored_notes(records: list[logging.LogRecord]) -> list[tuple[int, str]]:
+    """(level, message) of each "ignored ..." line the providers logged."""
+    return [
+        (record.levelno, record.getMessage())
+        for record in records
+        if record.name == "chatsock.providers.streaming" and "ignored" in record.getMessage()
+    ]
