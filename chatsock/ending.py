@@ -10,16 +10,35 @@ even when an owner cut off from Redis and another worker both try to end it.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 
 from chatsock import protocol
 from chatsock.ids import new_id
+from chatsock.outcome import error_terminal
 from chatsock.retry import retrying
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, StreamRecord, Terminal
 from chatsock.timing import END_POLL_S, END_WAIT_S
 
 log = logging.getLogger(__name__)
+
+
+class Claim(enum.Enum):
+    """The answer to "may I persist and record this stream's end?"."""
+
+    OWN = "own"  # yes: persist the reply and record the end
+    TAKEN = "taken"  # no: another worker took the stream for lost; relay its end
+    UNREACHABLE = "unreachable"  # the store did not answer: record, but persist nothing
+
+
+async def claim_end(store: Store, stream_id: str, claimant: str) -> Claim:
+    """Claim a stream's end for `claimant` (unique, so a retried claim still wins)."""
+    try:
+        won = await retrying(lambda: store.claim_end(stream_id, claimant))
+    except StoreUnavailable:
+        return Claim.UNREACHABLE
+    return Claim.OWN if won else Claim.TAKEN
 
 
 async def owner_lost(store: Store, record: StreamRecord, *, local: bool) -> bool:
@@ -36,21 +55,22 @@ async def declare_lost(store: Store, record: StreamRecord) -> Terminal:
 
     Several workers may notice at once, and an owner that was only cut off
     from Redis may be finishing it too: the one that claims the end persists
-    the message and records it; the others return the end it recorded.
+    the message and records it; the others return the end it recorded. The
+    partial is read after the claim, so it holds every flush logged before it.
     """
-    entries = await store.read_tokens(record.stream_id, 0)
-    partial = "".join(str(entry.payload.get("token", "")) for entry in entries)
-    payload = protocol.stream_error(
-        stream_id=record.stream_id,
-        session_id=record.session_id,
-        code="worker_lost",
-        error=f"the worker running this stream ({record.owner}) stopped responding",
-        partial=partial,
+    claimant = new_id("lost")  # unique, so a retried claim is recognised as ours
+    claim = await claim_end(store, record.stream_id, claimant)
+    if claim is Claim.UNREACHABLE:
+        raise StoreUnavailable(f"stream {record.stream_id}: the store did not answer the claim")
+    partial = await logged_text(store, record.stream_id)
+    terminal = error_terminal(
+        record,
+        "worker_lost",
+        f"the worker running this stream ({record.owner}) stopped responding",
+        partial,
         retryable=True,
     )
-    terminal = Terminal("error", protocol.STREAM_ERROR, payload)
-    claimant = new_id("lost")  # unique, so a retried claim is recognised as ours
-    if not await retrying(lambda: store.claim_end(record.stream_id, claimant)):
+    if claim is Claim.TAKEN:
         recorded = await ended_elsewhere(store, record.stream_id)
         if recorded is not None:
             return recorded
@@ -78,6 +98,12 @@ async def declare_lost(store: Store, record: StreamRecord) -> Terminal:
         log.exception("stream %s: could not store its partial reply", record.stream_id)
     await retrying(lambda: store.finish_stream(record, terminal))
     return terminal
+
+
+async def logged_text(store: Store, stream_id: str) -> str:
+    """The text of every flush in a stream's token log."""
+    entries = await store.read_tokens(stream_id, 0)
+    return "".join(str(entry.payload.get("token", "")) for entry in entries)
 
 
 async def ended_elsewhere(

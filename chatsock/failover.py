@@ -13,6 +13,7 @@ import logging
 from contextlib import aclosing
 
 from chatsock.errors import ChatsockError
+from chatsock.lifecycle import EndReason
 from chatsock.providers.base import ProviderError, ProviderTimeout
 from chatsock.stream import ActiveStream, StreamHooks
 
@@ -20,54 +21,77 @@ log = logging.getLogger(__name__)
 
 
 async def read_chain(stream: ActiveStream, max_chars: int, hooks: StreamHooks) -> None:
-    """Iterate the provider chain; fail over while nothing has been received."""
-    reasons: list[str] = []
-    loop = asyncio.get_running_loop()
+    """Iterate the provider chain; fail over while nothing has been received.
+
+    The outcome is decided here, synchronously, the moment it is known: the
+    provider finishing ends the stream as COMPLETE, a failure as FAILED. A
+    stop that comes later finds the end decided and changes nothing."""
+    life = stream.life
     try:
-        for provider in stream.chain:
-            stream.provider = provider.name
-            stream.model = provider.model_for(stream.request)
-            try:
-                async with asyncio.timeout(provider.first_token_timeout) as deadline:
-                    async with aclosing(provider.stream(stream.request)) as deltas:
-                        async for delta in deltas:
-                            if delta.text:
-                                stream.take(delta.text, max_chars, hooks)
-                                deadline.reschedule(loop.time() + provider.idle_timeout)
-                                if stream.buffered >= max_chars:
-                                    # Backpressure: let the pump take a full buffer.
-                                    stream.drained = loop.create_future()
-                                    await stream.drained
-                            if delta.finish_reason is not None:
-                                stream.finish_reason = delta.finish_reason
-                            if delta.usage is not None:
-                                stream.usage = delta.usage
-                return
-            except TimeoutError:
-                first = stream.count == 0
-                which = "first token" if first else "idle"
-                limit = provider.first_token_timeout if first else provider.idle_timeout
-                error: ProviderError = ProviderTimeout(
-                    f"{provider.name}: no {which} within {limit:g}s",
-                    provider=provider.name,
-                    first_token=first,
-                )
-            except ProviderError as exc:
-                error = exc
-            if stream.count > 0 or not error.fails_over:
-                raise error
-            reasons.append(f"{provider.name}: {error.message}")
-            log.warning(
-                "provider %s failed before the first token, failing over: %s",
-                provider.name,
-                error.message,
-            )
-            if hooks.on_failover:
-                hooks.on_failover(provider.name)
-        raise ChatsockError(
-            "provider_unavailable",
-            "every provider failed: " + "; ".join(reasons),
-            retryable=bool(error.retryable),
-        )
+        await _read(stream, max_chars, hooks)
+    except (ProviderError, ChatsockError) as exc:
+        life.end(EndReason.FAILED, exc)
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.error("stream %s: provider iteration crashed", stream.record.stream_id, exc_info=exc)
+        life.end(EndReason.INTERNAL, ChatsockError("internal", "internal error while streaming"))
+        raise
+    else:
+        life.end(EndReason.COMPLETE)
     finally:
         stream.wake(urgent=True)
+
+
+async def _read(stream: ActiveStream, max_chars: int, hooks: StreamHooks) -> None:
+    reasons: list[str] = []
+    loop = asyncio.get_running_loop()
+    for provider in stream.chain:
+        alive = False  # any delta arrived from this provider
+        stream.provider = provider.name
+        stream.model = provider.model_for(stream.request)
+        try:
+            async with asyncio.timeout(provider.first_token_timeout) as deadline:
+                async with aclosing(provider.stream(stream.request)) as deltas:
+                    async for delta in deltas:
+                        # Any delta, text or not (reasoning, tool calls), shows the
+                        # model is alive: the idle timeout applies from here.
+                        deadline.reschedule(loop.time() + provider.idle_timeout)
+                        alive = True
+                        if delta.text:
+                            stream.take(delta.text, max_chars, hooks)
+                            if stream.buffered >= max_chars:
+                                # Backpressure: let the pump take a full buffer.
+                                stream.drained = loop.create_future()
+                                await stream.drained
+                        if delta.finish_reason is not None:
+                            stream.finish_reason = delta.finish_reason
+                        if delta.usage is not None:
+                            stream.usage = delta.usage
+            return
+        except TimeoutError:
+            which = "idle" if alive else "first token"
+            limit = provider.idle_timeout if alive else provider.first_token_timeout
+            error: ProviderError = ProviderTimeout(
+                f"{provider.name}: no {which} within {limit:g}s",
+                provider=provider.name,
+                first_token=stream.count == 0,  # nothing shown yet: the next may answer
+            )
+        except ProviderError as exc:
+            error = exc
+        if stream.count > 0 or not error.fails_over:
+            raise error
+        reasons.append(f"{provider.name}: {error.message}")
+        log.warning(
+            "provider %s failed before the first token, failing over: %s",
+            provider.name,
+            error.message,
+        )
+        if hooks.on_failover:
+            hooks.on_failover(provider.name)
+    raise ChatsockError(
+        "provider_unavailable",
+        "every provider failed: " + "; ".join(reasons),
+        retryable=bool(error.retryable),
+    )

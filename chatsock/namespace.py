@@ -77,9 +77,14 @@ class ChatNamespace(socketio.AsyncNamespace):
             request = parse(ChatStreamRequest, data)
             check_limits(request, self.runner.limits)
             session_id = request.session_id or new_id("ses")
-            # Join before the stream exists, so no chat_token can precede membership.
-            await self.enter_room(sid, protocol.session_room(session_id))
-            return await self.runner.start(request, session_id)
+            room = protocol.session_room(session_id)
+
+            def admit() -> None:
+                # Only an accepted request joins the room, and it joins before the
+                # stream's first event can be sent (the runner calls this first).
+                self.server.manager.basic_enter_room(sid, self.namespace, room)
+
+            return await self.runner.start(request, session_id, admit=admit)
 
         return await _answer("chat_stream", sid, work)
 

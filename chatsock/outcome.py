@@ -1,4 +1,8 @@
-"""The end of a stream as clients see it: chat_complete or chat_stream_error."""
+"""The end of a stream as clients see it: chat_complete or chat_stream_error.
+
+The stored status and the terminal event follow from the stream's end reason
+(lifecycle.py), never from what happened to arrive last.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,18 @@ import time
 
 from chatsock import protocol
 from chatsock.errors import ChatsockError
+from chatsock.lifecycle import EndReason
 from chatsock.providers.base import ProviderError
 from chatsock.store.models import MessageStatus, StreamRecord, Terminal
 from chatsock.stream import ActiveStream
 
 
-def outcome(
-    stream: ActiveStream, failure: ChatsockError | ProviderError | None, text: str
-) -> tuple[MessageStatus, Terminal]:
+def outcome(stream: ActiveStream, text: str) -> tuple[MessageStatus, Terminal]:
     """How a stream ended: the stored message status and the terminal event."""
     record = stream.record
-    reason = stream.end_reason
-    if failure is None and reason in (None, "stopped"):
-        stopped = reason == "stopped"
+    reason = stream.life.reason
+    if reason in (EndReason.COMPLETE, EndReason.STOPPED):
+        stopped = reason is EndReason.STOPPED
         usage = stream.usage
         payload = protocol.complete(
             stream_id=record.stream_id,
@@ -36,7 +39,8 @@ def outcome(
         )
         status: MessageStatus = "stopped" if stopped else "complete"
         return status, Terminal(status, protocol.COMPLETE, payload)
-    if reason == "server_shutdown":
+    failure = stream.life.failure
+    if reason is EndReason.SHUTDOWN:
         code, message, retryable = "server_shutdown", "the server is shutting down", True
     elif isinstance(failure, ProviderError):
         code, retryable = failure.code, failure.retryable
@@ -46,25 +50,19 @@ def outcome(
         code, message, retryable = failure.code, failure.message, failure.retryable
     else:
         code, message, retryable = "internal", "the stream ended unexpectedly", False
+    return "error", error_terminal(record, code, message, text, retryable=retryable)
+
+
+def error_terminal(
+    record: StreamRecord, code: str, message: str, partial: str, *, retryable: bool
+) -> Terminal:
+    """A `chat_stream_error` terminal for `record`."""
     payload = protocol.stream_error(
         stream_id=record.stream_id,
         session_id=record.session_id,
         code=code,
         error=message,
-        partial=text,
+        partial=partial,
         retryable=retryable,
-    )
-    return "error", Terminal("error", protocol.STREAM_ERROR, payload)
-
-
-def discarded(record: StreamRecord) -> Terminal:
-    """The end recorded for a stream dropped as a duplicate client_message_id."""
-    payload = protocol.stream_error(
-        stream_id=record.stream_id,
-        session_id=record.session_id,
-        code="invalid_request",
-        error="duplicate client_message_id",
-        partial="",
-        retryable=False,
     )
     return Terminal("error", protocol.STREAM_ERROR, payload)

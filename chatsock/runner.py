@@ -4,9 +4,14 @@ A stream is two owned tasks. The *reader* iterates the provider chain (with
 first-token/idle timeouts and failover) and appends deltas to a buffer. The
 *pump* (the stream task itself) coalesces that buffer into `chat_token`
 flushes, at most one per `flush_interval_ms` unless `flush_max_chars` is
-reached, appends each flush to the token log and sends it to the room. Stop
-and shutdown cancel the reader; the pump then flushes what it holds,
-persists the message with its status, and sends the terminal event.
+reached, appends each flush to the token log and sends it to the room. How a
+stream ends is decided once, in its `Lifecycle` (lifecycle.py); the pump then
+flushes what it holds, persists the message with its status, and sends the
+terminal event.
+
+Starting is transactional: the stream is registered in one atomic store
+step (idempotency key, slot, record, lease), and a failure of any later step
+of `start()` ends the registered stream cleanly instead of leaving it held.
 """
 
 from __future__ import annotations
@@ -14,17 +19,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from chatsock import protocol
 from chatsock.config import Settings
-from chatsock.ending import ended_elsewhere, owner_lost
+from chatsock.ending import Claim, claim_end, ended_elsewhere, owner_lost
 from chatsock.errors import ChatsockError
 from chatsock.failover import read_chain
 from chatsock.fanout import Fanout
-from chatsock.ids import new_id
-from chatsock.outcome import discarded, outcome
-from chatsock.providers.base import ChatMessage, ChatRequest, ProviderError
+from chatsock.ids import derived_id, new_id
+from chatsock.lifecycle import EndReason
+from chatsock.outcome import outcome
+from chatsock.providers.base import ChatMessage, ChatRequest
 from chatsock.providers.registry import ProviderRegistry
 from chatsock.requests import ChatStreamRequest
 from chatsock.retry import retrying
@@ -32,11 +39,24 @@ from chatsock.signals import SignalBus
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, MessageStatus, SessionInfo, StreamRecord, Terminal
 from chatsock.stream import ActiveStream, StreamHooks, resolve
-from chatsock.timing import UPKEEP_S
+from chatsock.timing import READER_CLOSE_S, UPKEEP_S
 
 __all__ = ["ActiveStream", "StreamHooks", "StreamRunner"]
 
 log = logging.getLogger(__name__)
+
+Admit = Callable[[], None]
+
+
+def _admit(admit: Admit | None) -> None:
+    """Let the caller join the session's room; a caller that vanished meanwhile
+    (its socket disconnected) does not undo the accepted stream."""
+    if admit is None:
+        return
+    try:
+        admit()
+    except Exception as exc:
+        log.info("the requester of a stream left before it started: %s", exc)
 
 
 class StreamRunner:
@@ -61,6 +81,8 @@ class StreamRunner:
         self.bus = bus
         self.hooks = hooks or StreamHooks()
         self._lease_s = settings.stream.lease_s
+        # Every stream this worker owns, from its registration until its
+        # terminal event is sent. Iterate over a snapshot across any await.
         self.streams: dict[str, ActiveStream] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -68,21 +90,27 @@ class StreamRunner:
         self._interval = settings.stream.flush_interval_ms / 1000
         self._max_chars = settings.stream.flush_max_chars
 
+    @property
+    def task_count(self) -> int:
+        """Tasks this runner owns that have not finished (streams and their readers)."""
+        return len(self._tasks)
+
     # -- starting -----------------------------------------------------------
-    async def start(self, request: ChatStreamRequest, session_id: str) -> protocol.Payload:
-        """Start a stream for `request` in `session_id`; return the `chat_stream` ack."""
-        if self._closing:
-            raise ChatsockError("server_shutdown", "the server is shutting down; retry shortly")
-        cmid = request.client_message_id
-        if cmid is not None:
-            earlier = await self._store.find_client_message(session_id, cmid)
-            if earlier is not None:
-                return earlier
+    async def start(
+        self, request: ChatStreamRequest, session_id: str, admit: Admit | None = None
+    ) -> protocol.Payload:
+        """Start a stream for `request` in `session_id`; return the `chat_stream` ack.
+
+        `admit` runs once the request is accepted (a new stream, or the earlier
+        stream of a repeated `client_message_id`), before any of its events is
+        sent: the caller joins the session's room there, never before."""
+        self._refuse_if_closing()
         chain = self._registry.chain_for(request.provider)
         now = protocol.now_iso()
         await self._store.ensure_session(SessionInfo(session_id, now, now, owner=None))
         history = await self._history(request, session_id)
 
+        cmid = request.client_message_id
         stream_id, message_id = new_id("st"), new_id("msg")
         ack = protocol.stream_ack(stream_id, session_id, message_id)
         first = chain[0]
@@ -96,48 +124,78 @@ class StreamRunner:
             started_at=now,
             client_message_id=cmid,
         )
-        limit = self._settings.limits.max_streams_per_session
-        # The lease exists before the stream is visible, so no other worker can
-        # find it registered without a live owner and record it as lost.
-        await self._store.refresh_lease(stream_id, self.worker_id, self._lease_s)
-        if not await self._store.create_stream(record, limit) and not await self._reap(
-            session_id, record, limit
-        ):
-            raise ChatsockError(
-                "too_many_streams",
-                f"session {session_id} already has {limit} active stream(s); "
-                "stop it or wait for it to finish",
-            )
-        if cmid is not None:
-            earlier = await self._store.claim_client_message(session_id, cmid, ack)
-            if earlier is not None:  # lost a race with the same client_message_id
-                await self._store.finish_stream(record, discarded(record))
-                return earlier
-
-        user = Message(new_id("msg"), "user", request.message, now, client_message_id=cmid)
-        await self._store.add_message(session_id, user)  # persisted before any provider call
-
-        chat = ChatRequest(
-            messages=[*history, ChatMessage("user", request.message)],
-            model=request.model,
-            system_prompt=request.system_prompt,
-            temperature=request.temperature,
-            max_tokens=request.max_tokens,
-        )
+        earlier = await self._register(record, ack)
+        if earlier is not None:  # the same client_message_id was sent before
+            _admit(admit)
+            return earlier
+        # Registered: from here on a failure ends the stream, never leaves it held.
         stream = ActiveStream(
             record=record,
-            request=chat,
+            request=ChatRequest(
+                messages=[*history, ChatMessage("user", request.message)],
+                model=request.model,
+                system_prompt=request.system_prompt,
+                temperature=request.temperature,
+                max_tokens=request.max_tokens,
+            ),
             chain=chain,
             feed=self._fanout.open(stream_id, session_id),
             started=time.monotonic(),
             provider=record.provider,
             model=record.model,
         )
-        self.streams[stream_id] = stream
+        self.streams[stream_id] = stream  # its lease is kept from now on
+        # A retried request with the same client_message_id stores the same
+        # user message, so the history never holds it twice.
+        user_id = derived_id("msg", session_id, cmid) if cmid else new_id("msg")
+        user = Message(user_id, "user", request.message, now, client_message_id=cmid)
+        try:
+            await retrying(lambda: self._store.add_message(session_id, user))
+            self._refuse_if_closing()
+        except BaseException as exc:
+            await self._abandon(stream, exc)
+            raise
+        _admit(admit)
         stream.task = self._spawn(self._run(stream), f"stream {stream_id}")
         if self.hooks.on_start:
             self.hooks.on_start(record)
         return ack
+
+    def _refuse_if_closing(self) -> None:
+        if self._closing:
+            raise ChatsockError(
+                "server_shutdown", "the server is shutting down; retry shortly", retryable=True
+            )
+
+    async def _register(
+        self, record: StreamRecord, ack: protocol.Payload
+    ) -> protocol.Payload | None:
+        """Register `record` atomically; the earlier ack of a repeated client_message_id,
+        or None when registered. too_many_streams when the session is full."""
+        limit = self._settings.limits.max_streams_per_session
+
+        async def register() -> protocol.Payload | None:
+            done = await retrying(
+                lambda: self._store.register_stream(
+                    record, limit=limit, lease_s=self._lease_s, ack=ack
+                )
+            )
+            if done.accepted:
+                return None
+            if done.earlier is not None:
+                return done.earlier
+            raise ChatsockError(
+                "too_many_streams",
+                f"session {record.session_id} already has {limit} active stream(s); "
+                "stop it or wait for it to finish",
+            )
+
+        try:
+            return await register()
+        except ChatsockError as exc:
+            if exc.code != "too_many_streams" or not await self._reap(record.session_id):
+                raise
+        return await register()
 
     async def _history(self, request: ChatStreamRequest, session_id: str) -> list[ChatMessage]:
         limit = self._settings.limits.max_history_messages
@@ -147,13 +205,46 @@ class StreamRunner:
         usable = [m for m in stored if m.content]
         return [ChatMessage(m.role, m.content) for m in usable[-limit:]] if limit else []
 
-    async def _reap(self, session_id: str, record: StreamRecord, limit: int) -> bool:
-        """Free slots held by streams whose owner died, then try to register again."""
+    async def _reap(self, session_id: str) -> bool:
+        """Free slots held by streams whose owner died; True when one was freed."""
         reaped = False
         for other in await self._store.active_streams(session_id):
             local = other.stream_id in self.streams
             reaped = await owner_lost(self._store, other, local=local) or reaped
-        return reaped and await self._store.create_stream(record, limit)
+        return reaped
+
+    async def _abandon(self, stream: ActiveStream, cause: BaseException) -> None:
+        """A registered stream whose start failed: end it before it ran, so its slot,
+        its client_message_id and anyone admitted as a follower are not left waiting."""
+        record = stream.record
+        shutdown = isinstance(cause, ChatsockError) and cause.code == "server_shutdown"
+        if shutdown or isinstance(cause, asyncio.CancelledError):
+            stream.life.end(EndReason.SHUTDOWN)
+        else:
+            detail = str(cause) if isinstance(cause, StoreUnavailable) else type(cause).__name__
+            log.warning("stream %s: start failed after registration: %s", record.stream_id, detail)
+            stream.life.end(
+                EndReason.STORE_UNAVAILABLE,
+                ChatsockError(
+                    "store_unavailable", f"starting the stream failed: {detail}", retryable=True
+                ),
+            )
+        self.streams.pop(record.stream_id, None)
+        _, terminal = outcome(stream, "")
+        cmid = record.client_message_id
+        try:
+            if cmid is not None:  # a retry must start afresh, not find this stream
+                await retrying(
+                    lambda: self._store.release_client_message(
+                        record.session_id, cmid, record.stream_id
+                    )
+                )
+            await retrying(lambda: self._store.finish_stream(record, terminal))
+        except StoreUnavailable as exc:
+            # Its lease is no longer refreshed: the reaper records it as lost.
+            log.warning("stream %s: could not record its failed start: %s", record.stream_id, exc)
+        stream.life.close()
+        await self._fanout.end(stream.feed, terminal)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -163,25 +254,38 @@ class StreamRunner:
 
     # -- stopping -----------------------------------------------------------
     async def stop(self, stream_id: str) -> bool:
-        """Stop a stream this worker owns. False when it is not running here."""
+        """Stop a stream this worker owns. False when it is not running here or its
+        end was already decided (the provider finished: the reply is complete)."""
         stream = self.streams.get(stream_id)
-        if stream is None or stream.end_reason is not None:
+        return stream is not None and self._end(stream, EndReason.STOPPED)
+
+    def _end(
+        self, stream: ActiveStream, reason: EndReason, failure: ChatsockError | None = None
+    ) -> bool:
+        """Decide how `stream` ends (once) and wake it to finish."""
+        if not stream.life.end(reason, failure):
             return False
-        self._end(stream, "stopped")
+        if stream.reader is not None:
+            stream.reader.cancel()
+        stream.wake(urgent=True)
         return True
 
-    def _end(self, stream: ActiveStream, reason: str) -> None:
-        if stream.end_reason is None:
-            stream.end_reason = reason
+    def _undelivered(self, stream: ActiveStream, exc: StoreUnavailable) -> None:
+        """The token log could not be written: end with store_unavailable and the
+        text logged so far, and stop reading the provider."""
+        stream.life.undelivered(ChatsockError("store_unavailable", str(exc), retryable=True))
+        stream.buffer.clear()
         if stream.reader is not None:
             stream.reader.cancel()
         stream.wake(urgent=True)
 
     async def shutdown(self) -> None:
-        """End every stream with `server_shutdown`, persist them, and await all tasks."""
+        """End every open stream with `server_shutdown`, persist them, and await all tasks.
+
+        A stream whose provider already finished ends as complete."""
         self._closing = True
         for stream in list(self.streams.values()):
-            self._end(stream, "server_shutdown")
+            self._end(stream, EndReason.SHUTDOWN)
         if self._tasks:
             grace = self._settings.server.shutdown_grace_s
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
@@ -191,37 +295,41 @@ class StreamRunner:
                 await asyncio.wait(pending, timeout=1.0)
 
     async def maintain(self) -> None:
-        """Run until cancelled: refresh owner leases and honour stop flags (the backup
-        for a stop signal this worker missed)."""
-        if not self._store.shared:
-            return
-        refresh_every = self._lease_s / 3
-        last_refresh = 0.0
+        """Run until cancelled: keep every owned stream's lease, record, slot and log
+        alive for as long as it runs, honour stop flags (the backup for a missed
+        stop signal), and record streams whose owner died as lost."""
         loop = asyncio.get_running_loop()
+        last_reap = loop.time()
         while True:
             await asyncio.sleep(UPKEEP_S)
-            streams = [s for s in self.streams.values() if s.end_reason is None]
             try:
-                for stream in streams:
-                    if await self._store.stop_requested(stream.record.stream_id):
-                        log.info("stream %s: stop flag seen", stream.record.stream_id)
-                        self._end(stream, "stopped")
-                if loop.time() - last_refresh >= refresh_every:
-                    for stream in self.streams.values():
-                        await self._store.refresh_lease(
-                            stream.record.stream_id, self.worker_id, self._lease_s
-                        )
-                    last_refresh = loop.time()
+                await self._keep_alive()
+                if self._store.shared and loop.time() - last_reap >= self._lease_s:
+                    last_reap = loop.time()
+                    await self._reap_lapsed()
             except StoreUnavailable as exc:
-                log.warning("lease/stop upkeep: %s", exc)
+                log.warning("stream upkeep: %s", exc)
+
+    async def _keep_alive(self) -> None:
+        streams = list(self.streams.values())  # a snapshot: streams come and go meanwhile
+        if not streams:
+            return
+        stopped = await self._store.keep_streams_alive(
+            [s.record for s in streams], self.worker_id, self._lease_s
+        )
+        for stream_id in stopped:
+            stream = self.streams.get(stream_id)
+            if stream is not None and self._end(stream, EndReason.STOPPED):
+                log.info("stream %s: stop flag seen", stream_id)
+
+    async def _reap_lapsed(self) -> None:
+        for record in await self._store.lapsed_streams():
+            if record.stream_id not in self.streams:
+                await owner_lost(self._store, record, local=False)
 
     # -- the stream task ----------------------------------------------------
     async def _run(self, stream: ActiveStream) -> None:
         record = stream.record
-        failure: ChatsockError | ProviderError | None = None
-        stream.reader = self._spawn(
-            read_chain(stream, self._max_chars, self.hooks), f"reader {record.stream_id}"
-        )
         try:
             start = protocol.stream_start(
                 record.stream_id,
@@ -231,51 +339,48 @@ class StreamRunner:
                 stream.model,
             )
             await self._fanout.emit(stream.feed, protocol.STREAM_START, start)
-            bus = self.bus
-            if bus is not None:
-                await retrying(lambda: bus.started(record.to_dict(), start))
-            await self._pump(stream)
-            await asyncio.wait({stream.reader})
-            if not stream.reader.cancelled():
-                exc = stream.reader.exception()
-                if isinstance(exc, ChatsockError | ProviderError):
-                    failure = exc
-                elif exc is not None:
-                    log.error(
-                        "stream %s: provider iteration crashed", record.stream_id, exc_info=exc
-                    )
-                    failure = ChatsockError("internal", "internal error while streaming")
+            if stream.life.begin():  # False: stopped before it ran
+                stream.reader = self._spawn(
+                    read_chain(stream, self._max_chars, self.hooks), f"reader {record.stream_id}"
+                )
+                bus = self.bus
+                if bus is not None:
+                    await retrying(lambda: bus.started(record.to_dict(), start))
+                await self._pump(stream)
+                # The reader is done or cancelled; closing the upstream may take a
+                # moment, but a hung close must not hold the end back.
+                await asyncio.wait({stream.reader}, timeout=READER_CLOSE_S)
         except asyncio.CancelledError:
             # Hard cancel (shutdown grace exceeded): record the end below, then propagate.
-            self._end(stream, "server_shutdown")
+            self._end(stream, EndReason.SHUTDOWN)
             raise
         except StoreUnavailable as exc:
             log.error("stream %s: the store stayed unreachable: %s", record.stream_id, exc)
-            failure = ChatsockError("store_unavailable", str(exc), retryable=True)
-            self._end(stream, "internal")
+            self._undelivered(stream, exc)
         except Exception as exc:
             log.exception("stream %s: flush failed", record.stream_id)
-            failure = ChatsockError("internal", f"streaming failed: {exc}")
-            self._end(stream, "internal")
+            failure = ChatsockError("internal", f"streaming failed: {type(exc).__name__}")
+            self._end(stream, EndReason.INTERNAL, failure)
         finally:
             if stream.reader is not None and not stream.reader.done():
                 stream.reader.cancel()
-            await self._finish(stream, failure)
+            await self._finish(stream)
 
     async def _pump(self, stream: ActiveStream) -> None:
-        """Coalesce the buffer into flushes until the reader is done."""
+        """Coalesce the buffer into flushes until the stream stops streaming."""
         loop = asyncio.get_running_loop()
-        reader = stream.reader
-        assert reader is not None
+        life = stream.life
         last_flush = -1e9
         while True:
             if not stream.buffer:
-                if reader.done():
+                if not life.streaming:
                     return
                 await self._wait(stream, None, wait_any=True)
                 continue
+            if not life.streaming:
+                return  # the final flush comes after the end is claimed
             due = last_flush + self._interval
-            if not reader.done() and stream.buffered < self._max_chars and loop.time() < due:
+            if stream.buffered < self._max_chars and loop.time() < due:
                 await self._wait(stream, due, wait_any=False)
                 continue
             await self._flush(stream)
@@ -300,72 +405,84 @@ class StreamRunner:
         if stream.drained is not None:
             resolve(stream.drained)
             stream.drained = None
-        stream.seq += 1
+        seq = stream.seq + 1
         record = stream.record
-        payload = protocol.token(
-            record.stream_id, record.session_id, stream.seq, text, stream.count
-        )
-        await retrying(lambda: self._store.append_token(record.stream_id, stream.seq, payload))
+        payload = protocol.token(record.stream_id, record.session_id, seq, text, stream.count)
+        # Logged before it is sent, so a resume can never skip ahead.
+        await retrying(lambda: self._store.append_token(record.stream_id, seq, payload))
+        stream.seq = seq
         stream.parts.append(text)
-        await self._fanout.emit(stream.feed, protocol.TOKEN, payload, stream.seq)
+        await self._fanout.emit(stream.feed, protocol.TOKEN, payload, seq)
         if self.hooks.on_flush:
-            self.hooks.on_flush(stream.seq)
+            self.hooks.on_flush(seq)
 
     # -- the end ------------------------------------------------------------
-    async def _finish(
-        self, stream: ActiveStream, failure: ChatsockError | ProviderError | None
-    ) -> None:
+    async def _finish(self, stream: ActiveStream) -> None:
+        """Persist, record and send the end; whatever fails, followers get a terminal
+        event and the stream leaves the registry."""
         record = stream.record
+        stream.life.end(EndReason.INTERNAL)  # no-op unless nothing decided the end
         try:
-            # Claim the end first: another worker may have taken this stream for
-            # lost (our lease lapsed during a Redis outage). Only the claimant
-            # persists the reply and records the end, so it is stored once.
-            claimed = await self._claim_end(record.stream_id)
-            if claimed is False:
-                terminal = await self._end_taken(stream, failure)
-            else:
-                terminal = await self._end_owned(stream, failure, persist=claimed is True)
+            terminal: Terminal | None = None
+            try:
+                terminal = await self._settle(stream)
+            except Exception:
+                log.exception("stream %s: finishing failed", record.stream_id)
+            if terminal is None:
+                _, terminal = outcome(stream, "".join(stream.parts))
+                await self._record_end(record, terminal)  # frees the slot
             await self._fanout.end(stream.feed, terminal)
             if self.hooks.on_end:
                 code = terminal.payload.get("code", terminal.status)
                 self.hooks.on_end(record, str(code), time.monotonic() - stream.started)
         except Exception:
-            log.exception("stream %s: finishing failed", record.stream_id)
+            log.exception("stream %s: sending its end failed", record.stream_id)
         finally:
             self.streams.pop(record.stream_id, None)
+            stream.life.close()
 
-    async def _end_owned(
-        self, stream: ActiveStream, failure: ChatsockError | ProviderError | None, *, persist: bool
-    ) -> Terminal:
+    async def _settle(self, stream: ActiveStream) -> Terminal:
+        # Claim the end first: another worker may have taken this stream for
+        # lost (our lease lapsed during a Redis outage). Only the claimant
+        # persists the reply and records the end, so it is stored once.
+        claim = await claim_end(self._store, stream.record.stream_id, self.worker_id)
+        if claim is Claim.TAKEN:
+            return await self._end_taken(stream)
+        return await self._end_owned(stream, persist=claim is Claim.OWN)
+
+    async def _end_owned(self, stream: ActiveStream, *, persist: bool) -> Terminal:
         record = stream.record
-        if stream.buffer and stream.end_reason != "internal":
+        if stream.buffer and stream.life.reason is not EndReason.STORE_UNAVAILABLE:
             try:
                 await self._flush(stream)
+            except StoreUnavailable as exc:
+                log.error("stream %s: the final flush failed: %s", record.stream_id, exc)
+                self._undelivered(stream, exc)
             except Exception:
                 log.exception("stream %s: final flush failed", record.stream_id)
                 stream.buffer.clear()
         text = "".join(stream.parts)
-        status, terminal = outcome(stream, failure, text)
+        status, terminal = outcome(stream, text)
         persisted = persist and await self._persist(stream, status, text, terminal)
         if terminal.event == protocol.COMPLETE:
             terminal.payload["persist_failed"] = not persisted
         await self._record_end(record, terminal)
         return terminal
 
-    async def _end_taken(
-        self, stream: ActiveStream, failure: ChatsockError | ProviderError | None
-    ) -> Terminal:
+    async def _end_taken(self, stream: ActiveStream) -> Terminal:
         """Relay the end recorded by the worker that took this stream for lost."""
         record = stream.record
         stream.buffer.clear()  # the recorded partial is what the log holds
         recorded = await ended_elsewhere(self._store, record.stream_id)
         if recorded is not None:
             return recorded
-        # The claimant never recorded an end (it failed too): record ours, not
-        # persisted (the claimant may have stored the reply), so the session's
-        # stream slot is freed.
+        # The claimant never recorded an end (it failed too): record ours so the
+        # session's slot is freed. It persists nothing (the claimant may have),
+        # and says so.
         log.warning("stream %s: its end was claimed but never recorded", record.stream_id)
-        _, terminal = outcome(stream, failure, "".join(stream.parts))
+        _, terminal = outcome(stream, "".join(stream.parts))
+        if terminal.event == protocol.COMPLETE:
+            terminal.payload["persist_failed"] = True
         await self._record_end(record, terminal)
         return terminal
 
@@ -374,14 +491,6 @@ class StreamRunner:
             await retrying(lambda: self._store.finish_stream(record, terminal))
         except Exception:
             log.exception("stream %s: could not record its end", record.stream_id)
-
-    async def _claim_end(self, stream_id: str) -> bool | None:
-        """True when this worker owns the end, False when another claimed it,
-        None when the store stayed unreachable (then nothing is persisted)."""
-        try:
-            return await retrying(lambda: self._store.claim_end(stream_id, self.worker_id))
-        except StoreUnavailable:
-            return None
 
     async def _persist(
         self, stream: ActiveStream, status: MessageStatus, text: str, terminal: Terminal
@@ -399,6 +508,7 @@ class StreamRunner:
             error_code=terminal.payload.get("code") if status == "error" else None,
         )
         try:
+            # add_message is idempotent by message id: a retry never stores it twice.
             await retrying(lambda: self._store.add_message(record.session_id, message))
             return True
         except Exception:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chatsock import protocol
@@ -16,7 +17,12 @@ from chatsock.signals import SignalBus
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, SessionInfo, StreamRecord
 from chatsock.tailer import Tailers
-from chatsock.timing import DELETE_WAIT_S, PRESENCE_REFRESH_S, PRESENCE_TTL_S
+from chatsock.timing import (
+    DELETE_WAIT_S,
+    PRESENCE_REFRESH_S,
+    PRESENCE_TTL_S,
+    STOP_ACK_WAIT_S,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,8 @@ class SessionService:
         self.bus = bus
         self.tailers = Tailers(store, fanout, is_local=runner.streams.__contains__)
         self.connected_sids: set[str] = set()
+        # Called after a session is deleted (the app tells every worker's members).
+        self.on_deleted: Callable[[str], Awaitable[None]] | None = None
 
     async def session(self, session_id: str) -> SessionInfo:
         info = await self.store.get_session(session_id)
@@ -54,20 +62,28 @@ class SessionService:
         return record
 
     async def stop(self, stream_id: str) -> bool:
-        """Stop a stream; False when it already ended. Unknown ids are `not_found`."""
+        """Stop a stream; True when it ends as stopped because of this call (or is
+        still ending after it), False when its end was already decided (complete,
+        failed, or its owner died). Unknown ids are `not_found`."""
         record = await self.stream(stream_id)
-        if await self.runner.stop(stream_id):
-            # Running here, even if another worker has already recorded it as
-            # lost (it then ends with that record).
-            return True
+        if stream_id in self.runner.streams:
+            return await self.runner.stop(stream_id)
         if record.status != "streaming":
             return False
-        # Owned by another worker (Redis): a signal for speed, a flag its owner
-        # also polls in case the signal is missed.
+        if await owner_lost(self.store, record, local=False):
+            return False  # nobody runs it: it is recorded as worker_lost instead
+        # Owned by another worker: wait briefly for its end, so the answer says
+        # how it ended rather than what was asked.
+        await self._stop_elsewhere(stream_id)
+        terminal = await ended_elsewhere(self.store, stream_id, STOP_ACK_WAIT_S)
+        return terminal is None or terminal.status == "stopped"
+
+    async def _stop_elsewhere(self, stream_id: str) -> None:
+        """Ask the worker that owns `stream_id` to stop it: a signal for speed, and
+        a flag its owner also polls in case the signal is missed."""
         await self.store.request_stop(stream_id)
         if self.bus is not None:
             await self.bus.stop(stream_id)
-        return True
 
     # -- following (a stream may run on another worker) ---------------------
     async def _follow_elsewhere(self, record: StreamRecord) -> StreamRecord:
@@ -118,11 +134,16 @@ class SessionService:
         await self.session(session_id)
         running = [record.stream_id for record in await self.store.active_streams(session_id)]
         for stream_id in running:
-            await self.stop(stream_id)
+            if stream_id in self.runner.streams:
+                await self.runner.stop(stream_id)
+            else:
+                await self._stop_elsewhere(stream_id)
         # Let each stream persist its stopped reply first, or it lands in the
         # deleted session and reappears if the session id is used again.
         await asyncio.gather(*(self._until_ended(stream_id) for stream_id in running))
         await self.store.delete_session(session_id)
+        if self.on_deleted is not None:
+            await self.on_deleted(session_id)
 
     async def _until_ended(self, stream_id: str) -> None:
         """Wait (at most DELETE_WAIT_S) until a stopped stream has stored its end."""

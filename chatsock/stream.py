@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chatsock.fanout import Feed
+from chatsock.lifecycle import Lifecycle
 from chatsock.providers.base import ChatRequest, Provider, Usage
 from chatsock.store.models import StreamRecord
 
@@ -42,7 +43,7 @@ class ActiveStream:
     provider: str | None = None
     model: str | None = None
     first_token_at: float | None = None
-    end_reason: str | None = None  # "stopped" | "server_shutdown" | other error code
+    life: Lifecycle = field(default_factory=Lifecycle)
     reader: asyncio.Task[None] | None = None
     task: asyncio.Task[None] | None = None
     waiter: asyncio.Future[None] | None = None
@@ -55,7 +56,12 @@ class ActiveStream:
             waiter.set_result(None)
 
     def take(self, text: str, max_chars: int, hooks: StreamHooks) -> None:
-        """Buffer one provider delta (the per-delta hot path: keep it small)."""
+        """Buffer one provider delta (the per-delta hot path: keep it small).
+
+        Text only counts while the stream is streaming: once its end is decided,
+        what was received before is all that is flushed, persisted and reported."""
+        if not self.life.streaming or type(text) is not str:
+            return
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
             if hooks.on_first_token:

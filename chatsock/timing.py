@@ -17,6 +17,7 @@ STORE_RETRY_S: Final = 3.0  # how long stream writes ride out a store outage
 # -- stream upkeep (owner side) ----------------------------------------------
 UPKEEP_S: Final = 0.5  # leases, TTLs and the stop-flag backup check, per tick
 LEASE_REFRESHES: Final = 3  # a lease is refreshed this many times per lease_s
+READER_CLOSE_S: Final = 5.0  # a stopped provider read gets this long to close upstream
 
 # -- ends --------------------------------------------------------------------
 # After claiming a stream's end, its winner makes at most this many retried
@@ -26,7 +27,10 @@ WRITES_AFTER_CLAIM: Final = 3
 # winner to record it: longer than all the winner's writes can take.
 END_WAIT_S: Final = 10.0
 END_POLL_S: Final = 0.02
-DELETE_WAIT_S: Final = 10.0  # a DELETE waits this long for a stopped stream's end
+DELETE_WAIT_S: Final = 10.0
+# A chat_stop for a stream on another worker waits this long for its end, so
+# its ack can say whether it ended as stopped.
+STOP_ACK_WAIT_S: Final = 2.0  # a DELETE waits this long for a stopped stream's end
 
 # -- following a stream generated elsewhere ------------------------------------
 TAIL_POLL_MS: Final = 250

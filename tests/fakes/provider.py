@@ -12,7 +12,8 @@ from chatsock.providers.base import ChatRequest, Delta, Provider, Usage
 
 @dataclass
 class Script:
-    """One scripted reply: steps are text pieces, gates to wait on, sleeps or an error."""
+    """One scripted reply: steps are text pieces, raw deltas (as a misbehaving provider
+    might send them), gates to wait on, sleeps or an error."""
 
     steps: list[object] = field(default_factory=list)
     finish_reason: str = "stop"
@@ -29,6 +30,10 @@ class Script:
 
     def sleep(self, seconds: float) -> Script:
         self.steps.append(seconds)
+        return self
+
+    def raw(self, delta: Delta) -> Script:
+        self.steps.append(delta)
         return self
 
     def fail(self, error: Exception) -> Script:
@@ -65,6 +70,8 @@ class ScriptedProvider(Provider):
             for step in script.steps:
                 if isinstance(step, str):
                     yield Delta(step)
+                elif isinstance(step, Delta):
+                    yield step
                 elif isinstance(step, asyncio.Event):
                     await step.wait()
                 elif isinstance(step, float | int):
