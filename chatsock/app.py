@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import socketio
 from aiohttp import web
 
-from chatsock import jsoncodec
+from chatsock import jsoncodec, protocol
 from chatsock.config import Settings
 from chatsock.fanout import Fanout
 from chatsock.http_api import HttpApi
 from chatsock.ids import new_id
+from chatsock.loops import BackgroundLoops
 from chatsock.metrics import Metrics
 from chatsock.namespace import ChatNamespace
 from chatsock.providers.base import Provider
@@ -41,6 +41,7 @@ SESSIONS = web.AppKey("sessions", SessionService)
 BUS = web.AppKey("bus", SignalBus)
 MANAGER = web.AppKey("manager", WatchedRedisManager)
 METRICS = web.AppKey("metrics", Metrics)
+LOOPS = web.AppKey("loops", BackgroundLoops)
 
 
 def _worker_id(settings: Settings) -> str:
@@ -59,7 +60,8 @@ def create_app(
     store = store or create_store(settings)
     manager = None
     if store.shared and settings.store.redis_url:
-        # Rooms span workers; stream tokens do not go through it (see tailer.py).
+        # Carries session control to every worker's room members (session_deleted,
+        # closing the room); stream tokens do not go through it (see tailer.py).
         manager = WatchedRedisManager(
             settings.store.redis_url, channel=f"{settings.store.key_prefix}:socketio"
         )
@@ -80,8 +82,10 @@ def create_app(
         store, runner, fanout, stop_on_disconnect=settings.stream.stop_on_disconnect, bus=bus
     )
     sio.register_namespace(ChatNamespace(runner, sessions))
+    sessions.on_deleted = _session_closer(sio)
     metrics = Metrics(runner, sessions)
     runner.hooks = metrics.stream_hooks()
+    loops = BackgroundLoops(on_restart=metrics.loop_restarted)
 
     app[SETTINGS] = settings
     app[STORE] = store
@@ -92,16 +96,40 @@ def create_app(
     app[SESSIONS] = sessions
     app[BUS] = bus
     app[METRICS] = metrics
+    app[LOOPS] = loops
     if manager is not None:
         app[MANAGER] = manager
 
     add_page_routes(app, settings.static_dir)
     HttpApi(
-        settings, store, runner, fanout, sessions, metrics, listeners=_listeners(bus, manager)
+        settings,
+        store,
+        runner,
+        fanout,
+        sessions,
+        metrics,
+        listeners=_listeners(bus, manager),
+        loops=loops,
     ).add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_shutdown_streams)
     return app
+
+
+def _session_closer(sio: socketio.AsyncServer) -> Callable[[str], Awaitable[None]]:
+    """After a delete: tell the session's room, then close it, on every worker.
+
+    Both go through the client manager (the Redis manager with several
+    workers), so members connected to any worker hear it and leave the room;
+    a later stream in a session of the same id does not reach them.
+    """
+
+    async def deleted(session_id: str) -> None:
+        room = protocol.session_room(session_id)
+        await sio.emit(protocol.SESSION_DELETED, protocol.session_deleted(session_id), room=room)
+        await sio.close_room(room)
+
+    return deleted
 
 
 ListenerCheck = Callable[[], tuple[str | None, dict[str, float | None]]]
@@ -130,14 +158,12 @@ def _listeners(bus: SignalBus, manager: WatchedRedisManager | None) -> ListenerC
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await store.open()
-    sessions, runner = app[SESSIONS], app[RUNNER]
-    background = [
-        asyncio.create_task(app[BUS].run(sessions.on_started, sessions.on_stop), name="signals"),
-        asyncio.create_task(runner.maintain(), name="lease upkeep"),
-        asyncio.create_task(sessions.upkeep(), name="presence upkeep"),
-    ]
+    sessions, runner, bus, loops = app[SESSIONS], app[RUNNER], app[BUS], app[LOOPS]
+    loops.start("signals", lambda: bus.run(sessions.on_started, sessions.on_stop))
+    loops.start("lease upkeep", runner.maintain)
+    loops.start("presence upkeep", sessions.upkeep)
     if MANAGER in app:
-        background.append(asyncio.create_task(app[MANAGER].watch(), name="socket.io watchdog"))
+        loops.start("socket.io watchdog", app[MANAGER].watch)
     log.info(
         "chatsock worker %s ready (store: %s, providers: %s)",
         app[RUNNER].worker_id,
@@ -145,9 +171,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         ", ".join(app[REGISTRY].chain),
     )
     yield
-    for task in background:
-        task.cancel()
-    await asyncio.gather(*background, return_exceptions=True)
+    await loops.close()
     await sessions.tailers.close()
     if MANAGER in app:
         await app[MANAGER].aclose()

@@ -17,6 +17,7 @@ ERROR_CODES: Final = frozenset(
         "worker_lost",
         "store_unavailable",
         "internal",
+        "log_unavailable",
     }
 )
 

@@ -21,8 +21,10 @@ from chatsock.cors import allow_origins
 from chatsock.errors import ChatsockError
 from chatsock.fanout import Fanout, Listener
 from chatsock.ids import new_id
+from chatsock.loops import BackgroundLoops
 from chatsock.metrics import Metrics
 from chatsock.requests import (
+    MAX_SEQ,
     ChatStreamRequest,
     JoinRequest,
     ResumeRequest,
@@ -41,6 +43,7 @@ API_PREFIX: Final = "/api/"
 STATUS_BY_CODE: Final = {
     "invalid_request": 400,
     "not_found": 404,
+    "log_unavailable": 410,
     "too_many_streams": 429,
     "internal": 500,
     "provider_error": 502,
@@ -134,11 +137,18 @@ async def read_json(request: web.Request, max_size: int) -> Any:
         raise ChatsockError("invalid_request", f"body: not valid JSON ({exc})") from None
 
 
-def _non_negative(name: str, value: str) -> int:
+def _non_negative(name: str, value: str, maximum: int = MAX_SEQ) -> int:
     text = value.strip()
-    if not text.isascii() or not text.isdigit():
+    # Length first: int() refuses over 4300 digits (ValueError); a seq has at most 19.
+    if (
+        not text.isascii()
+        or not text.isdigit()
+        or len(text) > len(str(maximum))
+        or int(text) > maximum
+    ):
         raise ChatsockError(
-            "invalid_request", f"{name}: expected a non-negative integer seq, got {value!r}"
+            "invalid_request",
+            f"{name}: expected an integer from 0 to {maximum}, got {value[:40]!r}",
         )
     return int(text)
 
@@ -167,10 +177,13 @@ class HttpApi:
         fanout: Fanout,
         sessions: SessionService,
         metrics: Metrics,
-        listeners: Callable[[], tuple[str | None, dict[str, float | None]]] = lambda: (None, {}),
+        *,
+        listeners: Callable[[], tuple[str | None, dict[str, float | None]]],
+        loops: BackgroundLoops,
     ) -> None:
         self.store = store
         self.listener_problem = listeners
+        self.loops = loops
         self.runner = runner
         self.fanout = fanout
         self.sessions = sessions
@@ -283,15 +296,28 @@ class HttpApi:
 
     # -- health and metrics ---------------------------------------------------
     async def readyz(self, request: web.Request) -> web.StreamResponse:
-        """200 when the store answers a ping and the pub/sub listeners hear, else 503."""
+        """200 when the store answers a ping, no background loop keeps failing and the
+        pub/sub listeners hear, else 503; the body always lists the background loops."""
+        statuses = self.loops.status()
+        loops = {
+            name: protocol.loop_status(s.state, s.failures, s.last_error)
+            for name, s in statuses.items()
+        }
         try:
             await self.store.ping()
         except StoreUnavailable as exc:
-            return json_response(protocol.readiness(str(exc)), status=503)
+            return json_response(protocol.readiness(str(exc), loops=loops), status=503)
+        failing = [name for name, s in statuses.items() if s.state == "failing"]
         problem, heard = self.listener_problem()
+        if failing:
+            last = statuses[failing[0]].last_error
+            problem = (
+                f"background loop {failing[0]!r} keeps failing ({last}); it is being "
+                "restarted, see the worker log for its traceback"
+            )
         if problem is not None:
-            return json_response(protocol.readiness(problem, heard), status=503)
-        return json_response(protocol.readiness(None, heard))
+            return json_response(protocol.readiness(problem, heard, loops=loops), status=503)
+        return json_response(protocol.readiness(None, heard, loops=loops))
 
     async def metrics_text(self, request: web.Request) -> web.StreamResponse:
         body, content_type = self.metrics.render(request.headers.get("Accept"))

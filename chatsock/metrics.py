@@ -82,6 +82,18 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.stream_tasks = Gauge(
+            "chatsock_stream_tasks",
+            "Tasks the stream runner holds now (stream pumps and provider readers).",
+            registry=r,
+        )
+        self.stream_tasks.set_function(lambda: runner.task_count)
+        self.loop_restarts = Counter(
+            "chatsock_background_loop_restarts",
+            "Background loops restarted after failing with an unexpected exception.",
+            ["loop"],
+            registry=r,
+        )
 
     def stream_hooks(self) -> StreamHooks:
         """The runner hooks that update these metrics (all cheap, no I/O)."""
@@ -119,3 +131,7 @@ class Metrics:
 
     def _failed_over(self, provider: str) -> None:
         self.provider_failovers.labels(provider=provider).inc()
+
+    def loop_restarted(self, loop: str) -> None:
+        """The `BackgroundLoops` restart hook."""
+        self.loop_restarts.labels(loop=loop).inc()

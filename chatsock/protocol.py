@@ -22,6 +22,7 @@ STREAM_START: Final = "chat_stream_start"
 TOKEN: Final = "chat_token"
 COMPLETE: Final = "chat_complete"
 STREAM_ERROR: Final = "chat_stream_error"
+SESSION_DELETED: Final = "session_deleted"
 
 Payload = dict[str, Any]
 
@@ -132,6 +133,12 @@ def stream_error(
     }
 
 
+def session_deleted(session_id: str) -> Payload:
+    """To the session's room on every worker when the session is deleted; the room
+    is closed right after, so its members hear nothing more of that session."""
+    return {"session_id": session_id}
+
+
 def usage(input_tokens: int | None, output_tokens: int | None) -> Payload:
     return {"input_tokens": input_tokens, "output_tokens": output_tokens}
 
@@ -197,9 +204,20 @@ def sessions_view(summaries: list[Payload]) -> Payload:
     return {"sessions": summaries}
 
 
-def readiness(reason: str | None, heard: dict[str, float | None] | None = None) -> Payload:
+def loop_status(state: str, failures: int, last_error: str | None) -> Payload:
+    """One background loop in `GET /readyz`."""
+    return {"state": state, "failures": failures, "last_error": last_error}
+
+
+def readiness(
+    reason: str | None,
+    heard: dict[str, float | None] | None = None,
+    *,
+    loops: dict[str, Payload],
+) -> Payload:
     """`GET /readyz`: `reason` says why the worker is not ready (None when it is);
-    `heard`: seconds since each pub/sub listener last heard a message (Redis only)."""
+    `heard`: seconds since each pub/sub listener last heard a message (Redis only);
+    `loops`: each background loop's state, failure count and last error."""
     body: Payload = (
         {"status": "ready"}
         if reason is None
@@ -208,6 +226,7 @@ def readiness(reason: str | None, heard: dict[str, float | None] | None = None) 
             "reason": reason,
         }
     )
+    body["loops"] = loops
     if heard:
         body["listeners_heard_s"] = {
             name: None if age is None else round(age, 3) for name, age in heard.items()

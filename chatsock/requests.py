@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from chatsock.config import LimitsConfig
 from chatsock.errors import ChatsockError
+
+# The largest seq a client may name: every store (Redis entry ids `0-<seq>`) and
+# the JSON codec (orjson) handle it; a larger `after` is bad input, never a
+# question for the store.
+MAX_SEQ: Final = 2**63 - 1
 
 SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
 StreamId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
@@ -46,7 +51,7 @@ class JoinRequest(_Request):
 
 class ResumeRequest(_Request):
     stream_id: StreamId
-    after: Annotated[int, Field(ge=0)] = 0
+    after: Annotated[int, Field(ge=0, le=MAX_SEQ)] = 0
 
 
 R = TypeVar("R", bound=_Request)

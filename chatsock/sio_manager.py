@@ -1,6 +1,9 @@
 """python-socketio's Redis manager, with a watchdog on its pub/sub listener.
 
-Rooms span workers through `AsyncRedisManager`. Its listener can go quiet
+Session control spans workers through `AsyncRedisManager`: a room-wide emit
+without `ignore_queue` (`session_deleted`) and `close_room` reach the room's
+members on every worker. Stream events do not travel through it (each worker
+emits them locally; see tailer.py). Its listener can go quiet
 after Redis drops it (python-socketio #1581), and its retry backoff grows to
 a minute. The watchdog publishes a heartbeat through the manager every
 `HEARTBEAT_S`; the listener notes everything it hears. When the listener task
@@ -32,7 +35,8 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     def __init__(self, url: str, channel: str) -> None:
         super().__init__(url, channel=channel)
         self.last_heard: float | None = None
-        self.restarts = 0
+        self.restarts = 0  # listeners the watchdog replaced
+        self.replaced = 0  # listener clients replaced by a reconnect (ours or the base class's)
         # Clients replaced by a reconnect. The base class drops them without
         # closing them, which leaks their sockets; they are closed here.
         self._retired: list[Any] = []
@@ -54,6 +58,8 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             return None
 
     def _redis_connect(self) -> None:
+        if self.redis is not None:
+            self.replaced += 1
         self._retire_listener_client()
         super()._redis_connect()
 

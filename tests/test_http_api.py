@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
 from chatsock.app import create_app
+from chatsock.errors import ERROR_CODES
+from chatsock.http_api import STATUS_BY_CODE
 from chatsock.providers.base import ProviderConnectionError, ProviderStreamError
 from chatsock.store import StoreUnavailable
 from chatsock.store.memory import MemoryStore
@@ -359,12 +362,22 @@ class UnreachableStore(MemoryStore):
         raise StoreUnavailable("redis://127.0.0.1:1 is not reachable: connection refused")
 
 
+MEMORY_LOOPS = {"signals", "lease upkeep", "presence upkeep"}
+
+
 async def test_healthz_and_readyz_answer_200(server, http):
     health = await http.get(f"{url_of(server)}/healthz")
     assert health.status == 200
     ready = await http.get(f"{url_of(server)}/readyz")
     assert ready.status == 200
-    assert await _json(ready) == {"status": "ready"}
+    body = await _json(ready)
+    assert body["status"] == "ready"
+    assert set(body) == {"status", "loops"}
+    # Every background loop is reported, even when it has nothing to do.
+    assert set(body["loops"]) == MEMORY_LOOPS
+    for status in body["loops"].values():
+        assert status["state"] in ("running", "done")
+        assert (status["failures"], status["last_error"]) == (0, None)
 
 
 async def test_readyz_is_503_with_the_reason_when_the_store_is_unreachable(
@@ -373,10 +386,12 @@ async def test_readyz_is_503_with_the_reason_when_the_store_is_unreachable(
     server = await aiohttp_server(create_app(make_settings(), store=UnreachableStore()))
     ready = await http.get(f"{url_of(server)}/readyz")
     assert ready.status == 503
-    assert await _json(ready) == {
+    body = await _json(ready)
+    assert {k: v for k, v in body.items() if k != "loops"} == {
         "status": "unavailable",
         "reason": "redis://127.0.0.1:1 is not reachable: connection refused",
     }
+    assert set(body["loops"]) == MEMORY_LOOPS
     health = await http.get(f"{url_of(server)}/healthz")
     assert health.status == 200  # alive, just not ready
 
@@ -394,3 +409,98 @@ async def test_concurrent_json_requests_in_different_sessions(server, http, fake
     )
     bodies = [await _json(r) for r in replies]
     assert sorted(b["full_response"] for b in bodies) == [f"reply {i}" for i in range(5)]
+
+
+# -- seqs past the 64-bit range are bad input, not a store outage ---------------------
+HUGE_SEQ = "99999999999999999999"
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("headers", "query", "field"),
+    [
+        ({"Last-Event-ID": HUGE_SEQ}, "", "Last-Event-ID"),
+        ({}, f"?after={HUGE_SEQ}", "after"),
+        ({}, f"?after={2**63}", "after"),
+        ({}, "?after=" + "9" * 5000, "after"),  # past int()'s digit limit
+    ],
+)
+async def test_a_seq_past_the_64_bit_range_is_400_naming_where_it_came_from(
+    start_server, http, redis_url, caplog, headers, query, field
+):
+    """It used to reach Redis, whose refusal was reported as a 503 store_unavailable
+    with a WARNING telling operators to check Redis."""
+    provider = ScriptedProvider("fake")
+    provider.enqueue("done")
+    server = await start_server(
+        chain=["fake"], providers={"fake": provider}, store={"redis_url": redis_url}
+    )
+    base = url_of(server)
+    reply = await http.post(f"{base}/api/chat/stream", json={"message": "hi"})
+    stream_id = (await _json(reply))["stream_id"]
+    with caplog.at_level(logging.WARNING):
+        response = await http.get(
+            f"{base}/api/chat/stream/{stream_id}{query}", headers={**SSE, **headers}
+        )
+        assert response.status == 400
+        error = (await _json(response))["error"]
+    assert error["code"] == "invalid_request"
+    assert error["message"].startswith(f"{field}: expected an integer from 0 to {2**63 - 1}")
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.redis
+async def test_the_largest_seq_is_accepted_and_replays_only_the_end(start_server, http, redis_url):
+    provider = ScriptedProvider("fake")
+    provider.enqueue("done")
+    server = await start_server(
+        chain=["fake"], providers={"fake": provider}, store={"redis_url": redis_url}
+    )
+    base = url_of(server)
+    stream_id = (await _json(await http.post(f"{base}/api/chat/stream", json={"message": "x"})))[
+        "stream_id"
+    ]
+    response = await http.get(
+        f"{base}/api/chat/stream/{stream_id}", headers={**SSE, "Last-Event-ID": str(2**63 - 1)}
+    )
+    assert response.status == 200
+    events = await SSEReader(response).until_end()
+    assert [e.event for e in events] == ["chat_complete"]
+
+
+async def test_chat_resume_with_a_seq_past_the_64_bit_range_is_invalid_request(server, connect):
+    """The Socket.IO side of the same rule (requests.ResumeRequest). 2**63 is the
+    smallest such seq that still travels as a JSON integer (orjson's limit)."""
+    client = await connect(server)
+    ack = await client.call("chat_resume", {"stream_id": "st_x", "after": 2**63})
+    assert ack["ok"] is False
+    assert ack["error"]["code"] == "invalid_request"
+    assert ack["error"]["message"].startswith("after:")
+
+
+def test_every_error_code_has_an_http_status():
+    """An unmapped code would reach clients as a 500 internal."""
+    assert set(ERROR_CODES) <= set(STATUS_BY_CODE)
+    if "log_unavailable" in ERROR_CODES:
+        assert STATUS_BY_CODE["log_unavailable"] == 410  # the log is gone: resume cannot work
+
+
+# -- deleting a session tells its room and closes it ----------------------------------
+async def test_deleting_a_session_tells_its_room_and_closes_it(
+    server, http, connect, fake_provider
+):
+    base = url_of(server)
+    fake_provider.enqueue("first")
+    await http.post(f"{base}/api/chat/stream", json={"message": "hi", "session_id": "gone"})
+    tab = await connect(server)
+    assert (await tab.call("session_join", {"session_id": "gone"}))["ok"]
+    assert await _json(await http.delete(f"{base}/api/chat/sessions/gone")) == {"ok": True}
+    assert await tab.wait_event("session_deleted") == {"session_id": "gone"}
+    # Out of the room: a stream in a new session with the same id does not reach it.
+    fake_provider.enqueue("second")
+    again = await _json(
+        await http.post(f"{base}/api/chat/stream", json={"message": "hi", "session_id": "gone"})
+    )
+    assert again["full_response"] == "second"
+    await asyncio.sleep(0.2)
+    assert [e for e, _ in tab.events] == ["session_deleted"]

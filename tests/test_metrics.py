@@ -62,6 +62,8 @@ async def test_metrics_exports_every_family_before_any_stream(server, http):
         ("chatsock_time_to_first_token_seconds", "histogram"),
         ("chatsock_stream_duration_seconds", "histogram"),
         ("chatsock_provider_failovers_total", "counter"),
+        ("chatsock_stream_tasks", "gauge"),
+        ("chatsock_background_loop_restarts_total", "counter"),
     ):
         assert f"# TYPE {name} {kind}\n" in text, name
     # Nothing of prometheus-client's global default registry (process/GC collectors).
@@ -163,3 +165,26 @@ async def test_openmetrics_is_served_when_asked_for(server, http):
     )
     assert response.headers["Content-Type"].startswith("application/openmetrics-text")
     assert (await response.text()).endswith("# EOF\n")
+
+
+async def test_stream_tasks_gauge_counts_a_running_stream_and_returns_to_zero(
+    server, http, fake_provider
+):
+    assert (await scrape(http, server))["chatsock_stream_tasks"] == 0
+    script = fake_provider.enqueue("first ")
+    gate = script.gate()
+    script.text("second")
+    response = await http.post(
+        f"{url_of(server)}/api/chat/stream", json={"message": "hold"}, headers=SSE
+    )
+    reader = SSEReader(response)
+    await reader.event()
+    await reader.event()
+    assert (await scrape(http, server))["chatsock_stream_tasks"] >= 1  # its pump, its reader
+    gate.set()
+    await reader.until_end()
+    for _ in range(100):  # a task leaves the set in its done-callback, just after the end
+        if (await scrape(http, server))["chatsock_stream_tasks"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert (await scrape(http, server))["chatsock_stream_tasks"] == 0
