@@ -36,9 +36,10 @@ class EndReason(enum.Enum):
     FAILED = "failed"  # the provider chain failed; `failure` says how
     STORE_UNAVAILABLE = "store_unavailable"  # the token log could not be written
     INTERNAL = "internal"  # a bug; logged with its traceback
+    TAKEN = "taken"  # another worker took it for lost (our lease lapsed); relay its end
 
 
-_CLEAN = frozenset({EndReason.COMPLETE, EndReason.STOPPED, EndReason.SHUTDOWN})
+_CLEAN = frozenset({EndReason.COMPLETE, EndReason.STOPPED, EndReason.SHUTDOWN, EndReason.TAKEN})
 
 
 class Lifecycle:

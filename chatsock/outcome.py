@@ -42,6 +42,9 @@ def outcome(stream: ActiveStream, text: str) -> tuple[MessageStatus, Terminal]:
     failure = stream.life.failure
     if reason is EndReason.SHUTDOWN:
         code, message, retryable = "server_shutdown", "the server is shutting down", True
+    elif reason is EndReason.TAKEN:
+        code, retryable = "worker_lost", True
+        message = "another worker took this stream for lost while its owner was cut off"
     elif isinstance(failure, ProviderError):
         code, retryable = failure.code, failure.retryable
         named = failure.provider and not failure.message.startswith(f"{failure.provider}:")

@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 Admit = Callable[[], None]
 
 
+class _Taken(Exception):
+    """A flush was refused: another worker claimed this stream's end."""
+
+
 def _admit(admit: Admit | None) -> None:
     """Let the caller join the session's room; a caller that vanished meanwhile
     (its socket disconnected) does not undo the accepted stream."""
@@ -193,8 +197,10 @@ class StreamRunner:
         try:
             return await register()
         except ChatsockError as exc:
-            if exc.code != "too_many_streams" or not await self._reap(record.session_id):
+            if exc.code != "too_many_streams":
                 raise
+        # Full: free slots held by ended streams or dead owners, then try once more.
+        await self._reap(record.session_id)
         return await register()
 
     async def _history(self, request: ChatStreamRequest, session_id: str) -> list[ChatMessage]:
@@ -205,13 +211,11 @@ class StreamRunner:
         usable = [m for m in stored if m.content]
         return [ChatMessage(m.role, m.content) for m in usable[-limit:]] if limit else []
 
-    async def _reap(self, session_id: str) -> bool:
-        """Free slots held by streams whose owner died; True when one was freed."""
-        reaped = False
+    async def _reap(self, session_id: str) -> None:
+        """Free a session's slots held by streams that ended or whose owner died
+        (`active_streams` prunes the former; `owner_lost` records the latter)."""
         for other in await self._store.active_streams(session_id):
-            local = other.stream_id in self.streams
-            reaped = await owner_lost(self._store, other, local=local) or reaped
-        return reaped
+            await owner_lost(self._store, other, local=other.stream_id in self.streams)
 
     async def _abandon(self, stream: ActiveStream, cause: BaseException) -> None:
         """A registered stream whose start failed: end it before it ran, so its slot,
@@ -357,6 +361,10 @@ class StreamRunner:
         except StoreUnavailable as exc:
             log.error("stream %s: the store stayed unreachable: %s", record.stream_id, exc)
             self._undelivered(stream, exc)
+        except _Taken:
+            log.warning("stream %s: taken for lost by another worker; relaying", record.stream_id)
+            stream.buffer.clear()
+            self._end(stream, EndReason.TAKEN)
         except Exception as exc:
             log.exception("stream %s: flush failed", record.stream_id)
             failure = ChatsockError("internal", f"streaming failed: {type(exc).__name__}")
@@ -408,8 +416,13 @@ class StreamRunner:
         seq = stream.seq + 1
         record = stream.record
         payload = protocol.token(record.stream_id, record.session_id, seq, text, stream.count)
-        # Logged before it is sent, so a resume can never skip ahead.
-        await retrying(lambda: self._store.append_token(record.stream_id, seq, payload))
+        # Logged before it is sent, so a resume can never skip ahead. Refused once
+        # another worker has taken the stream for lost: nothing goes past its partial.
+        appended = await retrying(
+            lambda: self._store.append_token(record.stream_id, seq, payload, writer=self.worker_id)
+        )
+        if not appended:
+            raise _Taken(record.stream_id)
         stream.seq = seq
         stream.parts.append(text)
         await self._fanout.emit(stream.feed, protocol.TOKEN, payload, seq)

@@ -927,3 +927,15 @@ async def test_subscription_resubscribes_by_itself_after_redis_restarts(
     levels = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert any(level == logging.WARNING and "lost" in text for level, text in levels)
     assert any(level == logging.INFO and "restored" in text for level, text in levels)
+
+
+async def test_an_append_by_the_owner_is_refused_once_another_claimed_the_end(
+    store: Store,
+) -> None:
+    assert await store.append_token("fenced", 1, {"seq": 1}, writer="owner")
+    assert await store.claim_end("fenced", "lost-elsewhere")
+    assert not await store.append_token("fenced", 2, {"seq": 2}, writer="owner")
+    assert [e.seq for e in await store.read_tokens("fenced", 0)] == [1]
+    # The claimant itself (an owner that claimed first) may still write its last flush.
+    assert await store.claim_end("mine", "owner")
+    assert await store.append_token("mine", 1, {"seq": 1}, writer="owner")

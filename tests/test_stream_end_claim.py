@@ -126,3 +126,31 @@ async def test_a_claimant_that_never_records_the_end_does_not_hold_the_slot(runn
     assert again["ok"], again
     event, _ = await client.wait_terminal(again["stream_id"])
     assert event == "chat_complete"
+
+
+async def test_after_a_stream_is_taken_for_lost_nothing_more_reaches_its_log(
+    start_server, connect
+):
+    """An owner cut off from the store keeps generating until it sees the stop flag;
+    once another worker has claimed the end and read the partial, the owner's flushes
+    are refused, so no follower ever gets text beyond the recorded partial."""
+    provider = ScriptedProvider("fake")
+    script = provider.enqueue("partial ")
+    gate = script.gate()
+    script.text("too late")
+    script.gate()  # holds the stream open after the late text
+    server = await start_server(chain=["fake"], providers={"fake": provider})
+    store = server.app[STORE]
+    client = await connect(server)
+    ack = await client.call("chat_stream", {"message": "go"})
+    stream_id = ack["stream_id"]
+    await client.wait_for(lambda _: client.tokens(stream_id))
+    record = await store.get_stream(stream_id)
+    assert record is not None
+    lost = await declare_lost(store, record)
+    gate.set()  # the owner gets more text before its next stop-flag check
+    event, err = await client.wait_terminal(stream_id)
+    assert (event, err["code"]) == ("chat_stream_error", "worker_lost")
+    sent = "".join(t["token"] for t in client.tokens(stream_id))
+    assert sent == err["partial"] == lost.payload["partial"] == "partial "
+    assert [e.seq for e in await store.read_tokens(stream_id, 0)] == [1]

@@ -376,10 +376,22 @@ class Store(ABC):
         )
         return {r.stream_id for r, stop in zip(records, stopped, strict=True) if stop}
 
-    async def append_token(self, stream_id: str, seq: int, payload: dict[str, Any]) -> None:
-        """Append one flushed `chat_token` payload to the stream's log."""
-        await self._log_append(
-            self._tk(stream_id, "log"), seq, _dumps(payload), self.log_ttl, self.max_log_entries
+    async def append_token(
+        self, stream_id: str, seq: int, payload: dict[str, Any], *, writer: str = ""
+    ) -> bool:
+        """Append one flushed `chat_token` payload to the stream's log.
+
+        With `writer` (the owner's claimant name), the append is refused (False)
+        once anyone else has claimed the stream's end: after a worker took the
+        stream for lost and read its partial, nothing more lands in the log, so
+        no follower ever sees text beyond the recorded partial."""
+        return await self._log_append(
+            self._tk(stream_id, "log"),
+            seq,
+            _dumps(payload),
+            self.log_ttl,
+            self.max_log_entries,
+            fence=(self._tk(stream_id, "closer"), writer.encode()) if writer else None,
         )
 
     async def read_tokens(
@@ -583,7 +595,18 @@ class Store(ABC):
     async def _remove_member(self, key: str, *members: str) -> None: ...
 
     @abstractmethod
-    async def _log_append(self, key: str, seq: int, data: bytes, ttl: int, cap: int) -> None: ...
+    async def _log_append(
+        self,
+        key: str,
+        seq: int,
+        data: bytes,
+        ttl: int,
+        cap: int,
+        *,
+        fence: tuple[str, bytes] | None = None,
+    ) -> bool:
+        """Append at `seq` (a seq at or below the last is ignored: True). With
+        `fence` = (key, value): refused (False) while that key holds another value."""
 
     @abstractmethod
     async def _log_read(self, key: str, after: int, limit: int | None) -> list[tuple[int, bytes]]:

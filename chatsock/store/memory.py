@@ -262,20 +262,34 @@ class MemoryStore(Store):
             self._drop_if_empty(key)
 
     # -- token logs -------------------------------------------------------
-    async def _log_append(self, key: str, seq: int, data: bytes, ttl: int, cap: int) -> None:
+    async def _log_append(
+        self,
+        key: str,
+        seq: int,
+        data: bytes,
+        ttl: int,
+        cap: int,
+        *,
+        fence: tuple[str, bytes] | None = None,
+    ) -> bool:
+        if fence is not None:
+            holder = self._live(fence[0])
+            if holder is not None and holder != fence[1]:
+                return False
         log = self._live(key)
         if log is None:
             log = self._data[key] = ([], [])
         seqs, items = log
         if seqs and seq <= seqs[-1]:  # a retried write; Redis ignores it the same way
             self._touch(key, ttl)
-            return
+            return True
         seqs.append(seq)
         items.append(data)
         if len(seqs) > cap:
             del seqs[: len(seqs) - cap]
             del items[: len(items) - cap]
         self._touch(key, ttl)
+        return True
 
     async def _log_read(self, key: str, after: int, limit: int | None) -> list[tuple[int, bytes]]:
         log = self._live(key)

@@ -176,8 +176,13 @@ return 0
 """
 
 # XADD at ID 0-<seq>; a seq at or below the last one is ignored, so a write
-# retried after a lost reply cannot fail or duplicate.
+# retried after a lost reply cannot fail or duplicate. With a fence (KEYS[2],
+# ARGV[5]): refused while KEYS[2] holds a value other than ARGV[5].
 _LOG_APPEND = """
+if KEYS[2] then
+  local holder = redis.call('GET', KEYS[2])
+  if holder and holder ~= ARGV[5] then return 0 end
+end
 local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[3], '0-' .. ARGV[1], 'd', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller') then
@@ -459,8 +464,23 @@ class RedisStore(Store):
 
     # -- token logs -------------------------------------------------------
     @_mapped
-    async def _log_append(self, key: str, seq: int, data: bytes, ttl: int, cap: int) -> None:
-        await self._log_append_script(keys=[key], args=[seq, data, cap, ttl])
+    async def _log_append(
+        self,
+        key: str,
+        seq: int,
+        data: bytes,
+        ttl: int,
+        cap: int,
+        *,
+        fence: tuple[str, bytes] | None = None,
+    ) -> bool:
+        if fence is None:
+            return bool(await self._log_append_script(keys=[key], args=[seq, data, cap, ttl]))
+        fence_key, holder = fence
+        added = await self._log_append_script(
+            keys=[key, fence_key], args=[seq, data, cap, ttl, holder]
+        )
+        return bool(added)
 
     @_mapped
     async def _log_read(self, key: str, after: int, limit: int | None) -> list[tuple[int, bytes]]:
