@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiohttp.test_utils import TestServer
 
-from chatsock.app import RUNNER, STORE
+from chatsock.app import RUNNER, STORE, create_app
 from chatsock.providers.base import Delta
 from chatsock.requests import ChatStreamRequest
 from chatsock.store.models import StreamRecord
+from tests.conftest import url_of
 from tests.fakes.provider import ScriptedProvider
-from tests.support.waiting import poll_until
+from tests.fakes.store import FlakyStore
+from tests.support.clients import RecordingClient
 
 
 def _text(tokens: list[dict]) -> str:
@@ -99,54 +102,119 @@ async def test_non_string_text_from_a_provider_still_ends_the_stream(
     assert again["ok"], again
 
 
-async def test_a_stop_after_the_provider_finished_leaves_the_reply_complete(start_server, connect):
-    """Defect 7: a stop that arrived after the provider finished was acked stopped: true
-    and could label a complete reply as stopped."""
+@pytest.fixture
+async def flaky(make_settings):
+    """An in-process worker on a FlakyStore: (server, store, provider, client)."""
     provider = ScriptedProvider("fake")
-    script = provider.enqueue("a")
-    gate = script.gate()
-    script.text("b")
-    # A long flush interval holds the last text in the buffer after the provider ended.
-    server = await start_server(
-        chain=["fake"], providers={"fake": provider}, stream={"flush_interval_ms": 2000}
-    )
-    client = await connect(server)
+    store = FlakyStore()
+    app = create_app(make_settings(chain=["fake"]), providers={"fake": provider}, store=store)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    client = await RecordingClient().connect(url_of(server))
+    try:
+        yield server, store, provider, client
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_a_stop_after_the_provider_finished_leaves_the_reply_complete(flaky):
+    """Defect 7: a stop that arrived after the provider finished (here: while the
+    stream claims its end) was acked stopped: true and stored the reply as stopped."""
+    server, store, provider, client = flaky
+    provider.enqueue("all ", "of it")
+    acks = []
+
+    async def stop_now() -> None:
+        (stream_id,) = server.app[RUNNER].streams  # the one finishing now
+        acks.append(await client.call("chat_stop", {"stream_id": stream_id}))
+
+    store.before_end_claim = stop_now
     ack = await client.call("chat_stream", {"message": "go"})
-    stream_id = ack["stream_id"]
-    await client.wait_for(lambda _: client.tokens(stream_id))
-    gate.set()
-    assert await poll_until(lambda: provider.closed == [True], within=5)
-    stop = await client.call("chat_stop", {"stream_id": stream_id})
-    assert stop == {"ok": True, "stopped": False}
-    event, done = await client.wait_terminal(stream_id)
-    assert (event, done["stopped"], done["full_response"]) == ("chat_complete", False, "ab")
-    messages = await server.app[STORE].get_messages(ack["session_id"])
+    event, done = await client.wait_terminal(ack["stream_id"])
+    assert acks == [{"ok": True, "stopped": False}]
+    assert (event, done["stopped"], done["full_response"]) == ("chat_complete", False, "all of it")
+    messages = await store.get_messages(ack["session_id"])
     assert [(m.role, m.status) for m in messages] == [
         ("user", "complete"),
         ("assistant", "complete"),
     ]
 
 
-async def test_a_shutdown_after_the_provider_finished_leaves_the_reply_complete(
-    start_server, connect
-):
+async def test_a_shutdown_after_the_provider_finished_leaves_the_reply_complete(flaky):
     """Defect 7: a shutdown in the same window turned a complete reply into a retryable
     server_shutdown error."""
-    provider = ScriptedProvider("fake")
-    script = provider.enqueue("a")
-    gate = script.gate()
-    script.text("b")
-    server = await start_server(
-        chain=["fake"], providers={"fake": provider}, stream={"flush_interval_ms": 2000}
-    )
-    client = await connect(server)
+    server, store, provider, client = flaky
+    provider.enqueue("all ", "of it")
+    shutting: list[asyncio.Task[None]] = []
+
+    async def shut_down_now() -> None:
+        shutting.append(asyncio.create_task(server.app[RUNNER].shutdown()))
+        await asyncio.sleep(0.05)  # shutdown() has ended every open stream by now
+
+    store.before_end_claim = shut_down_now
     ack = await client.call("chat_stream", {"message": "go"})
-    await client.wait_for(lambda _: client.tokens(ack["stream_id"]))
-    gate.set()
-    assert await poll_until(lambda: provider.closed == [True], within=5)
-    await server.app[RUNNER].shutdown()
     event, done = await client.wait_terminal(ack["stream_id"])
-    assert (event, done["stopped"], done["full_response"]) == ("chat_complete", False, "ab")
+    assert (event, done["stopped"], done["full_response"]) == ("chat_complete", False, "all of it")
+    await shutting[0]
+
+
+async def test_a_failed_start_leaves_nothing_held_and_a_retry_runs(flaky):
+    """Defect 5: a store failure after registration left a registered stream with no
+    task; a retry with the same client_message_id answered ok for a stream that never
+    ran, and the user's message was lost."""
+    server, store, provider, client = flaky
+    seed = await client.call("chat_stream", {"message": "make the session"})
+    await client.wait_terminal(seed["stream_id"])
+    session_id = seed["session_id"]
+    body = {"message": "important", "session_id": session_id, "client_message_id": "c-7"}
+    store.fail_user_messages = True
+    failed = await client.call("chat_stream", body)
+    assert failed["error"]["code"] == "store_unavailable"
+    assert await store.active_streams(session_id) == []
+    assert await store.find_client_message(session_id, "c-7") is None
+    assert server.app[RUNNER].streams == {}
+    store.fail_user_messages = False
+    provider.enqueue("answered")
+    retry = await client.call("chat_stream", body)
+    assert retry["ok"], retry
+    event, done = await client.wait_terminal(retry["stream_id"])
+    assert (event, done["full_response"]) == ("chat_complete", "answered")
+    users = [m.content for m in await store.get_messages(session_id) if m.role == "user"]
+    assert users == ["make the session", "important"]
+
+
+async def test_a_reply_whose_write_reply_was_lost_is_stored_once(flaky):
+    """Defect 6: add_message was retried though not idempotent; a blip after the
+    write landed stored the same reply twice."""
+    _, store, provider, client = flaky
+    provider.enqueue("stored once")
+    store.lose_next_assistant_replies = 1
+    ack = await client.call("chat_stream", {"message": "go"})
+    event, done = await client.wait_terminal(ack["stream_id"])
+    assert (event, done["persist_failed"]) == ("chat_complete", False)
+    replies = [m for m in await store.get_messages(ack["session_id"]) if m.role == "assistant"]
+    assert [(m.message_id, m.content) for m in replies] == [(ack["message_id"], "stored once")]
+
+
+async def test_a_start_in_flight_at_shutdown_is_ended_not_left_registered(flaky):
+    """Defect 8: a start() in flight when shutdown() ran registered a stream that was
+    never ended: its slot stayed held."""
+    server, store, _, client = flaky
+    runner = server.app[RUNNER]
+    shutting: list[asyncio.Task[None]] = []
+
+    async def shut_down_now() -> None:
+        shutting.append(asyncio.create_task(runner.shutdown()))
+        await asyncio.sleep(0.05)
+
+    store.before_user_message = shut_down_now
+    refused = await client.call("chat_stream", {"message": "too late", "client_message_id": "c"})
+    assert refused["error"]["code"] == "server_shutdown"
+    await shutting[0]
+    assert runner.streams == {}
+    assert runner.task_count == 0
+    assert await store.active_streams() == []
 
 
 async def test_a_stop_before_the_stream_task_runs_is_honoured(server, fake_provider, connect):

@@ -1,4 +1,4 @@
-"""A memory store whose writes can be made to fail (a fake backend, not a mock)."""
+"""A memory store whose writes can be made to fail or paused (a fake backend, not a mock)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,41 @@ from typing import Any
 from chatsock.store.base import StoreUnavailable
 from chatsock.store.memory import MemoryStore
 
+Hook = Callable[[], Awaitable[None]]
+
 
 class FlakyStore(MemoryStore):
-    """Fails appends of assistant messages while `fail_assistant_messages` is set
-    (nothing is written), and answers them with a failure after the write
-    landed while `lose_assistant_replies` is set (a reply lost after the
-    RPUSH). Runs `before_assistant_message` (once) before the next one is
-    appended, which lets a test act in the middle of a stream's persist."""
+    """Injects failures and pauses at the backend's primitives.
+
+    - `fail_assistant_messages` / `fail_user_messages`: appends of those messages
+      fail and write nothing.
+    - `lose_assistant_replies`: every assistant-message append lands, then fails
+      as if its reply was lost; `lose_next_assistant_replies = N` does that N times.
+    - `before_assistant_message`, `before_user_message`, `before_end_claim`: run
+      once before the next such write, so a test can act in the middle of a
+      stream's persist, start or end.
+    """
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.fail_assistant_messages = False
+        self.fail_user_messages = False
         self.lose_assistant_replies = False
-        self.before_assistant_message: Callable[[], Awaitable[None]] | None = None
+        self.lose_next_assistant_replies = 0
+        self.before_assistant_message: Hook | None = None
+        self.before_user_message: Hook | None = None
+        self.before_end_claim: Hook | None = None
 
     async def _push_once(
         self, key: str, ids: str, item_id: str, value: bytes, ttl: int | None, cap: int
     ) -> bool:
+        if b'"role":"user"' in value:
+            if self.fail_user_messages:
+                raise StoreUnavailable("injected failure: the store refused the write")
+            hook, self.before_user_message = self.before_user_message, None
+            if hook is not None:
+                await hook()
+            return await super()._push_once(key, ids, item_id, value, ttl, cap)
         if b'"role":"assistant"' not in value:
             return await super()._push_once(key, ids, item_id, value, ttl, cap)
         if self.fail_assistant_messages:
@@ -33,6 +51,14 @@ class FlakyStore(MemoryStore):
         if hook is not None:
             await hook()
         stored = await super()._push_once(key, ids, item_id, value, ttl, cap)
-        if self.lose_assistant_replies:
+        if self.lose_assistant_replies or self.lose_next_assistant_replies > 0:
+            self.lose_next_assistant_replies -= 1
             raise StoreUnavailable("injected failure: the reply to a write that landed was lost")
         return stored
+
+    async def _set(self, key: str, value: bytes, ttl: int | None, *, nx: bool = False) -> bool:
+        if key.endswith(":closer"):
+            hook, self.before_end_claim = self.before_end_claim, None
+            if hook is not None:
+                await hook()
+        return await super()._set(key, value, ttl, nx=nx)
