@@ -1,25 +1,17 @@
-"""The store contract: sessions, the stream registry, token logs and stop flags.
-
-`Store` does key naming, serialisation and the domain rules once; a backend
-implements Redis-shaped primitives (`_get`, `_set`, `_log_append`...). What
-must be atomic is one primitive (`_register`, `_push_once`, `_finish`...):
-one Lua script on Redis, a method with no `await` inside in memory. The two
-backends therefore behave the same, and one contract suite
-(tests/test_store_contract.py) runs against both.
-"""
+"""The store contract: sessions, the stream registry, token logs and stop flags."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
 
+from chatsock.store.keys import SESSION_KEYS, STREAM_KEYS, Keyspace
 from chatsock.store.models import (
     LogEntry,
     Message,
@@ -29,13 +21,9 @@ from chatsock.store.models import (
     StreamStatus,
     Terminal,
 )
+from chatsock.store.primitives import KeepAliveKeys, RegisterStep
 
 MAX_SEQ = 2**64 - 1  # the largest seq a token log can address (Redis stream IDs)
-
-# Every key of a session and of a stream, by its parts after the id.
-_SESSION_KEYS = [(), ("messages",), ("message_ids",), ("cmids",), ("cmid_order",),
-                 ("active",), ("present",), ("streams",)]  # fmt: skip
-_STREAM_KEYS = [(), ("log",), ("end",), ("closer",), ("stop",), ("lease",)]
 
 
 class StoreUnavailable(Exception):
@@ -61,85 +49,18 @@ def check_seq(after: int) -> None:
         raise StoreRequestError(f"seq {after} is outside 0..{MAX_SEQ}")
 
 
-@dataclass(frozen=True, slots=True)
-class RegisterStep:
-    """Keys and values of one stream registration, written by `_register` at once."""
+class Store(Keyspace):
+    """Async store. Public methods are the contract; `_`-methods are the backend.
 
-    cmids: str  # hash: client_message_id -> ack
-    cmid_order: str  # ordered set: client_message_ids, oldest first
-    record_key: str
-    slots: str  # set: the session's running streams
-    lease: str
-    index: str  # ordered set: running streams of every session
-    streams: str  # ordered set: every stream of the session
-    stream_id: str
-    cmid: str | None
-    ack: bytes
-    record: bytes
-    owner: bytes
-    lease_ttl: int
-    started: float
-    limit: int
-    log_ttl: int
-    keep_ttl: int | None  # of `streams` and the cmids (None: no expiry)
-    cap: int  # of `streams` and the cmids
-
-
-@dataclass(frozen=True, slots=True)
-class KeepAliveKeys:
-    """The keys `_keep_alive` refreshes for one running stream."""
-
-    record: str
-    log: str
-    slots: str
-    lease: str
-    stop: str
-    streams: str  # the session's stream list
-    cmids: str
-    cmid_order: str
-
-
-class Store(ABC):
-    """Async store. Public methods are the contract; `_`-methods are the backend."""
-
-    def __init__(
-        self,
-        *,
-        prefix: str = "chatsock",
-        session_ttl: int = 30 * 24 * 3600,
-        log_ttl: int = 3600,
-        max_log_entries: int = 20000,
-        max_messages: int = 1000,
-        max_sessions: int | None = None,
-    ) -> None:
-        self.prefix = prefix
-        self.session_ttl = session_ttl or None
-        self.log_ttl = log_ttl
-        self.max_log_entries = max_log_entries
-        self.max_messages = max_messages
-        self.max_sessions = max_sessions
-
-    # -- key naming -------------------------------------------------------
-    def _k(self, *parts: str) -> str:
-        return ":".join((self.prefix, *parts))
-
-    def _sk(self, session_id: str, *parts: str) -> str:
-        return self._k("session", session_id, *parts)
-
-    def _tk(self, stream_id: str, *parts: str) -> str:
-        return self._k("stream", stream_id, *parts)
-
-    @property
-    def _keep_ttl(self) -> int | None:
-        """TTL of a session's stream list and acks: as long as the session, and
-        never shorter than the stream keys they lead to (None: no expiry)."""
-        return max(self.session_ttl, self.log_ttl) if self.session_ttl else None
+    The contract does serialisation and the domain rules once, on the keys
+    `Keyspace` names; each backend implements the `Primitives`.
+    """
 
     # -- lifecycle --------------------------------------------------------
-    async def open(self) -> None:  # noqa: B027 - optional hook
+    async def open(self) -> None:
         """Connect (a no-op in memory)."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Disconnect and release resources."""
 
     @abstractmethod
@@ -182,8 +103,8 @@ class Store(ABC):
         streams = set(await self._index_range(self._sk(session_id, "streams"), self.max_messages))
         streams.update(await self._members(self._sk(session_id, "active")))
         removed = await self._delete(
-            *(self._sk(session_id, *parts) for parts in _SESSION_KEYS),
-            *(self._tk(s, *parts) for s in streams for parts in _STREAM_KEYS),
+            *(self._sk(session_id, *parts) for parts in SESSION_KEYS),
+            *(self._tk(s, *parts) for s in streams for parts in STREAM_KEYS),
         )
         if streams:
             await self._index_remove(self._k("streams", "active"), *streams)
@@ -501,121 +422,3 @@ class Store(ABC):
             return
         for session_id in await self._index_trim(self._k("sessions"), self.max_sessions):
             await self.delete_session(session_id)
-
-    # -- backend primitives -----------------------------------------------
-    @abstractmethod
-    async def _get(self, key: str) -> bytes | None: ...
-
-    @abstractmethod
-    async def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        """The values of string keys, in one round trip (None where absent)."""
-
-    @abstractmethod
-    async def _set(self, key: str, value: bytes, ttl: int | None, *, nx: bool = False) -> bool:
-        """Set (only if absent with nx); True when written."""
-
-    @abstractmethod
-    async def _delete(self, *keys: str) -> int: ...
-
-    @abstractmethod
-    async def _field_get(self, key: str, field: str) -> bytes | None: ...
-
-    @abstractmethod
-    async def _release_field(self, key: str, order: str, field: str, stream_id: str | None) -> bool:
-        """Atomically delete a field of a hash (and from its `order` index), only
-        if its JSON value's "stream_id" is `stream_id` when that is given."""
-
-    @abstractmethod
-    async def _push_once(
-        self, key: str, ids: str, item_id: str, value: bytes, ttl: int | None, cap: int
-    ) -> bool:
-        """Atomically append `value` to a list unless `item_id` is in the ordered
-        set `ids`; keep the newest `cap` of both. True when appended."""
-
-    @abstractmethod
-    async def _range(self, key: str) -> list[bytes]: ...
-
-    @abstractmethod
-    async def _length(self, key: str) -> int: ...
-
-    @abstractmethod
-    async def _index_add(self, key: str, member: str, score: float) -> None:
-        """Add/update a member of an index ordered by `score`."""
-
-    @abstractmethod
-    async def _index_remove(self, key: str, *members: str) -> None: ...
-
-    @abstractmethod
-    async def _index_range(self, key: str, limit: int, *, oldest: bool = False) -> list[str]:
-        """Members, highest score first (lowest first with `oldest`)."""
-
-    @abstractmethod
-    async def _index_trim(self, key: str, keep: int) -> list[str]:
-        """Remove and return the lowest-scored members beyond `keep`."""
-
-    @abstractmethod
-    async def _register(self, step: RegisterStep) -> tuple[str, bytes | None]:
-        """Atomically: ("earlier", ack) when `step.cmid` is known; ("exists", None)
-        when the record exists; ("full", None) when the slots are full; else
-        write everything and return ("registered", None)."""
-
-    @abstractmethod
-    async def _finish(
-        self, key: str, value: bytes, ttl: int, slots: str, index: str, member: str
-    ) -> bool:
-        """Atomically set `key` unless it exists and remove `member` from the
-        set `slots` and the index `index`. True when `key` was set."""
-
-    @abstractmethod
-    async def _keep_alive(
-        self,
-        streams: Sequence[KeepAliveKeys],
-        owner: bytes,
-        lease_ttl: int,
-        log_ttl: int,
-        keep_ttl: int | None,
-    ) -> list[bool]:
-        """For each stream whose record exists: set its lease, re-expire record,
-        log and slots to `log_ttl`, and its session's stream list and acks to
-        `keep_ttl` (unless None).
-        Return, for each, whether its stop key exists. One round trip."""
-
-    @abstractmethod
-    async def _presence_mark(self, key: str, member: str, ttl: float) -> None:
-        """Record `member` in the ordered set `key` until `ttl` from now."""
-
-    @abstractmethod
-    async def _presence_others(self, key: str, member: str) -> bool:
-        """Whether `key` holds an unexpired member other than `member` (one command)."""
-
-    @abstractmethod
-    async def _members(self, key: str) -> Sequence[str]: ...
-
-    @abstractmethod
-    async def _remove_member(self, key: str, *members: str) -> None: ...
-
-    @abstractmethod
-    async def _log_append(
-        self,
-        key: str,
-        seq: int,
-        data: bytes,
-        ttl: int,
-        cap: int,
-        *,
-        fence: tuple[str, bytes] | None = None,
-    ) -> bool:
-        """Append at `seq` (a seq at or below the last is ignored: True). With
-        `fence` = (key, value): refused (False) while that key holds another value."""
-
-    @abstractmethod
-    async def _log_read(self, key: str, after: int, limit: int | None) -> list[tuple[int, bytes]]:
-        """Entries with seq > after, at most `limit` (all when None)."""
-
-    @abstractmethod
-    async def _log_last(self, key: str) -> int:
-        """The highest seq in the log, 0 when empty."""
-
-    @abstractmethod
-    async def _log_lasts(self, keys: Sequence[str]) -> list[int]:
-        """`_log_last` of several logs, in one round trip."""

@@ -15,7 +15,8 @@ from typing import Any
 
 import orjson
 
-from chatsock.store.base import KeepAliveKeys, RegisterStep, Store
+from chatsock.store.base import Store
+from chatsock.store.primitives import KeepAliveKeys, RegisterStep
 
 _SWEEP_EVERY = 1000
 

@@ -1,25 +1,12 @@
-"""The Redis backend: the store's primitives on `redis.asyncio`, shared by every worker.
-
-Strings hold sessions and stream records, lists hold messages, sorted sets
-the indexes, sets the per-session stream slots, and one Redis Stream per chat
-stream holds its token log, with entry ID `0-<seq>` so that `XRANGE` and
-`XREAD` address seqs directly. A step that must be atomic is one Lua script
-that checks first and writes after, so it is all-or-nothing (Redis refuses a
-script for lack of memory only before its first write). A Redis reply that
-rejects the arguments leaves this module as `StoreRequestError`; every other
-Redis or socket error as `StoreUnavailable`, with a message that names the
-URL (password masked) and says what to do.
-"""
+"""The Redis backend: the store's primitives on `redis.asyncio`, shared by every worker."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import astuple
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aioredis
@@ -28,192 +15,17 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
 
-from chatsock.store.base import (
-    KeepAliveKeys,
-    RegisterStep,
-    Store,
-    StoreRequestError,
-    StoreUnavailable,
-    check_seq,
-)
+from chatsock.store import scripts
+from chatsock.store.base import Store, StoreRequestError, StoreUnavailable, check_seq
 from chatsock.store.models import LogEntry
+from chatsock.store.primitives import KeepAliveKeys, RegisterStep
+from chatsock.store.subscription import Subscription
+from chatsock.store.urls import mask_url, password_forms
 
 __all__ = ["RedisStore", "Subscription", "mask_url"]
 
-log = logging.getLogger(__name__)
-
 P = ParamSpec("P")
 T = TypeVar("T")
-
-# Keep the newest ARGV[2] members; return the ones removed (lowest scores).
-_INDEX_TRIM = """
-local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
-if excess <= 0 then return {} end
-local dropped = redis.call('ZRANGE', KEYS[1], 0, excess - 1)
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, excess - 1)
-return dropped
-"""
-
-# Prepended to the scripts that use them. `keep` sets a TTL, or none for 0.
-# `append` adds a member last to an ordered set (score: the last one's + 1, so
-# the order is the order of writes whatever the workers' clocks say), keeps
-# the newest `cap` and returns the members it dropped.
-_HELPERS = """
-local function keep(key, ttl)
-  if tonumber(ttl) > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
-end
-local function append(key, member, cap, ttl)
-  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  local score = 1
-  if last[2] then score = tonumber(last[2]) + 1 end
-  redis.call('ZADD', key, score, member)
-  local dropped = redis.call('ZRANGE', key, 0, -(tonumber(cap) + 1))
-  if #dropped > 0 then redis.call('ZREMRANGEBYRANK', key, 0, #dropped - 1) end
-  keep(key, ttl)
-  return dropped
-end
-"""
-
-# A stream's registration (see Store.register_stream and RegisterStep): checks
-# first, then writes that cannot fail, so it is all or nothing.
-# KEYS: cmids, cmid_order, record, slots, lease, streams:active, session streams
-# ARGV: stream_id, has_cmid, cmid, ack, record, owner, lease_ttl, started,
-#       limit, log_ttl, keep_ttl (0 = none), cap
-_REGISTER = """
-local id = ARGV[1]
-if ARGV[2] == '1' then
-  local earlier = redis.call('HGET', KEYS[1], ARGV[3])
-  if earlier then return {'earlier', earlier} end
-end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {'exists'} end
-if redis.call('SISMEMBER', KEYS[4], id) == 0
-   and redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[9]) then
-  return {'full'}
-end
-redis.call('SADD', KEYS[4], id)
-redis.call('EXPIRE', KEYS[4], ARGV[10])
-redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[10])
-redis.call('SET', KEYS[5], ARGV[6], 'EX', ARGV[7])
-redis.call('ZADD', KEYS[6], ARGV[8], id)
-append(KEYS[7], id, ARGV[12], ARGV[11])
-if ARGV[2] == '1' then
-  redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
-  for _, old in ipairs(append(KEYS[2], ARGV[3], ARGV[12], ARGV[11])) do
-    redis.call('HDEL', KEYS[1], old)
-  end
-  keep(KEYS[1], ARGV[11])
-end
-return {'registered'}
-"""
-
-# RPUSH unless the item's id is among the ids stored with the list. An id set
-# (ZSCORE, O(log n)) rather than a scan of the list: the check costs the same
-# whatever the messages' size, covers every message still in the list, and
-# holds at most `cap` short ids.
-# KEYS: list, ids; ARGV: id, value, ttl (0 = none), cap
-_PUSH_ONCE = """
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-redis.call('RPUSH', KEYS[1], ARGV[2])
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
-keep(KEYS[1], ARGV[3])
-append(KEYS[2], ARGV[1], ARGV[4], ARGV[3])
-return 1
-"""
-
-# HDEL a field (and its order entry), with ARGV[2] == '1' only if its JSON
-# value's stream_id is ARGV[3]. KEYS: hash, order; ARGV: field, check, stream_id
-_RELEASE_FIELD = """
-local value = redis.call('HGET', KEYS[1], ARGV[1])
-if not value then return 0 end
-if ARGV[2] == '1' and cjson.decode(value)['stream_id'] ~= ARGV[3] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 1
-"""
-
-# Eight keys per stream: record, log, slots, lease, stop, session streams,
-# cmids, cmid_order. ARGV: owner, lease_ttl, log_ttl, keep_ttl (0 = leave).
-# Returns the stop flags.
-_KEEP_ALIVE = """
-local stopped = {}
-for i = 1, #KEYS, 8 do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('EXPIRE', KEYS[i], ARGV[3])
-    redis.call('EXPIRE', KEYS[i + 1], ARGV[3])
-    redis.call('EXPIRE', KEYS[i + 2], ARGV[3])
-    redis.call('SET', KEYS[i + 3], ARGV[1], 'EX', ARGV[2])
-    if tonumber(ARGV[4]) > 0 then
-      for j = i + 5, i + 7 do redis.call('EXPIRE', KEYS[j], ARGV[4]) end
-    end
-  end
-  stopped[#stopped + 1] = redis.call('EXISTS', KEYS[i + 4])
-end
-return stopped
-"""
-
-# Presence: an ordered set member -> deadline, on the Redis clock so that the
-# workers' clocks do not matter. Expired members are dropped on every call.
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-"""
-
-# KEYS: presence; ARGV: member, ttl (s). The key lives as long as its last member.
-_PRESENCE_MARK = """
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(last[2]) - now) * 1000))
-return 1
-"""
-
-# KEYS: presence; ARGV: member. 1 when another member is present.
-_PRESENCE_OTHERS = """
-local others = redis.call('ZCARD', KEYS[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then others = others - 1 end
-if others > 0 then return 1 end
-return 0
-"""
-
-# XADD at ID 0-<seq>; a seq at or below the last one is ignored, so a write
-# retried after a lost reply cannot fail or duplicate. With a fence (KEYS[2],
-# ARGV[5]): refused while KEYS[2] holds a value other than ARGV[5].
-_LOG_APPEND = """
-if KEYS[2] then
-  local holder = redis.call('GET', KEYS[2])
-  if holder and holder ~= ARGV[5] then return 0 end
-end
-local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[3], '0-' .. ARGV[1], 'd', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller') then
-  return added
-end
-return 1
-"""
-
-
-def mask_url(url: str) -> str:
-    """`url` with any password (in the user info or the query) replaced by `***`."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        # Without a colon the user info may be a password written as a user name.
-        netloc = f"{user}:***@{hostport}" if colon and user else f"***@{hostport}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _secrets(url: str) -> list[str]:
-    parts = urlsplit(url)
-    found = [parts.password, parts.username if parts.password is None else None]
-    found += [v for k, v in parse_qsl(parts.query) if k.lower() == "password"]
-    return [s for raw in found if raw for s in {raw, unquote(raw), quote(raw, safe="")}]
-
 
 # Error codes of replies that say the server cannot serve now, not that the
 # request was wrong (redis-py gives most other codes their own class).
@@ -260,6 +72,15 @@ def _decoded(members: Any) -> list[str]:
 class RedisStore(Store):
     """The store on Redis: every worker pointed at the same URL sees the same data.
 
+    Strings hold sessions and stream records, lists hold messages, sorted sets
+    the indexes, sets the per-session stream slots, and one Redis Stream per
+    chat stream holds its token log, with entry ID `0-<seq>` so that `XRANGE`
+    and `XREAD` address seqs directly. A step that must be atomic is one Lua
+    script (scripts.py). A Redis reply that rejects the arguments leaves this
+    class as `StoreRequestError`; every other Redis or socket error as
+    `StoreUnavailable`, with a message that names the URL (password masked)
+    and says what to do.
+
     Commands go through one pool with short timeouts and a few quick retries,
     so a Redis restart costs the callers at most a few failed calls. Blocking
     reads (`wait_tokens`) and subscriptions use a second pool so they never
@@ -274,7 +95,7 @@ class RedisStore(Store):
         health_check_interval = int(options.pop("health_check_interval", 10))
         super().__init__(**options)
         self.url = mask_url(url)
-        self._secrets = _secrets(url)
+        self._secrets = password_forms(url)
         self.socket_timeout = socket_timeout
         self.health_check_interval = health_check_interval
         common: dict[str, Any] = {
@@ -296,14 +117,14 @@ class RedisStore(Store):
             retry=Retry(NoBackoff(), 0),
         )
         script = self._client.register_script
-        self._index_trim_script = script(_INDEX_TRIM)
-        self._log_append_script = script(_LOG_APPEND)
-        self._register_script = script(_HELPERS + _REGISTER)
-        self._push_once_script = script(_HELPERS + _PUSH_ONCE)
-        self._release_field_script = script(_RELEASE_FIELD)
-        self._keep_alive_script = script(_KEEP_ALIVE)
-        self._presence_mark_script = script(_NOW + _PRESENCE_MARK)
-        self._presence_others_script = script(_NOW + _PRESENCE_OTHERS)
+        self._index_trim_script = script(scripts.INDEX_TRIM)
+        self._log_append_script = script(scripts.LOG_APPEND)
+        self._register_script = script(scripts.HELPERS + scripts.REGISTER)
+        self._push_once_script = script(scripts.HELPERS + scripts.PUSH_ONCE)
+        self._release_field_script = script(scripts.RELEASE_FIELD)
+        self._keep_alive_script = script(scripts.KEEP_ALIVE)
+        self._presence_mark_script = script(scripts.NOW + scripts.PRESENCE_MARK)
+        self._presence_others_script = script(scripts.NOW + scripts.PRESENCE_OTHERS)
 
     def _masked(self, exc: BaseException) -> str:
         detail = str(exc) or type(exc).__name__
@@ -547,113 +368,3 @@ class RedisStore(Store):
 
     def _new_pubsub(self) -> PubSub:
         return self._listening.pubsub()
-
-
-class Subscription:
-    """An async iterator of `(channel, data)` that reconnects and re-subscribes by itself.
-
-    A lost connection is logged at WARNING on each reconnect attempt and at
-    INFO once subscribed again; it never ends the iteration. A connection
-    that stops answering the periodic PING is treated as lost too, so a
-    listener cannot hang silently on a half-open socket.
-    """
-
-    _BACKOFF_BASE = 0.1
-    _BACKOFF_CAP = 2.0
-    _PING = b"chatsock-liveness"
-
-    def __init__(self, store: RedisStore, channels: Sequence[str]) -> None:
-        if not channels:
-            raise ValueError("subscribe() needs at least one channel")
-        self._store = store
-        self._names = {store._k(c).encode(): c for c in channels}
-        self._pubsub: PubSub | None = None
-        self._interval = max(float(store.health_check_interval), 0.5)
-        self._last_seen = 0.0
-        self._last_ping = 0.0
-        self._lost = False
-
-    async def __aenter__(self) -> Subscription:
-        await self._connect()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._drop()
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> tuple[str, bytes]:
-        loop = asyncio.get_running_loop()
-        while True:
-            if self._pubsub is None:
-                await self._connect()
-            assert self._pubsub is not None
-            try:
-                message = await self._pubsub.get_message(timeout=min(self._interval, 1.0))
-                now = loop.time()
-                if message is None:
-                    if now - self._last_seen > 3 * self._interval:
-                        raise aioredis.ConnectionError("no reply to PING")
-                    if now - self._last_ping >= self._interval:
-                        self._last_ping = now
-                        await self._pubsub.ping(self._PING)
-                    continue
-            except (RedisError, OSError) as exc:
-                log.warning(
-                    "Redis subscription at %s lost (%s); reconnecting", self._store.url, exc
-                )
-                self._lost = True
-                await self._drop()
-                continue
-            self._last_seen = now
-            name = self._names.get(message["channel"])
-            if message["type"] == "message" and name is not None:
-                return name, bytes(message["data"])
-
-    async def _connect(self) -> None:
-        """Subscribe, retrying with backoff until Redis confirms every channel."""
-        attempt = 0
-        while True:
-            try:
-                await self._subscribe_once()
-            except (RedisError, OSError) as exc:
-                await self._drop()
-                attempt += 1
-                delay = min(self._BACKOFF_CAP, self._BACKOFF_BASE * 2**attempt)
-                log.warning(
-                    "Redis subscription at %s: reconnect attempt %d failed (%s); retrying in %.1fs",
-                    self._store.url,
-                    attempt,
-                    self._store.unavailable(exc),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
-            if attempt or self._lost:
-                self._lost = False
-                log.info(
-                    "Redis subscription at %s restored (%d failed attempts)",
-                    self._store.url,
-                    attempt,
-                )
-            return
-
-    async def _subscribe_once(self) -> None:
-        pubsub = self._pubsub = self._store._new_pubsub()
-        await pubsub.subscribe(*self._names)
-        pending = set(self._names)
-        async with asyncio.timeout(self._store.socket_timeout):
-            while pending:
-                message = await pubsub.get_message(timeout=self._store.socket_timeout)
-                if message is not None and message["type"] == "subscribe":
-                    pending.discard(message["channel"])
-        self._last_seen = self._last_ping = asyncio.get_running_loop().time()
-
-    async def _drop(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            try:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            except (RedisError, OSError):
-                log.debug("closing a lost subscription failed", exc_info=True)

@@ -1,0 +1,46 @@
+"""The store's keyspace: its settings and the names of its keys."""
+
+from __future__ import annotations
+
+from chatsock.store.primitives import Primitives
+
+# Every key of a session and of a stream, by its parts after the id.
+SESSION_KEYS = [(), ("messages",), ("message_ids",), ("cmids",), ("cmid_order",),
+                ("active",), ("present",), ("streams",)]  # fmt: skip
+STREAM_KEYS = [(), ("log",), ("end",), ("closer",), ("stop",), ("lease",)]
+
+
+class Keyspace(Primitives):
+    """Where a store keeps what, and for how long; shared by `Store` and the backends."""
+
+    def __init__(
+        self,
+        *,
+        prefix: str = "chatsock",
+        session_ttl: int = 30 * 24 * 3600,
+        log_ttl: int = 3600,
+        max_log_entries: int = 20000,
+        max_messages: int = 1000,
+        max_sessions: int | None = None,
+    ) -> None:
+        self.prefix = prefix
+        self.session_ttl = session_ttl or None
+        self.log_ttl = log_ttl
+        self.max_log_entries = max_log_entries
+        self.max_messages = max_messages
+        self.max_sessions = max_sessions
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def _sk(self, session_id: str, *parts: str) -> str:
+        return self._k("session", session_id, *parts)
+
+    def _tk(self, stream_id: str, *parts: str) -> str:
+        return self._k("stream", stream_id, *parts)
+
+    @property
+    def _keep_ttl(self) -> int | None:
+        """TTL of a session's stream list and acks: as long as the session, and
+        never shorter than the stream keys they lead to (None: no expiry)."""
+        return max(self.session_ttl, self.log_ttl) if self.session_ttl else None

@@ -1,0 +1,150 @@
+"""The Lua scripts of the Redis backend, one per step that must be atomic."""
+
+# Each script checks first and writes after, so it is all-or-nothing (Redis
+# refuses a script for lack of memory only before its first write).
+
+# Keep the newest ARGV[2] members; return the ones removed (lowest scores).
+INDEX_TRIM = """
+local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
+if excess <= 0 then return {} end
+local dropped = redis.call('ZRANGE', KEYS[1], 0, excess - 1)
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, excess - 1)
+return dropped
+"""
+
+# Prepended to the scripts that use them. `keep` sets a TTL, or none for 0.
+# `append` adds a member last to an ordered set (score: the last one's + 1, so
+# the order is the order of writes whatever the workers' clocks say), keeps
+# the newest `cap` and returns the members it dropped.
+HELPERS = """
+local function keep(key, ttl)
+  if tonumber(ttl) > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
+end
+local function append(key, member, cap, ttl)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  local score = 1
+  if last[2] then score = tonumber(last[2]) + 1 end
+  redis.call('ZADD', key, score, member)
+  local dropped = redis.call('ZRANGE', key, 0, -(tonumber(cap) + 1))
+  if #dropped > 0 then redis.call('ZREMRANGEBYRANK', key, 0, #dropped - 1) end
+  keep(key, ttl)
+  return dropped
+end
+"""
+
+# A stream's registration (see Store.register_stream and RegisterStep): checks
+# first, then writes that cannot fail, so it is all or nothing.
+# KEYS: cmids, cmid_order, record, slots, lease, streams:active, session streams
+# ARGV: stream_id, has_cmid, cmid, ack, record, owner, lease_ttl, started,
+#       limit, log_ttl, keep_ttl (0 = none), cap
+REGISTER = """
+local id = ARGV[1]
+if ARGV[2] == '1' then
+  local earlier = redis.call('HGET', KEYS[1], ARGV[3])
+  if earlier then return {'earlier', earlier} end
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'exists'} end
+if redis.call('SISMEMBER', KEYS[4], id) == 0
+   and redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[9]) then
+  return {'full'}
+end
+redis.call('SADD', KEYS[4], id)
+redis.call('EXPIRE', KEYS[4], ARGV[10])
+redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[10])
+redis.call('SET', KEYS[5], ARGV[6], 'EX', ARGV[7])
+redis.call('ZADD', KEYS[6], ARGV[8], id)
+append(KEYS[7], id, ARGV[12], ARGV[11])
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+  for _, old in ipairs(append(KEYS[2], ARGV[3], ARGV[12], ARGV[11])) do
+    redis.call('HDEL', KEYS[1], old)
+  end
+  keep(KEYS[1], ARGV[11])
+end
+return {'registered'}
+"""
+
+# RPUSH unless the item's id is among the ids stored with the list. An id set
+# (ZSCORE, O(log n)) rather than a scan of the list: the check costs the same
+# whatever the messages' size, covers every message still in the list, and
+# holds at most `cap` short ids.
+# KEYS: list, ids; ARGV: id, value, ttl (0 = none), cap
+PUSH_ONCE = """
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
+keep(KEYS[1], ARGV[3])
+append(KEYS[2], ARGV[1], ARGV[4], ARGV[3])
+return 1
+"""
+
+# HDEL a field (and its order entry), with ARGV[2] == '1' only if its JSON
+# value's stream_id is ARGV[3]. KEYS: hash, order; ARGV: field, check, stream_id
+RELEASE_FIELD = """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+if ARGV[2] == '1' and cjson.decode(value)['stream_id'] ~= ARGV[3] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# Eight keys per stream: record, log, slots, lease, stop, session streams,
+# cmids, cmid_order. ARGV: owner, lease_ttl, log_ttl, keep_ttl (0 = leave).
+# Returns the stop flags.
+KEEP_ALIVE = """
+local stopped = {}
+for i = 1, #KEYS, 8 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('EXPIRE', KEYS[i], ARGV[3])
+    redis.call('EXPIRE', KEYS[i + 1], ARGV[3])
+    redis.call('EXPIRE', KEYS[i + 2], ARGV[3])
+    redis.call('SET', KEYS[i + 3], ARGV[1], 'EX', ARGV[2])
+    if tonumber(ARGV[4]) > 0 then
+      for j = i + 5, i + 7 do redis.call('EXPIRE', KEYS[j], ARGV[4]) end
+    end
+  end
+  stopped[#stopped + 1] = redis.call('EXISTS', KEYS[i + 4])
+end
+return stopped
+"""
+
+# Presence: an ordered set member -> deadline, on the Redis clock so that the
+# workers' clocks do not matter. Expired members are dropped on every call.
+NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+"""
+
+# KEYS: presence; ARGV: member, ttl (s). The key lives as long as its last member.
+PRESENCE_MARK = """
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(last[2]) - now) * 1000))
+return 1
+"""
+
+# KEYS: presence; ARGV: member. 1 when another member is present.
+PRESENCE_OTHERS = """
+local others = redis.call('ZCARD', KEYS[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then others = others - 1 end
+if others > 0 then return 1 end
+return 0
+"""
+
+# XADD at ID 0-<seq>; a seq at or below the last one is ignored, so a write
+# retried after a lost reply cannot fail or duplicate. With a fence (KEYS[2],
+# ARGV[5]): refused while KEYS[2] holds a value other than ARGV[5].
+LOG_APPEND = """
+if KEYS[2] then
+  local holder = redis.call('GET', KEYS[2])
+  if holder and holder ~= ARGV[5] then return 0 end
+end
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[3], '0-' .. ARGV[1], 'd', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller') then
+  return added
+end
+return 1
+"""
