@@ -35,9 +35,9 @@ async def read_chain(stream: ActiveStream, max_chars: int, hooks: StreamHooks) -
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        # A bug in a provider: logged once here, and the stream ends as internal.
         log.error("stream %s: provider iteration crashed", stream.record.stream_id, exc_info=exc)
         life.end(EndReason.INTERNAL, ChatsockError("internal", "internal error while streaming"))
-        raise
     else:
         life.end(EndReason.COMPLETE)
     finally:

@@ -23,21 +23,22 @@ from collections.abc import Callable
 from typing import Any
 
 from chatsock import protocol
+from chatsock.closing import EndRecorder
 from chatsock.config import Settings
-from chatsock.ending import Claim, claim_end, ended_elsewhere, owner_lost
+from chatsock.ending import Claim, claim_end, owner_lost
 from chatsock.errors import ChatsockError
 from chatsock.failover import read_chain
 from chatsock.fanout import Fanout
 from chatsock.ids import derived_id, new_id
 from chatsock.lifecycle import EndReason
 from chatsock.outcome import outcome
-from chatsock.providers.base import ChatMessage, ChatRequest
+from chatsock.providers.base import ChatMessage, ChatRequest, ProviderError
 from chatsock.providers.registry import ProviderRegistry
 from chatsock.requests import ChatStreamRequest
 from chatsock.retry import retrying
 from chatsock.signals import SignalBus
 from chatsock.store import Store, StoreUnavailable
-from chatsock.store.models import Message, MessageStatus, SessionInfo, StreamRecord, Terminal
+from chatsock.store.models import Message, SessionInfo, StreamRecord, Terminal
 from chatsock.stream import ActiveStream, StreamHooks, resolve
 from chatsock.timing import READER_CLOSE_S, UPKEEP_S
 
@@ -89,6 +90,7 @@ class StreamRunner:
         # terminal event is sent. Iterate over a snapshot across any await.
         self.streams: dict[str, ActiveStream] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.ends = EndRecorder(store, worker_id)
         self._closing = False
         self.limits = settings.limits
         self._interval = settings.stream.flush_interval_ms / 1000
@@ -187,6 +189,12 @@ class StreamRunner:
             if done.accepted:
                 return None
             if done.earlier is not None:
+                earlier_id = str(done.earlier.get("stream_id"))
+                if earlier_id in self.ends.pending:
+                    # That earlier start failed here and still holds the id: release
+                    # it now (the store answers again) and register this one.
+                    await self.ends.settle_now(earlier_id)
+                    return await register()
                 return done.earlier
             raise ChatsockError(
                 "too_many_streams",
@@ -235,26 +243,25 @@ class StreamRunner:
             )
         self.streams.pop(record.stream_id, None)
         _, terminal = outcome(stream, "")
-        cmid = record.client_message_id
-        try:
-            if cmid is not None:  # a retry must start afresh, not find this stream
-                await retrying(
-                    lambda: self._store.release_client_message(
-                        record.session_id, cmid, record.stream_id
-                    )
-                )
-            await retrying(lambda: self._store.finish_stream(record, terminal))
-        except StoreUnavailable as exc:
-            # Its lease is no longer refreshed: the reaper records it as lost.
-            log.warning("stream %s: could not record its failed start: %s", record.stream_id, exc)
+        await self.ends.abandoned(record, terminal)
         stream.life.close()
         await self._fanout.end(stream.feed, terminal)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._reap_task)
         return task
+
+    def _reap_task(self, task: asyncio.Task[Any]) -> None:
+        """Forget a finished task. A reader's provider failure is already the
+        stream's end reason; anything else is a bug, logged here, never lost."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, ChatsockError | ProviderError):
+            log.error("task %s failed", task.get_name(), exc_info=exc)
 
     # -- stopping -----------------------------------------------------------
     async def stop(self, stream_id: str) -> bool:
@@ -297,6 +304,13 @@ class StreamRunner:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
+        if self.ends.pending:
+            try:
+                await self.ends.retry_pending()
+            except Exception:
+                log.exception("recording pending ends at shutdown failed")
+        for stream_id in self.ends.pending:
+            log.warning("stream %s: its end is not recorded; another worker will", stream_id)
 
     async def maintain(self) -> None:
         """Run until cancelled: keep every owned stream's lease, record, slot and log
@@ -315,12 +329,14 @@ class StreamRunner:
                 log.warning("stream upkeep: %s", exc)
 
     async def _keep_alive(self) -> None:
-        streams = list(self.streams.values())  # a snapshot: streams come and go meanwhile
-        if not streams:
+        # A snapshot: streams come and go during the await. Streams whose end the
+        # store still owes keep their lease, so nobody takes them for lost.
+        records = [s.record for s in self.streams.values()] + self.ends.pending_records()
+        if not records:
             return
-        stopped = await self._store.keep_streams_alive(
-            [s.record for s in streams], self.worker_id, self._lease_s
-        )
+        stopped = await self._store.keep_streams_alive(records, self.worker_id, self._lease_s)
+        if self.ends.pending:
+            await self.ends.retry_pending()
         for stream_id in stopped:
             stream = self.streams.get(stream_id)
             if stream is not None and self._end(stream, EndReason.STOPPED):
@@ -443,7 +459,7 @@ class StreamRunner:
                 log.exception("stream %s: finishing failed", record.stream_id)
             if terminal is None:
                 _, terminal = outcome(stream, "".join(stream.parts))
-                await self._record_end(record, terminal)  # frees the slot
+                await self.ends.abandoned(record, terminal)  # frees the slot
             await self._fanout.end(stream.feed, terminal)
             if self.hooks.on_end:
                 code = terminal.payload.get("code", terminal.status)
@@ -460,70 +476,15 @@ class StreamRunner:
         # persists the reply and records the end, so it is stored once.
         claim = await claim_end(self._store, stream.record.stream_id, self.worker_id)
         if claim is Claim.TAKEN:
-            return await self._end_taken(stream)
-        return await self._end_owned(stream, persist=claim is Claim.OWN)
-
-    async def _end_owned(self, stream: ActiveStream, *, persist: bool) -> Terminal:
-        record = stream.record
+            stream.buffer.clear()  # the recorded partial is what the log holds
+            return await self.ends.relay(stream)
         if stream.buffer and stream.life.reason is not EndReason.STORE_UNAVAILABLE:
             try:
                 await self._flush(stream)
             except StoreUnavailable as exc:
-                log.error("stream %s: the final flush failed: %s", record.stream_id, exc)
+                log.error("stream %s: the final flush failed: %s", stream.record.stream_id, exc)
                 self._undelivered(stream, exc)
             except Exception:
-                log.exception("stream %s: final flush failed", record.stream_id)
+                log.exception("stream %s: final flush failed", stream.record.stream_id)
                 stream.buffer.clear()
-        text = "".join(stream.parts)
-        status, terminal = outcome(stream, text)
-        persisted = persist and await self._persist(stream, status, text, terminal)
-        if terminal.event == protocol.COMPLETE:
-            terminal.payload["persist_failed"] = not persisted
-        await self._record_end(record, terminal)
-        return terminal
-
-    async def _end_taken(self, stream: ActiveStream) -> Terminal:
-        """Relay the end recorded by the worker that took this stream for lost."""
-        record = stream.record
-        stream.buffer.clear()  # the recorded partial is what the log holds
-        recorded = await ended_elsewhere(self._store, record.stream_id)
-        if recorded is not None:
-            return recorded
-        # The claimant never recorded an end (it failed too): record ours so the
-        # session's slot is freed. It persists nothing (the claimant may have),
-        # and says so.
-        log.warning("stream %s: its end was claimed but never recorded", record.stream_id)
-        _, terminal = outcome(stream, "".join(stream.parts))
-        if terminal.event == protocol.COMPLETE:
-            terminal.payload["persist_failed"] = True
-        await self._record_end(record, terminal)
-        return terminal
-
-    async def _record_end(self, record: StreamRecord, terminal: Terminal) -> None:
-        try:
-            await retrying(lambda: self._store.finish_stream(record, terminal))
-        except Exception:
-            log.exception("stream %s: could not record its end", record.stream_id)
-
-    async def _persist(
-        self, stream: ActiveStream, status: MessageStatus, text: str, terminal: Terminal
-    ) -> bool:
-        record = stream.record
-        message = Message(
-            record.message_id,
-            "assistant",
-            text,
-            protocol.now_iso(),
-            status=status,
-            stream_id=record.stream_id,
-            provider=stream.provider,
-            model=stream.model,
-            error_code=terminal.payload.get("code") if status == "error" else None,
-        )
-        try:
-            # add_message is idempotent by message id: a retry never stores it twice.
-            await retrying(lambda: self._store.add_message(record.session_id, message))
-            return True
-        except Exception:
-            log.exception("stream %s: persisting the reply failed", record.stream_id)
-            return False
+        return await self.ends.record(stream, claim)
