@@ -99,6 +99,12 @@ class EndRecorder:
             )
             self._keep(end)
 
+    def unknown_start(self, record: StreamRecord, terminal: Terminal) -> None:
+        """A registration whose outcome is unknown (the store stopped answering):
+        if it landed, undo it later like a failed start. Undoing one that never
+        landed writes nothing that lasts beyond the log TTL."""
+        self._keep(PendingEnd(record, terminal, None, record.client_message_id is not None))
+
     # -- what the store still owes ---------------------------------------------
     def pending_records(self) -> list[StreamRecord]:
         return [end.record for end in self.pending.values()]

@@ -31,7 +31,7 @@ from chatsock.failover import read_chain
 from chatsock.fanout import Fanout
 from chatsock.ids import derived_id, new_id
 from chatsock.lifecycle import EndReason
-from chatsock.outcome import outcome
+from chatsock.outcome import error_terminal, outcome
 from chatsock.providers.base import ChatMessage, ChatRequest, ProviderError
 from chatsock.providers.registry import ProviderRegistry
 from chatsock.requests import ChatStreamRequest
@@ -181,11 +181,17 @@ class StreamRunner:
         limit = self._settings.limits.max_streams_per_session
 
         async def register() -> protocol.Payload | None:
-            done = await retrying(
-                lambda: self._store.register_stream(
-                    record, limit=limit, lease_s=self._lease_s, ack=ack
+            try:
+                done = await retrying(
+                    lambda: self._store.register_stream(
+                        record, limit=limit, lease_s=self._lease_s, ack=ack
+                    )
                 )
-            )
+            except StoreUnavailable:
+                # It may have landed with its reply lost: undo it once the store
+                # answers again, so it never holds the slot or the id.
+                self.ends.unknown_start(record, self._failed_start_terminal(record))
+                raise
             if done.accepted:
                 return None
             if done.earlier is not None:
@@ -246,6 +252,16 @@ class StreamRunner:
         await self.ends.abandoned(record, terminal)
         stream.life.close()
         await self._fanout.end(stream.feed, terminal)
+
+    @staticmethod
+    def _failed_start_terminal(record: StreamRecord) -> Terminal:
+        return error_terminal(
+            record,
+            "store_unavailable",
+            "the stream could not be started: the store did not answer",
+            "",
+            retryable=True,
+        )
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
