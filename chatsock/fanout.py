@@ -4,20 +4,31 @@ Live followers are the members of the session's Socket.IO room, plus direct
 listeners (SSE responses). A follower that resumes from an older `seq` is
 excluded from live delivery while it catches up from the token log; it is
 attached to live delivery in the same event-loop step in which the catch-up
-proves it has seen everything up to the feed's last seq. Hence no gap and
-no duplicate.
+proves it has seen everything up to the feed's last seq, and never past it
+(a seq already logged but not yet emitted reaches it live). Hence no gap
+and no duplicate.
+
+A socket that enters the room while streams run gets each of them live from
+that moment on: `enter_room` records, for every feed of the session, the seq
+after which it has had every token (`live_since`), and a later resume sends
+it only what lies below. A log that no longer holds what a catch-up needs
+(trimmed by `max_log_entries`, evicted) is an error, `log_unavailable`,
+never a silent gap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import socketio
 
 from chatsock import protocol
+from chatsock.errors import ChatsockError
 from chatsock.protocol import Payload
 from chatsock.store import Store
 from chatsock.store.models import StreamRecord, Terminal
@@ -25,6 +36,11 @@ from chatsock.store.models import StreamRecord, Terminal
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, Payload], Awaitable[None]]
+
+LOG_PAGE = 1000  # log entries per store read while catching up
+# Ended feeds remembered, so that a socket resuming just after the end (a
+# session_join, then chat_resume) gets neither a token nor the end twice.
+ENDED_FEEDS_KEPT = 256
 
 
 class Listener:
@@ -47,13 +63,37 @@ class Feed:
     terminal: Terminal | None = None
     catching_up: set[str] = field(default_factory=set)
     listeners: set[Listener] = field(default_factory=set)
-    # Room members that joined after the first token: the seq after which they
-    # have received every token live (members without an entry: all of them).
+    # Sockets that entered the room after the feed opened: the seq after which
+    # they have had every token (sockets without an entry: all of them).
     live_since: dict[str, int] = field(default_factory=dict)
+    # Sockets that got the terminal event (live or at the end of a catch-up).
+    finished: set[str] = field(default_factory=set)
+    # Whether the terminal is the stream's recorded end, not a local give-up.
+    end_recorded: bool = True
 
     @property
     def room(self) -> str:
         return protocol.session_room(self.session_id)
+
+
+def log_unavailable(stream_id: str, first: int, last: int | None = None) -> ChatsockError:
+    """The error for a catch-up the token log can no longer serve."""
+    span = f"seq {first}..{last}" if last is not None else f"seq {first} onwards"
+    return ChatsockError(
+        "log_unavailable",
+        f"the stream's token log no longer holds {span} of stream {stream_id}; reload the session",
+    )
+
+
+def _text(terminal: Terminal) -> str:
+    payload = terminal.payload
+    return str(payload.get("full_response", payload.get("partial", "")))
+
+
+@dataclass
+class _Turn:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 class Fanout:
@@ -63,19 +103,30 @@ class Fanout:
         self._sio = sio
         self._store = store
         self.feeds: dict[str, Feed] = {}
+        self._ended: OrderedDict[str, Feed] = OrderedDict()
+        self._turns: dict[tuple[str, str], _Turn] = {}
 
     def open(self, stream_id: str, session_id: str, start_at: int = 0) -> Feed:
         """A live feed; a tailer that picks a stream up at `start_at` passes it."""
         feed = Feed(stream_id, session_id, last_seq=start_at)
         if start_at:
-            room = protocol.session_room(session_id)
-            for sid, _ in self._sio.manager.get_participants("/", room):
+            for sid, _ in self._sio.manager.get_participants("/", feed.room):
                 feed.live_since[sid] = start_at
         self.feeds[stream_id] = feed
         return feed
 
     def _in_room(self, sid: str, session_id: str) -> bool:
         return protocol.session_room(session_id) in self._sio.rooms(sid)
+
+    def enter_room(self, sid: str, session_id: str) -> None:
+        """Put `sid` in the session's room. Synchronous on purpose: the streams
+        it now gets live start at the seq recorded here, in the same step."""
+        if self._in_room(sid, session_id) or not self._sio.manager.is_connected(sid, "/"):
+            return  # a socket that left while its request waited joins nothing
+        self._sio.manager.basic_enter_room(sid, "/", protocol.session_room(session_id))
+        for feed in self.feeds.values():
+            if feed.session_id == session_id:
+                feed.live_since[sid] = feed.last_seq
 
     async def emit(self, feed: Feed, event: str, payload: Payload, seq: int = 0) -> None:
         """Send to every live follower; `seq` advances the feed for token events."""
@@ -91,11 +142,26 @@ class Fanout:
             ignore_queue=True,
         )
 
-    async def end(self, feed: Feed, terminal: Terminal) -> None:
-        """Send the terminal event and retire the feed."""
+    async def end(self, feed: Feed, terminal: Terminal, *, recorded: bool = True) -> None:
+        """Send the terminal event and retire the feed. `recorded=False`: the end
+        is this worker's alone (a tailer gave up), not the stream's."""
         feed.terminal = terminal
-        self.feeds.pop(feed.stream_id, None)
+        feed.end_recorded = recorded
+        if self.feeds.get(feed.stream_id) is feed:
+            del self.feeds[feed.stream_id]
+        for sid, _ in self._sio.manager.get_participants("/", feed.room):
+            if sid not in feed.catching_up:
+                feed.finished.add(sid)
+        self._remember(feed)
         await self.emit(feed, terminal.event, terminal.payload)
+
+    def _remember(self, feed: Feed) -> None:
+        if not (feed.end_recorded and feed.finished):
+            return
+        self._ended[feed.stream_id] = feed
+        self._ended.move_to_end(feed.stream_id)
+        while len(self._ended) > ENDED_FEEDS_KEPT:
+            self._ended.popitem(last=False)
 
     def room_size(self, session_id: str) -> int:
         """Local Socket.IO members of the session's room."""
@@ -118,54 +184,113 @@ class Fanout:
     async def join(self, sid: str, session_id: str) -> Payload | None:
         """Put `sid` in the session's room; return `{stream_id, seq}` of its active stream.
 
-        Tokens with seq greater than the returned `seq` reach `sid` live.
+        Tokens with seq greater than the returned `seq` reach `sid` live; the
+        same holds, unreported, for every other stream of the session.
         """
         active = await self._store.active_streams(session_id)
         record = active[0] if active else None
+        self.enter_room(sid, session_id)
         feed = self.feeds.get(record.stream_id) if record else None
-        member = self._in_room(sid, session_id)
-        await self._sio.enter_room(sid, protocol.session_room(session_id))
-        # No await between entering the room and reading the feed's seq.
         if feed is None:
             return protocol.active_stream_view(record)
-        if not member:
-            feed.live_since[sid] = feed.last_seq
-        return protocol.active_stream_view(record, feed.last_seq)
+        return protocol.active_stream_view(record, feed.live_since.get(sid, 0))
 
     async def resume_socket(self, sid: str, record: StreamRecord, after: int) -> str:
-        """Replay seq > after to `sid`, then keep it live in the room; return the status."""
+        """Replay seq > after to `sid`, then keep it live in the room; return the status.
+
+        One resume per socket and stream runs at a time: overlapping replays
+        to one socket would send tokens twice.
+        """
+        async with self._turn(sid, record.stream_id):
+            return await self._resume_socket(sid, record, after)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, sid: str, stream_id: str) -> AsyncIterator[None]:
+        key = (sid, stream_id)
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[key]
+
+    async def _resume_socket(self, sid: str, record: StreamRecord, after: int) -> str:
         feed = self.feeds.get(record.stream_id)
-        if feed is not None and sid not in feed.catching_up:
-            if self._in_room(sid, record.session_id):
-                # Already live (e.g. after session_join): send only what it missed
-                # before that; the live tokens keep flowing, none is sent twice.
-                live_since = feed.live_since.get(sid, 0)
-                for entry in await self._store.read_tokens(record.stream_id, after):
-                    if entry.seq > live_since:
-                        break
-                    await self._sio.emit(protocol.TOKEN, entry.payload, to=sid, ignore_queue=True)
-                return "streaming"
-            feed.live_since[sid] = after
+        if not self._sio.manager.is_connected(sid, "/"):
+            return "streaming"  # it left meanwhile: nothing to send, nobody to answer
+        if feed is None:
+            ended = self._ended.get(record.stream_id)
+            if ended is not None and ended.terminal is not None and sid in ended.finished:
+                # It had the end already: send only the tokens it lacks.
+                await self._backfill(sid, ended, after)
+                return ended.terminal.status
+        elif self._in_room(sid, record.session_id):
+            # Already live (e.g. after session_join): send only what it missed
+            # before that; the live tokens keep flowing, none is sent twice.
+            await self._backfill(sid, feed, after)
+            return feed.terminal.status if feed.terminal is not None else "streaming"
+        member = self._in_room(sid, record.session_id)
         if feed is not None:
             feed.catching_up.add(sid)
         try:
-            await self._sio.enter_room(sid, protocol.session_room(record.session_id))
-
-            async def send(event: str, payload: Payload) -> None:
-                await self._sio.emit(event, payload, to=sid, ignore_queue=True)
-
-            return await self._replay(record, after, send, feed, lambda: None)
+            self.enter_room(sid, record.session_id)
+            if feed is not None:
+                feed.live_since[sid] = after
+            send = self._to(sid)
+            if feed is None:
+                terminal, status = await self._replay_ended(record, after, send)
+                if terminal is not None:
+                    ended = self._ended.get(record.stream_id) or Feed(
+                        record.stream_id, record.session_id, terminal=terminal
+                    )
+                    self._finish(ended, sid, after)
+                return status
+            status = await self._replay(record, after, send, feed, lambda: None)
+            if feed.terminal is not None and status != "streaming":
+                self._finish(feed, sid, after)
+            return status
+        except BaseException:
+            if not member:  # a refused resume leaves no trace
+                room = protocol.session_room(record.session_id)
+                self._sio.manager.basic_leave_room(sid, "/", room)
+            raise
         finally:
             if feed is not None:
                 feed.catching_up.discard(sid)
 
+    def _finish(self, feed: Feed, sid: str, after: int) -> None:
+        """`sid` got every token after `after` and the terminal event of `feed`."""
+        feed.live_since[sid] = after
+        feed.finished.add(sid)
+        self._remember(feed)
+
+    def _to(self, sid: str) -> Send:
+        async def send(event: str, payload: Payload) -> None:
+            await self._sio.emit(event, payload, to=sid, ignore_queue=True)
+
+        return send
+
+    async def _backfill(self, sid: str, feed: Feed, after: int) -> None:
+        """Send `sid` the tokens after `after` it had not had when its live delivery began."""
+        live_since = feed.live_since.get(sid, 0)
+        if after >= live_since:
+            return
+        await self._send_log(feed.stream_id, after, self._to(sid), upto=live_since)
+        feed.live_since[sid] = after
+
     async def resume_listener(self, listener: Listener, record: StreamRecord, after: int) -> str:
         """Replay seq > after into `listener`, then attach it to the live feed."""
         feed = self.feeds.get(record.stream_id)
+        if feed is None:
+            return (await self._replay_ended(record, after, listener.send))[1]
 
         def attach() -> None:
-            if feed is not None:
-                feed.listeners.add(listener)
+            feed.listeners.add(listener)
 
         return await self._replay(record, after, listener.send, feed, attach)
 
@@ -182,21 +307,18 @@ class Fanout:
             feed.listeners.discard(listener)
 
     async def _replay(
-        self,
-        record: StreamRecord,
-        after: int,
-        send: Send,
-        feed: Feed | None,
-        attach: Callable[[], None],
+        self, record: StreamRecord, after: int, send: Send, feed: Feed, attach: Callable[[], None]
     ) -> str:
+        """Send the log after `after`, until it has caught up with the live feed."""
         last = after
         while True:
-            for entry in await self._store.read_tokens(record.stream_id, last):
-                if entry.seq > last:
-                    await send(protocol.TOKEN, entry.payload)
-                    last = entry.seq
-            if feed is None:
-                return await self._replay_ended(record, last, send)
+            # Only seqs already sent live: one logged but not yet emitted will
+            # reach the follower live, once attached. Each was logged before it
+            # was emitted, so the log must hold them all (else log_unavailable).
+            target = feed.last_seq
+            if last < target:
+                last = await self._send_log(record.stream_id, last, send, upto=target)
+            # No await from here to attach: no live token can slip in between.
             if feed.last_seq <= last:
                 if feed.terminal is None:
                     attach()
@@ -204,12 +326,42 @@ class Fanout:
                 await send(feed.terminal.event, feed.terminal.payload)
                 return feed.terminal.status
 
-    async def _replay_ended(self, record: StreamRecord, last: int, send: Send) -> str:
-        """The stream is not live on this worker: send the rest of its log and its end."""
+    async def _replay_ended(
+        self, record: StreamRecord, after: int, send: Send
+    ) -> tuple[Terminal | None, str]:
+        """The stream is not live on this worker: send its log and its end."""
         terminal = await self._store.get_terminal(record.stream_id)
+        texts: list[str] = []
+
+        async def keep(event: str, payload: Payload) -> None:
+            texts.append(str(payload.get("token", "")))
+            await send(event, payload)
+
+        last = await self._send_log(record.stream_id, after, keep)
         if terminal is None:
-            return "streaming"
-        for entry in await self._store.read_tokens(record.stream_id, last):
-            await send(protocol.TOKEN, entry.payload)
+            return None, "streaming"
+        # The end's text is the whole log's: from 0, anything shorter lost entries.
+        if after == 0 and not "".join(texts).startswith(_text(terminal)):
+            raise log_unavailable(record.stream_id, last + 1)
         await send(terminal.event, terminal.payload)
-        return terminal.status
+        return terminal, terminal.status
+
+    async def _send_log(
+        self, stream_id: str, after: int, send: Send, upto: int | None = None
+    ) -> int:
+        """Send the logged tokens after `after` (through `upto`), a page per read;
+        return the last seq sent. Raise `log_unavailable` at the first gap."""
+        last = after
+        while upto is None or last < upto:
+            want = LOG_PAGE if upto is None else min(LOG_PAGE, upto - last)
+            page = await self._store.read_tokens(stream_id, last, want)
+            for entry in page:
+                if entry.seq != last + 1:
+                    raise log_unavailable(stream_id, last + 1, entry.seq - 1)
+                await send(protocol.TOKEN, entry.payload)
+                last = entry.seq
+            if len(page) < want:
+                break
+        if upto is not None and last < upto:
+            raise log_unavailable(stream_id, last + 1, upto)
+        return last

@@ -77,12 +77,11 @@ class ChatNamespace(socketio.AsyncNamespace):
             request = parse(ChatStreamRequest, data)
             check_limits(request, self.runner.limits)
             session_id = request.session_id or new_id("ses")
-            room = protocol.session_room(session_id)
 
             def admit() -> None:
                 # Only an accepted request joins the room, and it joins before the
                 # stream's first event can be sent (the runner calls this first).
-                self.server.manager.basic_enter_room(sid, self.namespace, room)
+                self.sessions.fanout.enter_room(sid, session_id)
 
             return await self.runner.start(request, session_id, admit=admit)
 

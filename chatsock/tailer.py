@@ -6,22 +6,41 @@ that log and sends the entries to its local members. No token is published
 to every worker. A tailer also notices the end (the stored terminal event)
 and the owner's death (its lease expired): then ending.py records the stream
 as `worker_lost` with the text the log holds.
+
+A tailer that keeps failing, or finds the log missing entries, never leaves
+its followers waiting: it ends the feed on this worker alone with a
+`chat_stream_error` (the stream's own end is not recorded), and the clients
+resume elsewhere or reload.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
 from chatsock import protocol
 from chatsock.ending import declare_lost
-from chatsock.fanout import Fanout, Feed
+from chatsock.errors import ChatsockError
+from chatsock.fanout import Fanout, Feed, log_unavailable
+from chatsock.outcome import error_terminal
 from chatsock.store import Store, StoreUnavailable
-from chatsock.store.models import StreamRecord
-from chatsock.timing import TAIL_IDLE_FOLLOWERLESS_S, TAIL_POLL_MS
+from chatsock.store.models import LogEntry, StreamRecord
+from chatsock.timing import TAIL_IDLE_FOLLOWERLESS_S, TAIL_MAX_FAILURES, TAIL_POLL_MS
 
 log = logging.getLogger(__name__)
+
+
+class _Tail:
+    """One tailer's progress: the feed it fills and the text it has sent."""
+
+    def __init__(self, feed: Feed, record: StreamRecord, start: dict[str, Any] | None) -> None:
+        self.feed = feed
+        self.record = record
+        self.start = start  # chat_stream_start, until it is sent
+        self.start_at = feed.last_seq
+        self.texts: list[str] = []
 
 
 class Tailers:
@@ -42,48 +61,56 @@ class Tailers:
             return feed
         feed = self.fanout.open(record.stream_id, record.session_id, start_at)
         task = asyncio.get_running_loop().create_task(
-            self._tail(feed, record, start), name=f"tail {record.stream_id}"
+            self._tail(_Tail(feed, record, start)), name=f"tail {record.stream_id}"
         )
         self.tasks[record.stream_id] = task
-        task.add_done_callback(lambda _: self.tasks.pop(record.stream_id, None))
+        task.add_done_callback(functools.partial(self._done, record.stream_id))
         return feed
 
+    def _done(self, stream_id: str, task: asyncio.Task[None]) -> None:
+        # A newer tailer may follow the same stream by now: it is not ours to drop.
+        if self.tasks.get(stream_id) is task:
+            del self.tasks[stream_id]
+
     async def close(self) -> None:
-        for task in list(self.tasks.values()):
+        tasks = list(self.tasks.values())
+        for task in tasks:
             task.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _followed(self, feed: Feed) -> bool:
         return bool(feed.listeners or feed.catching_up or self.fanout.room_size(feed.session_id))
 
-    async def _tail(self, feed: Feed, record: StreamRecord, start: dict[str, Any] | None) -> None:
+    async def _tail(self, tail: _Tail) -> None:
+        feed, stream_id = tail.feed, tail.record.stream_id
         loop = asyncio.get_running_loop()
         unfollowed_since: float | None = None
+        failures = 0
         try:
-            if start is not None:
-                await self.fanout.emit(feed, protocol.STREAM_START, start)
             while True:
                 try:
-                    entries = await self.store.wait_tokens(
-                        record.stream_id, feed.last_seq, TAIL_POLL_MS
-                    )
-                    for entry in entries:
-                        if entry.seq > feed.last_seq:
-                            await self.fanout.emit(feed, protocol.TOKEN, entry.payload, entry.seq)
-                    if entries:
-                        continue
-                    terminal = await self.store.get_terminal(record.stream_id)
-                    if terminal is None and not await self.store.lease_alive(record.stream_id):
-                        terminal = await declare_lost(self.store, record)
-                    if terminal is not None:
-                        for entry in await self.store.read_tokens(record.stream_id, feed.last_seq):
-                            await self.fanout.emit(feed, protocol.TOKEN, entry.payload, entry.seq)
-                        await self.fanout.end(feed, terminal)
+                    if await self._step(tail):
                         return
+                    failures = 0
                 except StoreUnavailable as exc:
-                    log.warning("tailing %s: %s; retrying", record.stream_id, exc)
-                    await asyncio.sleep(0.5)
+                    log.warning("tailing %s: %s; retrying", stream_id, exc)
+                    await asyncio.sleep(2 * TAIL_POLL_MS / 1000)
+                    continue
+                except ChatsockError as exc:  # the log lost entries: nothing to resume here
+                    log.warning("tailing %s: %s", stream_id, exc.message)
+                    await self._end_here(tail, exc.code, exc.message, retryable=False)
+                    return
+                except Exception:
+                    failures += 1
+                    log.exception(
+                        "tailing %s failed (%d of %d)", stream_id, failures, TAIL_MAX_FAILURES
+                    )
+                    if failures >= TAIL_MAX_FAILURES:
+                        message = "this worker lost track of the stream; resume it to follow it"
+                        await self._end_here(tail, "internal", message, retryable=True)
+                        return
+                    await asyncio.sleep(failures * TAIL_POLL_MS / 1000)
                     continue
                 if self._followed(feed):
                     unfollowed_since = None
@@ -91,10 +118,52 @@ class Tailers:
                     unfollowed_since = loop.time()
                 elif loop.time() - unfollowed_since > TAIL_IDLE_FOLLOWERLESS_S:
                     return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("tailing %s failed", record.stream_id)
         finally:
-            if self.fanout.feeds.get(record.stream_id) is feed:
-                self.fanout.feeds.pop(record.stream_id, None)
+            if self.fanout.feeds.get(stream_id) is feed:
+                del self.fanout.feeds[stream_id]
+
+    async def _step(self, tail: _Tail) -> bool:
+        """Relay what the log holds now (waiting up to a poll); True once the stream ended."""
+        store, record = self.store, tail.record
+        if tail.start is not None:
+            await self.fanout.emit(tail.feed, protocol.STREAM_START, tail.start)
+            tail.start = None
+        entries = await store.wait_tokens(record.stream_id, tail.feed.last_seq, TAIL_POLL_MS)
+        if entries:
+            await self._relay(tail, entries)
+            return False
+        terminal = await store.get_terminal(record.stream_id)
+        if terminal is None and not await store.lease_alive(record.stream_id):
+            terminal = await declare_lost(store, record)
+        if terminal is None:
+            return False
+        await self._relay(tail, await store.read_tokens(record.stream_id, tail.feed.last_seq))
+        await self.fanout.end(tail.feed, terminal)
+        return True
+
+    async def _relay(self, tail: _Tail, entries: list[LogEntry]) -> None:
+        feed = tail.feed
+        for entry in entries:
+            if entry.seq <= feed.last_seq:
+                continue
+            if entry.seq != feed.last_seq + 1:
+                raise log_unavailable(feed.stream_id, feed.last_seq + 1, entry.seq - 1)
+            await self.fanout.emit(feed, protocol.TOKEN, entry.payload, entry.seq)
+            tail.texts.append(str(entry.payload.get("token", "")))
+
+    async def _end_here(self, tail: _Tail, code: str, message: str, *, retryable: bool) -> None:
+        """End the feed on this worker only, with the text its followers were sent."""
+        partial = await self._sent_text(tail)
+        terminal = error_terminal(tail.record, code, message, partial, retryable=retryable)
+        await self.fanout.end(tail.feed, terminal, recorded=False)
+
+    async def _sent_text(self, tail: _Tail) -> str:
+        """The text of seq 1..the feed's last: the log's start, then what this tailer sent."""
+        head = ""
+        if tail.start_at:
+            try:
+                entries = await self.store.read_tokens(tail.record.stream_id, 0, tail.start_at)
+                head = "".join(str(e.payload.get("token", "")) for e in entries)
+            except Exception:
+                log.exception("tailing %s: cannot read its start", tail.record.stream_id)
+        return head + "".join(tail.texts)
