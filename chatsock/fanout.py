@@ -155,6 +155,11 @@ class Fanout:
         self._remember(feed)
         await self.emit(feed, terminal.event, terminal.payload)
 
+    def has_ended(self, stream_id: str) -> bool:
+        """Whether this worker recently sent the stream's recorded end to followers
+        (a new tail of it would send them that end again)."""
+        return stream_id in self._ended
+
     def _remember(self, feed: Feed) -> None:
         if not (feed.end_recorded and feed.finished):
             return

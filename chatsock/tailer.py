@@ -59,6 +59,8 @@ class Tailers:
         feed = self.fanout.feeds.get(record.stream_id)
         if feed is not None or self._is_local(record.stream_id):
             return feed
+        if self.fanout.has_ended(record.stream_id):
+            return None  # its end reached this worker's followers already (a stale record)
         feed = self.fanout.open(record.stream_id, record.session_id, start_at)
         task = asyncio.get_running_loop().create_task(
             self._tail(_Tail(feed, record, start)), name=f"tail {record.stream_id}"

@@ -264,11 +264,13 @@ async def test_a_finished_tailer_does_not_drop_the_newer_tailer_of_its_stream(ta
     await _flush(store, record, 1, "a")
     tailers.ensure(record, start_at=0)
     assert await poll_until(lambda: _events(sio, sid, protocol.TOKEN), within=5)
-    # The first tailer relays the end; its follower's connection is slow.
+    # The first tailer gives up (its reads keep failing) and ends its local feed;
+    # its follower's connection is slow, so it is still sending that end.
+    # (A recorded end is never tailed twice: see the next test.)
     sio.hold = asyncio.Event()
-    terminal = error_terminal(record, "provider_error", "boom", "a", retryable=False)
-    await store.finish_stream(record, terminal)
-    assert await poll_until(lambda: record.stream_id not in fanout.feeds, within=5)
+    store.read_failure = RuntimeError("injected bug in a store read")
+    patience = TAIL_MAX_FAILURES**2 * TAIL_POLL_MS / 1000 + 10
+    assert await poll_until(lambda: record.stream_id not in fanout.feeds, within=patience)
     first = tailers.tasks[record.stream_id]
     # A second tailer of the same stream starts meanwhile; the store is down for it.
     store.read_failure = StoreUnavailable("injected outage")
@@ -285,6 +287,25 @@ async def test_a_finished_tailer_does_not_drop_the_newer_tailer_of_its_stream(ta
     finally:
         second.cancel()
         await asyncio.gather(second, return_exceptions=True)
+
+
+async def test_a_stream_whose_end_reached_followers_here_is_not_tailed_again(tailing):
+    """A session_join or chat_resume holding a record read before the end must not
+    start a second tail: it would send the room's members the end a second time."""
+    store, sio, _, tailers = tailing
+    record = await _remote_stream(store, "st_once")
+    sid = await sio.add_socket()
+    await sio.enter_room(sid, protocol.session_room(record.session_id))
+    await _flush(store, record, 1, "a")
+    tailers.ensure(record, start_at=0)
+    terminal = error_terminal(record, "provider_error", "boom", "a", retryable=False)
+    await store.finish_stream(record, terminal)
+    assert await poll_until(lambda: _events(sio, sid, protocol.STREAM_ERROR), within=5)
+    assert await poll_until(lambda: not tailers.tasks, within=5)
+    assert tailers.ensure(record, start_at=1) is None  # the stale record of a join
+    await asyncio.sleep(0.6)
+    assert len(_events(sio, sid, protocol.STREAM_ERROR)) == 1
+    assert not tailers.tasks
 
 
 async def test_a_tailer_that_keeps_failing_ends_its_followers_feed_with_a_retryable_error(
