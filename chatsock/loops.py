@@ -15,15 +15,17 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Literal
 
-from chatsock.timing import LOOP_RESTART_MAX_S
+from chatsock.timing import (
+    LOOP_FAILING_AFTER,
+    LOOP_FAILING_WINDOW_S,
+    LOOP_FIRST_RESTART_S,
+    LOOP_RESTART_MAX_S,
+)
 
 log = logging.getLogger(__name__)
 
-FIRST_RESTART_S: Final = 0.1
-FAILING_AFTER: Final = 3  # failures within FAILING_WINDOW_S make a loop "failing"
-FAILING_WINDOW_S: Final = 60.0
 
 LoopFactory = Callable[[], Awaitable[None]]
 LoopState = Literal["running", "restarting", "done", "failing"]
@@ -49,9 +51,9 @@ class _Loop:
     task: asyncio.Task[None] | None = None
 
     def failing(self, now: float) -> bool:
-        while self.recent and now - self.recent[0] > FAILING_WINDOW_S:
+        while self.recent and now - self.recent[0] > LOOP_FAILING_WINDOW_S:
             self.recent.popleft()
-        return len(self.recent) >= FAILING_AFTER
+        return len(self.recent) >= LOOP_FAILING_AFTER
 
 
 class BackgroundLoops:
@@ -79,7 +81,7 @@ class BackgroundLoops:
         }
 
     def failing(self) -> list[str]:
-        """Names of the loops that failed FAILING_AFTER times within FAILING_WINDOW_S."""
+        """Names of the loops that failed LOOP_FAILING_AFTER times within LOOP_FAILING_WINDOW_S."""
         return [name for name, status in self.status().items() if status.state == "failing"]
 
     async def close(self) -> None:
@@ -90,7 +92,7 @@ class BackgroundLoops:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _supervise(self, loop: _Loop) -> None:
-        delay = FIRST_RESTART_S
+        delay = LOOP_FIRST_RESTART_S
         while True:
             loop.state = "running"
             began = time.monotonic()
@@ -102,7 +104,7 @@ class BackgroundLoops:
                 loop.recent.append(now)
                 loop.last_error = f"{type(exc).__name__}: {exc}"
                 if now - began > LOOP_RESTART_MAX_S:
-                    delay = FIRST_RESTART_S  # it ran well for a while: a fresh failure
+                    delay = LOOP_FIRST_RESTART_S  # it ran well for a while: a fresh failure
                 log.error(
                     "background loop %r failed (failure #%d); restarting it in %.1fs",
                     loop.name,

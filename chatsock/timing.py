@@ -48,7 +48,10 @@ MANAGER_DEAF_AFTER_S: Final = 4.0
 LISTENER_DEAF_S: Final = 6.0  # /readyz: a listener silent this long is not ready
 
 # -- background loops --------------------------------------------------------
+LOOP_FIRST_RESTART_S: Final = 0.1  # a failed background loop restarts after this, doubling
 LOOP_RESTART_MAX_S: Final = 5.0  # backoff cap when a background loop keeps failing
+LOOP_FAILING_AFTER: Final = 3  # failures within LOOP_FAILING_WINDOW_S make a loop "failing"
+LOOP_FAILING_WINDOW_S: Final = 60.0
 
 
 class TimingError(ValueError):
