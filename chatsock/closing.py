@@ -91,13 +91,33 @@ class EndRecorder:
         """A stream whose start failed after registration: release its
         client_message_id (a retry must start afresh) and record its end."""
         end = PendingEnd(record, terminal, None, record.client_message_id is not None)
+        self._keep(end)  # first, so a cancellation here still leaves it owed
         try:
             await retrying(lambda: self._settle(end))
         except StoreUnavailable as exc:
             log.warning(
                 "stream %s: its failed start is not recorded yet: %s", record.stream_id, exc
             )
-            self._keep(end)
+            return
+        if self.pending.get(record.stream_id) is end:
+            del self.pending[record.stream_id]
+
+    def keep_unrecorded(self, stream: ActiveStream, terminal: Terminal) -> None:
+        """An end that could not be written (its task was cancelled): keep it all."""
+        record = stream.record
+        status = terminal.status if terminal.status != "streaming" else "error"
+        message = Message(
+            record.message_id,
+            "assistant",
+            "".join(stream.parts),
+            protocol.now_iso(),
+            status=status,
+            stream_id=record.stream_id,
+            provider=stream.provider,
+            model=stream.model,
+            error_code=terminal.payload.get("code") if status == "error" else None,
+        )
+        self._keep(PendingEnd(record, terminal, message, False))
 
     def unknown_start(self, record: StreamRecord, terminal: Terminal) -> None:
         """A registration whose outcome is unknown (the store stopped answering):
@@ -117,6 +137,9 @@ class EndRecorder:
             except StoreUnavailable as exc:
                 log.info("pending ends: the store is still away (%s)", exc)
                 return
+            except Exception:
+                log.exception("stream %s: recording its pending end failed", stream_id)
+                continue
             if self.pending.get(stream_id) is end:
                 del self.pending[stream_id]
                 log.info("stream %s: its pending end is recorded", stream_id)
@@ -137,6 +160,8 @@ class EndRecorder:
     async def _settle(self, end: PendingEnd) -> None:
         """One idempotent attempt at everything `end` still owes."""
         record = end.record
+        if await self._store.get_stream(record.stream_id) is None:
+            return  # deleted with its session, or never registered: nothing is owed
         if not await self._store.claim_end(record.stream_id, self._worker_id):
             end.message = None  # another worker took it for lost and stores its own reply
         if end.message is not None:

@@ -30,7 +30,7 @@ from chatsock.errors import ChatsockError
 from chatsock.failover import read_chain
 from chatsock.fanout import Fanout
 from chatsock.ids import derived_id, new_id
-from chatsock.lifecycle import EndReason
+from chatsock.lifecycle import EndReason, Phase
 from chatsock.outcome import error_terminal, outcome
 from chatsock.providers.base import ChatMessage, ChatRequest, ProviderError
 from chatsock.providers.registry import ProviderRegistry
@@ -95,6 +95,11 @@ class StreamRunner:
         self.limits = settings.limits
         self._interval = settings.stream.flush_interval_ms / 1000
         self._max_chars = settings.stream.flush_max_chars
+
+    def started_streams(self) -> list[ActiveStream]:
+        """A snapshot of the streams past their start (a starting stream's requester
+        joins its room only once it is accepted, so it has no follower yet)."""
+        return [s for s in self.streams.values() if s.life.phase is not Phase.STARTING]
 
     @property
     def task_count(self) -> int:
@@ -187,9 +192,10 @@ class StreamRunner:
                         record, limit=limit, lease_s=self._lease_s, ack=ack
                     )
                 )
-            except StoreUnavailable:
-                # It may have landed with its reply lost: undo it once the store
-                # answers again, so it never holds the slot or the id.
+            except (StoreUnavailable, asyncio.CancelledError):
+                # It may have landed with its reply lost (or this request was cancelled
+                # meanwhile): undo it once the store answers, so it holds neither the
+                # slot nor the id.
                 self.ends.unknown_start(record, self._failed_start_terminal(record))
                 raise
             if done.accepted:
@@ -247,9 +253,11 @@ class StreamRunner:
                     "store_unavailable", f"starting the stream failed: {detail}", retryable=True
                 ),
             )
-        self.streams.pop(record.stream_id, None)
         _, terminal = outcome(stream, "")
-        await self.ends.abandoned(record, terminal)
+        try:
+            await self.ends.abandoned(record, terminal)  # its lease is kept meanwhile
+        finally:
+            self.streams.pop(record.stream_id, None)
         stream.life.close()
         await self._fanout.end(stream.feed, terminal)
 
@@ -351,8 +359,13 @@ class StreamRunner:
         if not records:
             return
         stopped = await self._store.keep_streams_alive(records, self.worker_id, self._lease_s)
-        if self.ends.pending:
-            await self.ends.retry_pending()
+        try:
+            self._honour_stops(stopped)
+        finally:
+            if self.ends.pending:
+                await self.ends.retry_pending()
+
+    def _honour_stops(self, stopped: set[str]) -> None:
         for stream_id in stopped:
             stream = self.streams.get(stream_id)
             if stream is not None and self._end(stream, EndReason.STOPPED):
@@ -471,6 +484,13 @@ class StreamRunner:
             terminal: Terminal | None = None
             try:
                 terminal = await self._settle(stream)
+            except asyncio.CancelledError:
+                # Hard-cancelled at shutdown mid-finish: the followers still get the
+                # end, and what the store owes is kept for the last retry.
+                _, terminal = outcome(stream, "".join(stream.parts))
+                self.ends.keep_unrecorded(stream, terminal)
+                await self._fanout.end(stream.feed, terminal)
+                raise
             except Exception:
                 log.exception("stream %s: finishing failed", record.stream_id)
             if terminal is None:

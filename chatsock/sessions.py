@@ -183,7 +183,7 @@ class SessionService:
             await self.store.clear_present(session_id, worker)
             if await self.store.present_elsewhere(session_id, worker):
                 return
-        for stream in list(self.runner.streams.values()):
+        for stream in self.runner.started_streams():
             if stream.record.session_id == session_id:
                 log.info("stream %s: no follower left, stopping", stream.record.stream_id)
                 await self.runner.stop(stream.record.stream_id)
@@ -203,7 +203,7 @@ class SessionService:
             try:
                 for session_id in self.fanout.followed_sessions():
                     await self.store.mark_present(session_id, worker, PRESENCE_TTL_S)
-                for stream in list(self.runner.streams.values()):
+                for stream in self.runner.started_streams():
                     session_id = stream.record.session_id
                     if self._local_followers(session_id) == 0 and not (
                         await self.store.present_elsewhere(session_id, worker)
