@@ -486,7 +486,17 @@ class StreamRunner:
                 terminal = await self._settle(stream)
             except asyncio.CancelledError:
                 # Hard-cancelled at shutdown mid-finish: the followers still get the
-                # end, and what the store owes is kept for the last retry.
+                # end, and what the store owes is kept for the last retry. Text still
+                # buffered was never sent: the reply is not complete.
+                if stream.buffer:
+                    stream.buffer.clear()
+                    stream.life.undelivered(
+                        ChatsockError(
+                            "server_shutdown",
+                            "the server shut down before the reply was delivered",
+                            retryable=True,
+                        )
+                    )
                 _, terminal = outcome(stream, "".join(stream.parts))
                 self.ends.keep_unrecorded(stream, terminal)
                 await self._fanout.end(stream.feed, terminal)

@@ -309,3 +309,49 @@ async def test_stopping_a_stream_whose_owner_died_records_it_lost(start_server, 
     terminal = await store.get_terminal("st_ghost")
     assert terminal is not None
     assert terminal.payload["code"] == "worker_lost"
+
+
+async def test_a_hard_cancel_at_shutdown_mid_finish_still_sends_the_end(make_settings):
+    """Review finding: when the shutdown grace ran out while a stream was claiming its
+    end (a slow store), its followers got no terminal and nothing was kept to record."""
+    provider = ScriptedProvider("fake")
+    provider.enqueue("said ", "this")
+    store = FlakyStore()
+    settings = make_settings(chain=["fake"], server={"shutdown_grace_s": 0.3})
+    app = create_app(settings, providers={"fake": provider}, store=store)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    client = await RecordingClient().connect(url_of(server))
+    runner = app[RUNNER]
+    stalled = asyncio.Event()
+
+    async def stall() -> None:
+        stalled.set()
+        await asyncio.sleep(30)  # the store hangs on the end claim
+
+    store.before_end_claim = stall
+    try:
+        ack = await client.call("chat_stream", {"message": "go"})
+        await asyncio.wait_for(stalled.wait(), 5)
+        await runner.shutdown()
+        event, end = await client.wait_terminal(ack["stream_id"], within=5)
+        # The reply was still buffered, never sent: an honest, retryable error.
+        assert (event, end["code"], end["partial"], end["retryable"]) == (
+            "chat_stream_error",
+            "server_shutdown",
+            "",
+            True,
+        )
+        assert runner.streams == {}
+        # What the store owed was kept, and shutdown's last retry recorded it.
+        assert runner.ends.pending == {}
+        terminal = await store.get_terminal(ack["stream_id"])
+        assert terminal is not None
+        assert terminal.payload["code"] == "server_shutdown"
+        replies = [m for m in await store.get_messages(ack["session_id"]) if m.role == "assistant"]
+        assert [(m.status, m.content, m.error_code) for m in replies] == [
+            ("error", "", "server_shutdown")
+        ]
+    finally:
+        await client.close()
+        await server.close()
