@@ -96,6 +96,11 @@ class StreamRunner:
         self._interval = settings.stream.flush_interval_ms / 1000
         self._max_chars = settings.stream.flush_max_chars
 
+    def owns(self, stream_id: str) -> bool:
+        """Whether this worker owns the stream: running here, or ended here with its
+        end still owed to the store (never to be taken for lost by this worker)."""
+        return stream_id in self.streams or stream_id in self.ends.pending
+
     def started_streams(self) -> list[ActiveStream]:
         """A snapshot of the streams past their start (a starting stream's requester
         joins its room only once it is accepted, so it has no follower yet)."""
@@ -235,7 +240,11 @@ class StreamRunner:
         """Free a session's slots held by streams that ended or whose owner died
         (`active_streams` prunes the former; `owner_lost` records the latter)."""
         for other in await self._store.active_streams(session_id):
-            await owner_lost(self._store, other, local=other.stream_id in self.streams)
+            if other.stream_id in self.ends.pending:
+                # Ended here while the store was away; it answers again: record it now.
+                await self.ends.settle_now(other.stream_id)
+                continue
+            await owner_lost(self._store, other, local=self.owns(other.stream_id))
 
     async def _abandon(self, stream: ActiveStream, cause: BaseException) -> None:
         """A registered stream whose start failed: end it before it ran, so its slot,
@@ -373,7 +382,7 @@ class StreamRunner:
 
     async def _reap_lapsed(self) -> None:
         for record in await self._store.lapsed_streams():
-            if record.stream_id not in self.streams:
+            if not self.owns(record.stream_id):
                 await owner_lost(self._store, record, local=False)
 
     # -- the stream task ----------------------------------------------------

@@ -44,7 +44,7 @@ class SessionService:
         self.fanout = fanout
         self.stop_on_disconnect = stop_on_disconnect
         self.bus = bus
-        self.tailers = Tailers(store, fanout, is_local=runner.streams.__contains__)
+        self.tailers = Tailers(store, fanout, is_local=runner.owns)
         self.connected_sids: set[str] = set()
         # Called after a session is deleted (the app tells every worker's members).
         self.on_deleted: Callable[[str], Awaitable[None]] | None = None
@@ -89,7 +89,7 @@ class SessionService:
     async def _follow_elsewhere(self, record: StreamRecord) -> StreamRecord:
         """Tail `record` here when another worker runs it; when that worker died,
         record the stream as worker_lost and return its ended record."""
-        local = record.stream_id in self.runner.streams
+        local = self.runner.owns(record.stream_id)
         if await owner_lost(self.store, record, local=local):
             return await self.stream(record.stream_id)
         if record.status == "streaming" and not local:

@@ -11,7 +11,7 @@ import asyncio
 import pytest
 from aiohttp.test_utils import TestServer
 
-from chatsock.app import RUNNER, STORE, create_app
+from chatsock.app import LOOPS, RUNNER, STORE, create_app
 from chatsock.providers.base import Delta
 from chatsock.requests import ChatStreamRequest
 from chatsock.store.models import StreamRecord
@@ -57,6 +57,8 @@ async def test_leases_are_kept_while_many_streams_start_and_end(start_server, co
 
     await asyncio.gather(*(churn(c) for c in churners))
     assert await store.lease_alive(ack["stream_id"])
+    # The upkeep never failed (a supervisor restart would hide a crash from the lease).
+    assert server.app[LOOPS].status()["lease upkeep"].failures == 0
     gate.set()
     event, done = await holder.wait_terminal(ack["stream_id"])
     assert (event, done["full_response"]) == ("chat_complete", "first last")
