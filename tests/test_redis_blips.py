@@ -5,7 +5,8 @@ The app reaches a real redis-server through a loopback TCP proxy
 forwarded chunks, all at once now and then, or exactly after a chosen
 command reached Redis (the command runs, its reply is lost, the client
 retries). Every client keeps its own Socket.IO connection straight to the
-app. Afterwards the store is read directly, past the proxy.
+app. The store is read directly, past the proxy: during an outage (no
+registration may be half-written then) and afterwards.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tests.support.invariants import (
     check_follower,
     check_persisted,
     half_done_streams,
+    half_registered,
     occupied_slots,
     seen,
 )
@@ -116,19 +118,34 @@ WRITES = (b'"role":"', b'"owner":', b":active", b":end")
 MAX_BLACKOUTS = 6
 
 
-def _blackouts(proxy: TcpProxy, rng: random.Random) -> Callable[[bytes], Cut]:
+def _blackouts(
+    proxy: TcpProxy, rng: random.Random, on_blackout: Callable[[], None]
+) -> Callable[[bytes], Cut]:
     """Now and then, right after such a write reached Redis, an outage of a few
-    seconds: the write ran, its reply is lost, and the steps after it fail."""
+    seconds: the write ran, its reply is lost, and the steps after it fail.
+    `on_blackout` runs as each begins."""
     done: list[float] = []
 
     def on_forward(data: bytes) -> Cut:
         if len(done) < MAX_BLACKOUTS and any(w in data for w in WRITES) and rng.random() < 0.05:
             done.append(rng.uniform(0.5, 2.5))
-            asyncio.get_running_loop().call_soon(proxy.blackout, done[-1])
+            loop = asyncio.get_running_loop()
+            loop.call_soon(proxy.blackout, done[-1])
+            loop.call_soon(on_blackout)
             return Cut.AFTER
         return Cut.KEEP
 
     return on_forward
+
+
+async def _half_registered_in_outage(proxy: TcpProxy, redis_url: str) -> list[str] | None:
+    """`half_registered` read while the proxy is dark, so no write lands meanwhile
+    and the state is what the outage left; None when the outage ended first."""
+    await asyncio.sleep(0.2)  # the write forwarded just before the outage runs
+    if not proxy.dark:
+        return None
+    found = await half_registered(redis_url, PREFIX)
+    return found if proxy.dark else None
 
 
 @pytest.mark.timeout(120)
@@ -174,9 +191,14 @@ async def test_random_redis_drops_never_duplicate_and_leave_nothing_half_done(
                     f"{got[-1]['stream_id']}: no terminal event in 30 s (acks: {_codes(got)})"
                 )
 
+    outage_checks: list[asyncio.Task[list[str] | None]] = []
+
+    def check_in_outage() -> None:
+        outage_checks.append(asyncio.create_task(_half_registered_in_outage(proxy, redis_url)))
+
     stop = asyncio.Event()
     proxy.drop_chance = 0.004
-    proxy.on_forward = _blackouts(proxy, rng)
+    proxy.on_forward = _blackouts(proxy, rng, check_in_outage)
     chaos_task = asyncio.create_task(chaos(stop))
     try:
         await asyncio.gather(*(session(s, c) for s, c in clients.items()))
@@ -185,7 +207,13 @@ async def test_random_redis_drops_never_duplicate_and_leave_nothing_half_done(
         proxy.drop_chance = 0.0
         proxy.on_forward = None
         await chaos_task
-    print(f"\nproxy: {proxy.accepted} connections, {proxy.dropped} dropped")
+        found = await asyncio.gather(*outage_checks)
+    checked = [f for f in found if f is not None]
+    problems += [f"during an outage: {p}" for f in checked for p in f]
+    print(
+        f"\nproxy: {proxy.accepted} connections, {proxy.dropped} dropped, "
+        f"{len(outage_checks)} outages ({len(checked)} read while dark)"
+    )
 
     runner = server.app[RUNNER]
     assert await poll_until(lambda: not runner.streams, within=15), list(runner.streams)
@@ -280,13 +308,36 @@ async def test_a_message_write_whose_reply_is_lost_is_stored_once(
     ]
 
 
+# Commands that only read: cutting after one of them breaks nothing.
+_READS = frozenset(
+    {b"GET", b"MGET", b"EXISTS", b"HGET", b"SISMEMBER", b"SCARD", b"SMEMBERS", b"ZRANGE"}
+)
+
+
+def _command(data: bytes) -> bytes:
+    """The name of the first command in a chunk a client sent (RESP: `*N $len NAME`)."""
+    parts = data.split(b"\r\n", 3)
+    return parts[2].upper() if data.startswith(b"*") and len(parts) > 3 else b""
+
+
+# Where a registration is cut: after the first write that touches the session's
+# slots, or that carries the stream record.
+CUT_AT = {
+    "slot": lambda data: b":session:blip-reg:active" in data and _command(data) not in _READS,
+    "record": lambda data: b'"owner":"' in data,
+}
+
+
+@pytest.mark.parametrize("cut_at", sorted(CUT_AT))
 async def test_a_registration_whose_reply_is_lost_in_an_outage_is_undone(
-    proxy: TcpProxy, start_server: Any, connect: Connect, redis_url: str
+    proxy: TcpProxy, start_server: Any, connect: Connect, redis_url: str, cut_at: str
 ) -> None:
-    """The registration script runs, then the store stays away longer than the write
-    retry: the start fails without knowing whether it registered. Once the store is
-    back, a retry with the same client_message_id must start a stream that runs, not
-    get the ack of the orphan; the orphan must hold no slot."""
+    """A registration's write runs, then the store stays away longer than the write
+    retry: the start fails without knowing whether it registered. During the outage
+    the store holds all of the registration or none of it (never a slot without its
+    stream, or a stream without its slot). Once the store is back, a retry with the
+    same client_message_id must start a stream that runs, not get the ack of the
+    orphan; the orphan must hold no slot."""
     provider = ScriptedProvider("fake")
     provider.enqueue("warm-up")
     provider.enqueue("answered")
@@ -297,11 +348,14 @@ async def test_a_registration_whose_reply_is_lost_in_an_outage_is_undone(
     warm = await client.call("chat_stream", {"message": "warm-up", "session_id": "blip-reg"})
     await client.wait_terminal(warm["stream_id"], within=20)
     cut: list[bytes] = []
+    in_outage: list[asyncio.Task[list[str] | None]] = []
 
     def on_forward(data: bytes) -> Cut:
-        if not cut and b'"owner":"' in data:  # the registration's stream record
+        if not cut and CUT_AT[cut_at](data):
             cut.append(data)
-            asyncio.get_running_loop().call_soon(proxy.blackout, 4.0)
+            loop = asyncio.get_running_loop()
+            loop.call_soon(proxy.blackout, 4.0)
+            in_outage.append(loop.create_task(_half_registered_in_outage(proxy, redis_url)))
             return Cut.AFTER
         return Cut.KEEP
 
@@ -309,6 +363,7 @@ async def test_a_registration_whose_reply_is_lost_in_an_outage_is_undone(
     body = {"message": "hello", "session_id": "blip-reg", "client_message_id": "once"}
     failed = await client.call("chat_stream", body, within=20)
     assert cut, "no registration went through the proxy"
+    assert await in_outage[0] == [], f"the registration was cut after {_command(cut[0])!r}"
     assert failed["error"]["code"] == "store_unavailable"
     await asyncio.sleep(4.5)  # the store answers again
     retry = await client.call("chat_stream", body, within=20)

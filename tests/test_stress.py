@@ -6,7 +6,8 @@ client_message_id), stops them from either worker, reloads a tab and
 resumes on the other worker, opens a second tab on the other worker,
 disconnects tabs, and probes that a refused `chat_stream` joins no room. The
 upstream is a loopback fake OpenAI whose reply depends on the message: short
-paced replies, very long ones, HTTP 500s and resets mid-stream.
+paced replies, replies mixing non-string content into their text, very long
+ones, HTTP 500s and resets mid-stream.
 
 Afterwards every stream is checked (tests/support/invariants.py): each
 follower got every seq from where it started, once, and exactly one terminal;
@@ -65,7 +66,7 @@ LEASE_S = 1.5
 LOG_TTL = 5
 PREFIX = "stress"
 DEFAULT_SEED = 8
-KINDS = (("short", 60), ("long", 8), ("fail500", 14), ("failmid", 18))
+KINDS = (("short", 50), ("odd", 10), ("long", 8), ("fail500", 14), ("failmid", 18))
 PROVIDER_FAILURES = ("provider_error", "provider_unavailable")
 
 

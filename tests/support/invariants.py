@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 import redis.asyncio as aioredis
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "check_terminals_agree",
     "check_text",
     "half_done_streams",
+    "half_registered",
     "log_problems",
     "merge_tokens",
     "occupied_slots",
@@ -287,6 +289,43 @@ async def half_done_streams(redis_url: str, prefix: str) -> list[str]:
         for key in await _records(client, f"{prefix}:stream:*"):
             if record.match(key) and not await client.exists(f"{key}:end"):
                 problems.append(f"{key} has a record and no end")
+        return problems
+    finally:
+        await client.aclose()
+
+
+async def half_registered(redis_url: str, prefix: str) -> list[str]:
+    """A registration is all or nothing, at any moment: every slot and index entry
+    is a stream with a record and no end, and every stream with a record and no
+    end holds its session's slot and an index entry. Read straight from Redis, so
+    it can run while the workers cannot reach it (during an outage)."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        problems = []
+        running: dict[str, str] = {}  # stream id -> session id, records with no end
+        record = re.compile(rf"^{re.escape(prefix)}:stream:([^:]+)$")
+        for key in await _records(client, f"{prefix}:stream:*"):
+            found = record.match(key)
+            if found is None or await client.exists(f"{key}:end"):
+                continue
+            raw = await client.get(key)
+            if raw is not None:
+                running[found.group(1)] = str(orjson.loads(raw)["session_id"])
+        index = f"{prefix}:streams:active"
+        indexed = {str(m) for m in await client.zrange(index, 0, -1)}
+        slots: dict[str, set[str]] = {}
+        for key in await _records(client, f"{prefix}:session:*:active"):
+            slots[key] = {str(m) for m in await client.smembers(key)}
+        for key, members in sorted(slots.items()):
+            for stream_id in sorted(members - running.keys()):
+                problems.append(f"slot {stream_id} in {key}: no record, or already ended")
+        for stream_id in sorted(indexed - running.keys()):
+            problems.append(f"{index} lists {stream_id}: no record, or already ended")
+        for stream_id, session_id in sorted(running.items()):
+            if stream_id not in slots.get(f"{prefix}:session:{session_id}:active", ()):
+                problems.append(f"{stream_id} has a record and no end, yet holds no slot")
+            if stream_id not in indexed:
+                problems.append(f"{stream_id} has a record and no end, yet is not in {index}")
         return problems
     finally:
         await client.aclose()
