@@ -20,7 +20,7 @@ from chatsock.ending import Claim, ended_elsewhere
 from chatsock.outcome import outcome
 from chatsock.retry import retrying
 from chatsock.store import Store, StoreUnavailable
-from chatsock.store.models import Message, StreamRecord, Terminal
+from chatsock.store.models import Message, MessageStatus, StreamRecord, Terminal
 from chatsock.stream import ActiveStream
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,22 @@ class PendingEnd:
     release_cmid: bool  # a failed start's client_message_id must be released
 
 
+def _reply(stream: ActiveStream, status: MessageStatus, terminal: Terminal) -> Message:
+    """The assistant message that stores a stream's reply and how it ended."""
+    record = stream.record
+    return Message(
+        record.message_id,
+        "assistant",
+        "".join(stream.parts),
+        protocol.now_iso(),
+        status=status,
+        stream_id=record.stream_id,
+        provider=stream.provider,
+        model=stream.model,
+        error_code=terminal.payload.get("code") if status == "error" else None,
+    )
+
+
 class EndRecorder:
     """Persists and records the ends of the streams this worker owns."""
 
@@ -49,19 +65,8 @@ class EndRecorder:
         """The terminal of a stream this worker ends (claim OWN or UNREACHABLE):
         persist the reply and record the end now, or keep them pending."""
         record = stream.record
-        text = "".join(stream.parts)
-        status, terminal = outcome(stream, text)
-        message = Message(
-            record.message_id,
-            "assistant",
-            text,
-            protocol.now_iso(),
-            status=status,
-            stream_id=record.stream_id,
-            provider=stream.provider,
-            model=stream.model,
-            error_code=terminal.payload.get("code") if status == "error" else None,
-        )
+        status, terminal = outcome(stream, "".join(stream.parts))
+        message = _reply(stream, status, terminal)
         persisted = claim is Claim.OWN and await self._persist(record, message)
         if terminal.event == protocol.COMPLETE:
             terminal.payload["persist_failed"] = not persisted
@@ -104,20 +109,9 @@ class EndRecorder:
 
     def keep_unrecorded(self, stream: ActiveStream, terminal: Terminal) -> None:
         """An end that could not be written (its task was cancelled): keep it all."""
-        record = stream.record
-        status = terminal.status if terminal.status != "streaming" else "error"
-        message = Message(
-            record.message_id,
-            "assistant",
-            "".join(stream.parts),
-            protocol.now_iso(),
-            status=status,
-            stream_id=record.stream_id,
-            provider=stream.provider,
-            model=stream.model,
-            error_code=terminal.payload.get("code") if status == "error" else None,
-        )
-        self._keep(PendingEnd(record, terminal, message, False))
+        status: MessageStatus = "error" if terminal.status == "streaming" else terminal.status
+        message = _reply(stream, status, terminal)
+        self._keep(PendingEnd(stream.record, terminal, message, False))
 
     def unknown_start(self, record: StreamRecord, terminal: Terminal) -> None:
         """A registration whose outcome is unknown (the store stopped answering):
