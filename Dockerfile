@@ -4,9 +4,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends nodejs npm make
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY chatsock ./chatsock
-RUN pip install --no-cache-dir .
+# The runtime dependencies at the versions CI tested (the lock also pins the
+# test tools; -c installs only what chatsock needs).
+RUN pip install --no-cache-dir -c requirements.lock .
 COPY static ./static
 COPY config.toml ./
 ENV PYTHONUNBUFFERED=1

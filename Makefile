@@ -1,19 +1,38 @@
 # The two commands in the README are `make run` and `make test`.
-# Both bootstrap what they need: a virtualenv in .venv, the package with its
-# test extra, and socket.io-client from npm (package-lock.json).
+# Both bootstrap what they need: a virtualenv in .venv with the exact versions
+# of requirements.lock (runtime and test dependencies), the package itself, and
+# socket.io-client from npm (package-lock.json).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+PIP := $(BIN)/pip install --disable-pip-version-check -q
+# pip-tools, in a venv of its own, only for `make lock`.
+LOCK_TOOLS := $(VENV)/lock-tools
+PIP_TOOLS := pip-tools==7.6.2
 
-.PHONY: run test lint bench clean deps
+.PHONY: run test lint bench clean deps lock
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[test]'
+# What CI tests is what the lock says: every dependency at its pinned version,
+# then chatsock itself without resolving anything more.
+$(STAMP): $(BIN)/python pyproject.toml $(LOCK)
+	$(PIP) -r $(LOCK)
+	$(PIP) --no-deps -e .
 	touch $(STAMP)
+
+# Regenerate requirements.lock after changing pyproject.toml's dependencies:
+# pins that still fit are kept. `make lock UPGRADE=1` moves every pin to the
+# newest release. Then `make test` installs and tests the new lock.
+lock:
+	test -x $(LOCK_TOOLS)/bin/pip-compile || \
+		{ $(PY) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install -q $(PIP_TOOLS); }
+	CUSTOM_COMPILE_COMMAND='make lock' $(LOCK_TOOLS)/bin/pip-compile --quiet \
+		--extra test --strip-extras --no-emit-index-url --no-emit-find-links \
+		$(if $(UPGRADE),--upgrade) --output-file $(LOCK) pyproject.toml
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
