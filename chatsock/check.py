@@ -1,6 +1,7 @@
 """`chatsock check [--ping]`: print the provider chain and, with --ping, try each provider.
 
-The output never contains an API key: only whether one is configured.
+The output never contains an API key (only whether one is configured) nor a
+base URL's credentials: URLs are shown masked, as in the logs.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ async def ping_provider(provider: Provider) -> tuple[str, bool]:
         error = exc
     else:
         return f"OK in {(loop.time() - started) * 1000:.0f} ms", True
-    return f"FAILED: {error.message}: {hint(error, provider)}", False
+    return f"FAILED: {error.detail}: {hint(error, provider)}", False
 
 
 def hint(error: ProviderError, provider: Provider) -> str:
@@ -131,7 +132,7 @@ def _ordered(registry: ProviderRegistry) -> list[Provider]:
 
 def _base_url(provider: Provider) -> str:
     if isinstance(provider, OpenAIProvider | AnthropicProvider):
-        return provider.base_url
+        return provider.base_url  # masked
     return "(built in)"
 
 

@@ -54,6 +54,21 @@ class ServerConfig(_Section):
     worker_id: str = Field("", description="Identifies this worker in stream ownership.")
     shutdown_grace_s: float = Field(5.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values served (DNS rebinding); [] = loopback names when "
+        "bound to loopback, else any; ['*'] any.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Peer addresses or CIDRs whose X-Forwarded-For names the client IP.",
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="When set, /metrics needs `Authorization: Bearer <token>`."
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve /metrics on this port only (not on `port`)."
+    )
 
 
 class StoreConfig(_Section):
@@ -61,7 +76,11 @@ class StoreConfig(_Section):
     key_prefix: str = Field("chatsock", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     session_ttl: int = Field(30 * 24 * 3600, ge=0, description="Seconds; 0 = never expire.")
     max_messages_per_session: int = Field(1000, ge=2)
-    max_sessions: int = Field(10000, ge=1, description="Least recently updated are evicted.")
+    max_sessions: int = Field(
+        10000,
+        ge=1,
+        description="Sessions kept per owner; an owner's least recently updated are evicted.",
+    )
     op_timeout_s: float = Field(5.0, gt=0)
 
 
@@ -79,6 +98,99 @@ class LimitsConfig(_Section):
     max_streams_per_session: int = Field(1, ge=1)
     max_history_messages: int = Field(200, ge=0)
     max_system_prompt_chars: int = Field(32000, ge=0)
+    max_prompt_chars: int = Field(
+        200_000, ge=1, description="Message plus history plus system prompt, in characters."
+    )
+    max_tokens: int = Field(4096, ge=1, description="The most output tokens a client may ask.")
+    allow_system_prompt: bool = True
+    allow_client_history: bool = True
+    max_streams_per_user: int = Field(3, ge=1)
+    stream_starts_per_minute: int = Field(
+        30, ge=0, description="chat_stream starts per user and per client IP; 0 = unlimited."
+    )
+    socket_events_per_second: float = Field(20.0, ge=0, description="0 = unlimited.")
+    socket_events_burst: int = Field(40, ge=1)
+    connections_per_ip: int = Field(50, ge=0, description="0 = unlimited.")
+    daily_output_tokens: int = Field(
+        0, ge=0, description="Output tokens per user per UTC day; 0 = no budget."
+    )
+
+
+JWT_HMAC = ("HS256", "HS384", "HS512")
+JWT_ASYMMETRIC = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+
+
+class AuthConfig(_Section):
+    """`[auth]`: who is asking. These names are fixed (docs/security.md)."""
+
+    mode: Literal["none", "jwt"] = "none"
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: SecretStr | None = Field(None, description="A PEM, for RS/PS/ES/EdDSA.")
+    jwks_url: str | None = None
+    jwt_algorithms: list[str] = Field(
+        default_factory=list,
+        description="Accepted algorithms; [] = HS256 with a secret, else RS256/ES256/EdDSA.",
+    )
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    leeway_s: float = Field(0.0, ge=0, le=600)
+    user_claim: str = Field("sub", min_length=1)
+    admin_claim: str | None = Field(None, description="`claim=value`, e.g. `role=admin`.")
+    allow_anonymous: bool = Field(False, description="Allow `none` mode on a non-loopback address.")
+    jwks_cache_s: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _keys_agree(self) -> AuthConfig:
+        if self.admin_claim is not None and "=" not in self.admin_claim:
+            raise ValueError("auth.admin_claim: expected `claim=value`, e.g. `role=admin`")
+        for alg in self.jwt_algorithms:
+            if alg not in JWT_HMAC + JWT_ASYMMETRIC:
+                raise ValueError(
+                    f"auth.jwt_algorithms: {alg!r} is not accepted "
+                    f"(use {', '.join(JWT_HMAC + JWT_ASYMMETRIC)})"
+                )
+        if self.mode != "jwt":
+            return self
+        given = [
+            name
+            for name, value in (
+                ("jwt_secret", self.jwt_secret),
+                ("jwt_public_key", self.jwt_public_key),
+                ("jwks_url", self.jwks_url),
+            )
+            if value
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "auth: the jwt mode needs exactly one of auth.jwt_secret "
+                "(CHATSOCK_JWT_SECRET), auth.jwt_public_key or auth.jwks_url"
+                + (f"; got {', '.join(given)}" if given else "")
+            )
+        hmac = given[0] == "jwt_secret"
+        wrong = [a for a in self.algorithms() if (a in JWT_HMAC) != hmac]
+        if wrong:
+            kind = "a shared secret" if hmac else "a public key"
+            raise ValueError(
+                f"auth.jwt_algorithms: {', '.join(wrong)} cannot be used with {kind} "
+                "(algorithm confusion)"
+            )
+        return self
+
+    def algorithms(self) -> list[str]:
+        if self.jwt_algorithms:
+            return list(self.jwt_algorithms)
+        return ["HS256"] if self.jwt_secret else ["RS256", "ES256", "EdDSA"]
 
 
 class DemoConfig(_Section):
@@ -104,6 +216,10 @@ class ProviderConfig(_Section):
     connect_timeout: float = Field(10.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
     headers: dict[str, str] = Field(default_factory=dict)
+    models: list[str] = Field(
+        default_factory=list,
+        description="Models a client may pick; [] = only `model`, ['*'] = any.",
+    )
 
     def resolved_api_key(self) -> str | None:
         if self.api_key is not None:
@@ -129,6 +245,7 @@ class Settings(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     chain: list[str] = Field(
         default_factory=list,
@@ -171,7 +288,7 @@ class Settings(BaseSettings):
 class _PrefixedEnv(EnvSettingsSource):
     """CHATSOCK_<SECTION>__<KEY>, minus the fixed names that mean something else."""
 
-    _RESERVED = ("chatsock_providers", "chatsock_config")
+    _RESERVED = ("chatsock_providers", "chatsock_config", "chatsock_jwt_secret")
 
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls)
@@ -191,16 +308,37 @@ class _FixedEnvNames(PydanticBaseSettingsSource):
             out["store"] = {"redis_url": env["REDIS_URL"]}
         if env.get("CHATSOCK_PROVIDERS"):
             out["chain"] = env["CHATSOCK_PROVIDERS"]
+        if env.get("CHATSOCK_JWT_SECRET"):
+            out["auth"] = {"jwt_secret": env["CHATSOCK_JWT_SECRET"]}
         if env.get("CHATSOCK_DEMO_TOKENS_PER_SECOND"):
             out["demo"] = {"tokens_per_second": env["CHATSOCK_DEMO_TOKENS_PER_SECOND"]}
         return out
 
 
 def _describe(error: Any) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(root)"
+    """One line for a validation error: the key, what is wrong, and the value given,
+    unless that value may be a secret (see `_shown_input`)."""
+    path = [str(part) for part in error["loc"]]
     got = error.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{key}: {error['msg']}{shown}"
+    shown = "" if isinstance(got, dict) else f" (got {_shown_input(path, got)})"
+    return f"{'.'.join(path) or '(root)'}: {error['msg']}{shown}"
+
+
+def _shown_input(path: list[str], value: object) -> str:
+    """`value` as a start-up error may print it: '***' when the key (below its
+    section, so not every `auth.*` key) names a secret or the value looks like
+    one; a URL with its user info and secret parameters masked."""
+    # Imported here: chatsock.store imports this module.
+    from chatsock.store.urls import looks_like_key, looks_secret_name, mask_url
+
+    if any(looks_secret_name(part) for part in path[1:]):
+        return "'***'"
+    if isinstance(value, str):
+        if "://" in value:
+            return repr(mask_url(value, keep_user=False))
+        if looks_like_key(value):
+            return "'***'"
+    return repr(value)
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:

@@ -86,7 +86,7 @@ async def _read(stream: ActiveStream, max_chars: int, hooks: StreamHooks) -> Non
         log.warning(
             "provider %s failed before the first token, failing over: %s",
             provider.name,
-            error.message,
+            error.detail,
         )
         if hooks.on_failover:
             hooks.on_failover(provider.name)

@@ -328,7 +328,8 @@ async def test_http_401_fails_over_without_leaking_the_key(
     error = caught.value
     assert (error.status, error.fails_over, error.retryable) == (401, True, False)
     assert error.provider == "claude"
-    assert upstream.base_url in error.message
+    assert upstream.base_url in error.detail
+    assert upstream.base_url not in error.message
     assert "authentication_error" in error.message
     assert SECRET not in str(error)
     assert error.__context__ is None
@@ -363,7 +364,7 @@ async def test_http_5xx_and_overloaded_are_retryable_and_fail_over(
     )
 
 
-async def test_connection_refused_is_a_connection_error_naming_the_url() -> None:
+async def test_connection_refused_is_a_connection_error_naming_the_provider() -> None:
     base_url = f"http://127.0.0.1:{unused_port()}"
     provider = AnthropicProvider("claude", base_url=base_url, max_retries=0, api_key=SECRET)
     try:
@@ -372,7 +373,8 @@ async def test_connection_refused_is_a_connection_error_naming_the_url() -> None
     finally:
         await provider.aclose()
     assert caught.value.fails_over
-    assert caught.value.message == f"connection refused at {base_url}"
+    assert caught.value.message == "connection refused at provider 'claude'"
+    assert caught.value.detail == f"connection refused at {base_url}"
     assert SECRET not in str(caught.value)
 
 
@@ -427,7 +429,8 @@ async def test_mid_stream_reset_is_a_stream_error_after_the_partial(
         await drain_into(received, provider)
     assert received == ["one"]
     assert not caught.value.fails_over
-    assert upstream.base_url in caught.value.message
+    assert upstream.base_url in caught.value.detail
+    assert upstream.base_url not in caught.value.message
 
 
 async def test_body_ending_before_message_stop_is_a_stream_error(

@@ -371,7 +371,8 @@ async def test_http_401_fails_over_without_leaking_the_key(
     error = caught.value
     assert (error.status, error.fails_over, error.retryable) == (401, True, False)
     assert error.provider == "primary"
-    assert upstream.base_url in error.message
+    assert upstream.base_url in error.detail
+    assert upstream.base_url not in error.message
     assert "Incorrect API key provided" in error.message
     assert SECRET not in str(error)
     assert SECRET not in repr(error.__cause__) + repr(error.__context__)
@@ -426,7 +427,7 @@ async def test_sdk_retries_a_500_before_streaming_when_configured(
     assert len(upstream.requests) == 2
 
 
-async def test_connection_refused_is_a_connection_error_naming_the_url() -> None:
+async def test_connection_refused_is_a_connection_error_naming_the_provider() -> None:
     base_url = f"http://127.0.0.1:{unused_port()}/v1"
     provider = OpenAIProvider("local", base_url=base_url, max_retries=0, api_key=SECRET)
     try:
@@ -436,7 +437,8 @@ async def test_connection_refused_is_a_connection_error_naming_the_url() -> None
         await provider.aclose()
     assert caught.value.fails_over
     assert caught.value.provider == "local"
-    assert caught.value.message == f"connection refused at {base_url}"
+    assert caught.value.message == "connection refused at provider 'local'"
+    assert caught.value.detail == f"connection refused at {base_url}"
 
 
 # -- failures after the first delta ----------------------------------------
@@ -453,7 +455,8 @@ async def test_mid_stream_reset_is_a_stream_error_after_the_partial(
     assert not caught.value.fails_over
     assert not caught.value.before_text
     assert caught.value.provider == "primary"
-    assert upstream.base_url in caught.value.message
+    assert upstream.base_url in caught.value.detail
+    assert upstream.base_url not in caught.value.message
 
 
 async def test_clean_close_without_finish_reason_is_a_stream_error(

@@ -66,7 +66,12 @@ class Delta:
 
 
 class ProviderError(Exception):
-    """A provider failed. `retryable` tells a client whether trying again may work."""
+    """A provider failed. `retryable` tells a client whether trying again may work.
+
+    `message` may be sent to clients: it names the provider, never its URL, and
+    quotes no SDK or transport exception. `detail` is for operators (logs,
+    `chatsock check`): the same with the URL, credentials masked.
+    """
 
     code: ClassVar[str] = "provider_error"
 
@@ -74,6 +79,7 @@ class ProviderError(Exception):
         self,
         message: str,
         *,
+        detail: str | None = None,
         provider: str = "",
         status: int | None = None,
         retryable: bool = False,
@@ -81,6 +87,7 @@ class ProviderError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.detail = detail or message
         self.provider = provider
         self.status = status
         self.retryable = retryable
@@ -117,8 +124,15 @@ class ProviderTimeout(ProviderError):
 
     code: ClassVar[str] = "timeout"
 
-    def __init__(self, message: str, *, provider: str = "", first_token: bool = False) -> None:
-        super().__init__(message, provider=provider, retryable=True)
+    def __init__(
+        self,
+        message: str,
+        *,
+        detail: str | None = None,
+        provider: str = "",
+        first_token: bool = False,
+    ) -> None:
+        super().__init__(message, detail=detail, provider=provider, retryable=True)
         self.first_token = first_token
 
     @property
@@ -137,11 +151,12 @@ class ProviderStreamError(ProviderError):
         self,
         message: str,
         *,
+        detail: str | None = None,
         provider: str = "",
         retryable: bool = False,
         before_text: bool = False,
     ) -> None:
-        super().__init__(message, provider=provider, retryable=retryable)
+        super().__init__(message, detail=detail, provider=provider, retryable=retryable)
         self.before_text = before_text
 
     @property

@@ -2,8 +2,10 @@
 
 The openai and anthropic SDKs raise look-alike exception classes; both sit
 on httpx2, whose errors surface unwrapped once the body is being read. The
-functions here build the chatsock error for each case with a message that
-says what happened and where (the base URL), and never contains the API key.
+functions here build the chatsock error for each case. Its `message`, which
+clients see, says what happened and names the provider; its `detail`, for
+operators, names the base URL with its credentials masked. Neither quotes an
+SDK or transport exception's text to a client, nor ever contains the API key.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 
 import httpx2
@@ -40,31 +42,45 @@ class UpstreamEventError(Exception):
 # What a reader's field access on an unexpected JSON shape raises.
 MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
 
+# Builds one sentence around where the failure happened: the provider or its URL.
+Phrase = Callable[[str], str]
+
 
 class ErrorMapper:
-    """Builds ProviderErrors for one provider: its name, base URL and secret to redact."""
+    """Builds ProviderErrors for one provider: its name, shown URL and secrets to redact."""
 
-    __slots__ = ("_secret", "base_url", "provider")
+    __slots__ = ("_secrets", "provider", "shown_url", "where")
 
-    def __init__(self, provider: str, base_url: str, secret: str | None) -> None:
+    def __init__(self, provider: str, shown_url: str, secrets: Sequence[str | None]) -> None:
+        """`shown_url`: the base URL with credentials masked; `secrets`: the API key
+        and the URL's credentials, replaced by *** should an upstream echo them."""
         self.provider = provider
-        self.base_url = base_url
-        self._secret = secret
+        self.where = f"provider {provider!r}"
+        self.shown_url = shown_url
+        # Longest first, so a secret containing another is replaced whole.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
-        """`text` with the API key, should an upstream echo it, replaced by ***."""
-        if self._secret:
-            text = text.replace(self._secret, "***")
+        """`text` with every secret of this provider replaced by ***."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         return text
+
+    def _texts(self, phrase: Phrase) -> dict[str, str]:
+        """`message` (naming the provider) and `detail` (naming the URL), redacted."""
+        return {
+            "message": self.redact(phrase(self.where)),
+            "detail": self.redact(phrase(self.shown_url)),
+        }
 
     def http_status(
         self, status: int, headers: Mapping[str, str], body: object
     ) -> ProviderHTTPError:
         """The provider answered with an error status before streaming."""
-        detail = upstream_message(body)
-        message = f"HTTP {status} from {self.base_url}" + (f": {detail}" if detail else "")
+        said = upstream_message(body)
+        tail = f": {said}" if said else ""
         return ProviderHTTPError(
-            self.redact(message),
+            **self._texts(lambda at: f"HTTP {status} from {at}{tail}"),
             provider=self.provider,
             status=status,
             retryable=status in RETRYABLE_STATUSES or status >= 500,
@@ -73,8 +89,11 @@ class ErrorMapper:
 
     def connection(self, exc: BaseException) -> ProviderConnectionError:
         """The request never got a response: refused, DNS, TLS, timeout."""
+        public = connect_failure(exc, type(_chain(exc)[-1]).__name__)
+        private = connect_failure(exc, _innermost(exc))
         return ProviderConnectionError(
-            self.redact(f"{connect_failure(exc)} {self.base_url}"),
+            message=self.redact(f"{public} {self.where}"),
+            detail=self.redact(f"{private} {self.shown_url}"),
             provider=self.provider,
             retryable=True,
         )
@@ -86,25 +105,33 @@ class ErrorMapper:
         """
         if isinstance(exc, httpx2.TimeoutException):
             return ProviderTimeout(
-                f"no bytes from {self.base_url} within the read timeout",
+                **self._texts(lambda at: f"no bytes from {at} within the read timeout"),
                 provider=self.provider,
                 first_token=not started,
             )
-        reason = _innermost(exc) or type(exc).__name__
-        return self.stream_failed(
-            f"the stream from {self.base_url} broke: {reason}", retryable=True, started=started
+        # The exception's own text goes to the log only: clients get its type.
+        kind = type(exc).__name__
+        reason = _innermost(exc) or kind
+        return ProviderStreamError(
+            message=self.redact(f"the stream from {self.where} broke: {kind}"),
+            detail=self.redact(f"the stream from {self.shown_url} broke: {reason}"),
+            provider=self.provider,
+            retryable=True,
+            before_text=not started,
         )
 
     def stream_event(self, what: str, *, retryable: bool, started: bool) -> ProviderStreamError:
         """The provider reported an error (or sent a malformed event) after HTTP 200."""
-        return self.stream_failed(
-            f"{what} (from {self.base_url})", retryable=retryable, started=started
-        )
+        return self.stream_failed(lambda at: f"{what} (from {at})", retryable, started)
 
-    def stream_failed(self, message: str, *, retryable: bool, started: bool) -> ProviderStreamError:
+    def cut_short(self, how: str, *, started: bool) -> ProviderStreamError:
+        """The body ended without the provider's closing event."""
+        return self.stream_failed(lambda at: f"the stream from {at} {how}", True, started)
+
+    def stream_failed(self, phrase: Phrase, retryable: bool, started: bool) -> ProviderStreamError:
         """The body failed; before any text (`started` False) the chain fails over."""
         return ProviderStreamError(
-            self.redact(message),
+            **self._texts(phrase),
             provider=self.provider,
             retryable=retryable,
             before_text=not started,
@@ -152,8 +179,12 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def connect_failure(exc: BaseException) -> str:
-    """A short phrase for why connecting failed, to be followed by the base URL."""
+def connect_failure(exc: BaseException, reason: str) -> str:
+    """A short phrase for why connecting failed, to be followed by where.
+
+    `reason` fills in an unrecognised failure: the exception's type for clients,
+    its text for operators.
+    """
     for cause in _chain(exc):
         if isinstance(cause, ConnectionRefusedError):
             return "connection refused at"
@@ -164,8 +195,8 @@ def connect_failure(exc: BaseException) -> str:
         if isinstance(cause, socket.gaierror):
             return "could not resolve the host of"
         if isinstance(cause, ssl.SSLError):
-            return f"TLS failed ({cause.reason or cause}) with"
-    reason = _innermost(exc)
+            # `reason` is OpenSSL's code (CERTIFICATE_VERIFY_FAILED), never a URL.
+            return f"TLS failed ({cause.reason or 'handshake'}) with"
     return f"could not connect ({reason}) to" if reason else "could not connect to"
 
 

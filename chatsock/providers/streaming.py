@@ -9,6 +9,7 @@ supplies how to open the response and an `EventReader` for its event format.
 
 from __future__ import annotations
 
+import base64
 import logging
 from abc import abstractmethod
 from collections.abc import AsyncGenerator
@@ -25,6 +26,7 @@ from chatsock.providers.base import (
 )
 from chatsock.providers.errors import ErrorMapper, UpstreamEventError
 from chatsock.providers.sse import SSEParser
+from chatsock.store.urls import mask_url, password_forms, without_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,20 @@ def sdk_timeout(connect: float, first_token: float, idle: float) -> httpx2.Timeo
     return httpx2.Timeout(max(first_token, idle) + 10.0, connect=connect)
 
 
+def with_basic_auth(url: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """`url` without its user info, and `headers` carrying it as Basic credentials.
+
+    httpx would send `user:pass@` as Basic auth too, but would also keep it in
+    every URL it logs or puts in an exception; this way the SDK never sees it.
+    An explicit Authorization header wins, as it does over the API key.
+    """
+    bare, user, password = without_userinfo(url)
+    if user is None or any(name.lower() == "authorization" for name in headers):
+        return bare, headers
+    pair = f"{user}:{password or ''}".encode()
+    return bare, {**headers, "Authorization": f"Basic {base64.b64encode(pair).decode()}"}
+
+
 class SSEStreamProvider(Provider):
     """A provider whose SDK hands over a raw server-sent-events response."""
 
@@ -100,7 +116,7 @@ class SSEStreamProvider(Provider):
     # The SDK's exception types for an HTTP error status and for a failed connection.
     status_error: ClassVar[type[Exception]]
     connection_error: ClassVar[type[Exception]]
-    # Completes "the stream from <base_url> ..." when the reply was cut short.
+    # Completes "the stream from <provider> ..." when the reply was cut short.
     cut_short: ClassVar[str]
 
     def __init__(
@@ -122,12 +138,15 @@ class SSEStreamProvider(Provider):
             first_token_timeout=first_token_timeout,
             idle_timeout=idle_timeout,
         )
-        self.base_url = (base_url or self.default_base_url).rstrip("/")
+        raw_url = (base_url or self.default_base_url).rstrip("/")
+        # The base URL as logs and `chatsock check` show it; clients never see it.
+        self.base_url = mask_url(raw_url, keep_user=False)
         self.has_api_key = bool(api_key)
-        self._errors = ErrorMapper(name, self.base_url, api_key)
+        self._errors = ErrorMapper(name, self.base_url, [api_key, *password_forms(raw_url)])
+        bare_url, headers = with_basic_auth(raw_url, headers or {})
         # What the subclass passes to its SDK client's constructor.
         self._client_options: dict[str, Any] = {
-            "base_url": self.base_url,
+            "base_url": bare_url,
             "api_key": api_key or PLACEHOLDER_API_KEY,
             "timeout": sdk_timeout(connect_timeout, first_token_timeout, idle_timeout),
             "max_retries": max_retries,
@@ -189,7 +208,5 @@ class SSEStreamProvider(Provider):
             raise refused
         final = reader.final()
         if final is None:
-            raise self._errors.stream_failed(
-                f"the stream from {self.base_url} {self.cut_short}", retryable=True, started=started
-            )
+            raise self._errors.cut_short(self.cut_short, started=started)
         yield final
