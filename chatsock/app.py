@@ -11,19 +11,26 @@ import socketio
 from aiohttp import web
 
 from chatsock import jsoncodec, protocol
+from chatsock.auth import Authenticator
 from chatsock.config import Settings
+from chatsock.cors import socketio_cors
 from chatsock.fanout import Fanout
+from chatsock.gate import Gate
+from chatsock.guards import install_guards
 from chatsock.http_api import HttpApi
+from chatsock.http_log import RequestErrors, hide_server_version
 from chatsock.ids import new_id
 from chatsock.loops import BackgroundLoops
 from chatsock.metrics import Metrics
 from chatsock.namespace import ChatNamespace
 from chatsock.providers.base import Provider
 from chatsock.providers.registry import ProviderRegistry, build_registry
+from chatsock.quotas import Quotas
 from chatsock.runner import StreamRunner
 from chatsock.sessions import SessionService
 from chatsock.signals import SignalBus
 from chatsock.sio_manager import WatchedRedisManager
+from chatsock.sio_server import ChatsockServer
 from chatsock.store import Store, create_store
 from chatsock.timing import LISTENER_DEAF_S
 from chatsock.web import add_page_routes
@@ -42,6 +49,8 @@ BUS = web.AppKey("bus", SignalBus)
 MANAGER = web.AppKey("manager", WatchedRedisManager)
 METRICS = web.AppKey("metrics", Metrics)
 LOOPS = web.AppKey("loops", BackgroundLoops)
+GATE = web.AppKey("gate", Gate)
+NAMESPACE = web.AppKey("namespace", ChatNamespace)
 
 
 def _worker_id(settings: Settings) -> str:
@@ -55,8 +64,11 @@ def create_app(
     store: Store | None = None,
 ) -> web.Application:
     """Build a worker. `providers` adds ready-made providers (tests, embedding)."""
-    app = web.Application(client_max_size=settings.http.client_max_size)
-    origins = settings.server.cors_allowed_origins
+    hide_server_version()
+    app = web.Application(
+        client_max_size=settings.http.client_max_size,
+        handler_args={"logger": RequestErrors()},
+    )
     store = store or create_store(settings)
     manager = None
     if store.shared and settings.store.redis_url:
@@ -65,11 +77,11 @@ def create_app(
         manager = WatchedRedisManager(
             settings.store.redis_url, channel=f"{settings.store.key_prefix}:socketio"
         )
-    sio = socketio.AsyncServer(
+    sio = ChatsockServer(
         async_mode="aiohttp",
         json=jsoncodec,
         client_manager=manager,
-        cors_allowed_origins=origins if origins else None,
+        **socketio_cors(settings),
         max_http_buffer_size=settings.http.client_max_size,
     )
     sio.attach(app)
@@ -81,10 +93,15 @@ def create_app(
     sessions = SessionService(
         store, runner, fanout, stop_on_disconnect=settings.stream.stop_on_disconnect, bus=bus
     )
-    sio.register_namespace(ChatNamespace(runner, sessions))
+    quotas = Quotas(store, settings.limits)
+    gate = Gate(Authenticator(settings.auth), quotas, settings.server.trusted_proxies)
+    namespace = ChatNamespace(runner, sessions, gate, budget=quotas.event_budget)
+    sio.register_namespace(namespace)
     sessions.on_deleted = _session_closer(sio)
     metrics = Metrics(runner, sessions)
     runner.hooks = metrics.stream_hooks()
+    if settings.limits.daily_output_tokens:
+        runner.charge = quotas.charge
     loops = BackgroundLoops(on_restart=metrics.loop_restarted)
 
     app[SETTINGS] = settings
@@ -97,10 +114,13 @@ def create_app(
     app[BUS] = bus
     app[METRICS] = metrics
     app[LOOPS] = loops
+    app[GATE] = gate
+    app[NAMESPACE] = namespace
     if manager is not None:
         app[MANAGER] = manager
 
     add_page_routes(app, settings.static_dir)
+    install_guards(app, settings)
     HttpApi(
         settings,
         store,
@@ -110,6 +130,7 @@ def create_app(
         metrics,
         listeners=_listeners(bus, manager),
         loops=loops,
+        gate=gate,
     ).add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_shutdown_streams)
@@ -162,6 +183,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     loops.start("signals", lambda: bus.run(sessions.on_started, sessions.on_stop))
     loops.start("lease upkeep", runner.maintain)
     loops.start("presence upkeep", sessions.upkeep)
+    loops.start("connection holds", app[GATE].keep_holds)
     if MANAGER in app:
         loops.start("socket.io watchdog", app[MANAGER].watch)
     log.info(
@@ -172,6 +194,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await loops.close()
+    await app[NAMESPACE].clients.close()
+    await app[GATE].aclose()
     await sessions.tailers.close()
     if MANAGER in app:
         await app[MANAGER].aclose()

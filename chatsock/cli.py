@@ -1,4 +1,4 @@
-"""`chatsock serve` and `chatsock check`."""
+"""`chatsock serve`, `chatsock check` and `chatsock token`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import sys
 
 from aiohttp import web
 
+from chatsock.auth import admin_claims, make_token, parse_ttl, refuse_exposed_anonymous
 from chatsock.config import ConfigError, Settings, load_settings
+from chatsock.logsafe import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,7 +24,33 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="print the provider chain; --ping tries each")
     check.add_argument("--ping", action="store_true", help="send each provider a 1-token request")
     check.add_argument("--config", help="config file")
+    token = commands.add_parser(
+        "token", help="print a development token signed with auth.jwt_secret"
+    )
+    token.add_argument("--sub", required=True, help="the user the token names")
+    token.add_argument(
+        "--ttl", type=_ttl, default="1h", help="lifetime: 90s, 30m, 1h, 2d (default 1h)"
+    )
+    token.add_argument("--admin", action="store_true", help="add auth.admin_claim (role=admin)")
+    token.add_argument("--config", help="config file")
     return parser
+
+
+def _ttl(text: str) -> float:
+    try:
+        return parse_ttl(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _print_token(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        extra = admin_claims(settings.auth) if args.admin else None
+        print(make_token(settings.auth, args.sub, args.ttl, extra))
+    except ValueError as exc:
+        print(f"chatsock: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -45,10 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"chatsock: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.server.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if args.command == "token":
+        return _print_token(settings, args)
+    configure_logging(settings.server.log_level)
     if args.command == "check":
         from chatsock.check import run_check
 
@@ -56,6 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         return code
     from chatsock.app import create_app
 
+    refusal = refuse_exposed_anonymous(settings)
+    if refusal is not None:
+        print(f"chatsock: {refusal}", file=sys.stderr)
+        return 2
+    if settings.auth.mode == "none":
+        logging.getLogger("chatsock").warning(
+            "auth.mode is none: every client is one anonymous user who can read and stop "
+            "every session; set auth.mode = \"jwt\" before exposing this server "
+            "(docs/security.md)"
+        )
     try:
         app = create_app(settings)
     except Exception as exc:  # a bad provider chain, etc.

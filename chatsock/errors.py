@@ -18,6 +18,8 @@ ERROR_CODES: Final = frozenset(
         "store_unavailable",
         "internal",
         "log_unavailable",
+        "rate_limited",
+        "unauthorized",
     }
 )
 
@@ -25,9 +27,29 @@ ERROR_CODES: Final = frozenset(
 class ChatsockError(Exception):
     """An error with a protocol code and a message meant for the client."""
 
-    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         assert code in ERROR_CODES, code
         super().__init__(message)
         self.code = code
         self.message = message
-        self.retryable = retryable
+        self.retryable = retryable or retry_after is not None
+        # Seconds until a refused request (rate_limited) may succeed.
+        self.retry_after = retry_after
+
+
+def no_session(session_id: str) -> ChatsockError:
+    """A session that does not exist, or is not the caller's: the same answer, so
+    ids cannot be probed."""
+    return ChatsockError("not_found", f"session_id: no session {session_id!r}")
+
+
+def no_stream(stream_id: str) -> ChatsockError:
+    """A stream that does not exist, or is not the caller's (as `no_session`)."""
+    return ChatsockError("not_found", f"stream_id: no stream {stream_id!r}")

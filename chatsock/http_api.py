@@ -16,11 +16,15 @@ import orjson
 from aiohttp import web
 
 from chatsock import jsoncodec, protocol
+from chatsock.auth import AuthError
 from chatsock.config import Settings
 from chatsock.cors import allow_origins
 from chatsock.errors import ChatsockError
 from chatsock.fanout import Fanout, Listener
+from chatsock.gate import Gate
+from chatsock.identity import Identity
 from chatsock.ids import new_id
+from chatsock.logsafe import shown
 from chatsock.loops import BackgroundLoops
 from chatsock.metrics import Metrics
 from chatsock.requests import (
@@ -45,6 +49,8 @@ STATUS_BY_CODE: Final = {
     "not_found": 404,
     "log_unavailable": 410,
     "too_many_streams": 429,
+    "rate_limited": 429,
+    "unauthorized": 401,
     "internal": 500,
     "provider_error": 502,
     "provider_unavailable": 503,
@@ -68,10 +74,37 @@ class HttpError(Exception):
         self.message = message
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response(
-        protocol.error_body(code, message), status=status, dumps=jsoncodec.dumps
+IDENTITY = web.RequestKey("identity", Identity)
+CLIENT_IP = web.RequestKey("client_ip", str)
+
+
+def error_response(
+    status: int, code: str, message: str, retry_after: float | None = None
+) -> web.Response:
+    response = web.json_response(
+        protocol.error_body(code, message, retry_after), status=status, dumps=jsoncodec.dumps
     )
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(protocol.retry_after_s(retry_after))
+    if status == 401:
+        response.headers["WWW-Authenticate"] = _bearer_challenge(message)
+    return response
+
+
+def _bearer_challenge(reason: str) -> str:
+    detail = reason.replace("\\", "").replace('"', "'")
+    return f'Bearer realm="chatsock", error="invalid_token", error_description="{detail}"'
+
+
+def _bearer(request: web.Request) -> str | None:
+    """The token of `Authorization: Bearer <token>` (None when absent)."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("malformed Authorization header: expected `Bearer <token>`")
+    return token.strip()
 
 
 def json_response(payload: protocol.Payload, status: int = 200) -> web.Response:
@@ -83,22 +116,24 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     """Turn every failure under /api/ into a JSON error; other paths pass through."""
     if not request.path.startswith(API_PREFIX):
         return await handler(request)
-    where = f"{request.method} {request.path}"
+    where = f"{request.method} {shown(request.path)}"
     try:
         return await handler(request)
     except ChatsockError as exc:
         log.info("%s rejected: %s: %s", where, exc.code, exc.message)
-        return error_response(STATUS_BY_CODE.get(exc.code, 500), exc.code, exc.message)
+        return error_response(
+            STATUS_BY_CODE.get(exc.code, 500), exc.code, exc.message, exc.retry_after
+        )
     except HttpError as exc:
         log.info("%s rejected: %s %s: %s", where, exc.status, exc.code, exc.message)
         return error_response(exc.status, exc.code, exc.message)
     except StoreUnavailable as exc:
         log.warning("%s: store unavailable: %s", where, exc)
-        return error_response(503, "store_unavailable", str(exc))
+        return error_response(503, "store_unavailable", "the store is unavailable; retry shortly")
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(413, "invalid_request", f"body: {exc.text}")
     except web.HTTPNotFound:
-        return error_response(404, "not_found", f"path: no API route {request.path!r}")
+        return error_response(404, "not_found", "path: no such API route")
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
         return error_response(
@@ -162,6 +197,10 @@ def resume_point(request: web.Request) -> int:
     return 0 if after is None else _non_negative("after", after)
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("1", "true", "yes")
+
+
 def wants_sse(request: web.Request) -> bool:
     return "text/event-stream" in request.headers.get("Accept", "")
 
@@ -180,7 +219,9 @@ class HttpApi:
         *,
         listeners: Callable[[], tuple[str | None, dict[str, float | None]]],
         loops: BackgroundLoops,
+        gate: Gate,
     ) -> None:
+        self.gate = gate
         self.store = store
         self.listener_problem = listeners
         self.loops = loops
@@ -195,6 +236,7 @@ class HttpApi:
 
     def add_routes(self, app: web.Application) -> None:
         app.middlewares.append(api_errors)
+        app.middlewares.append(self._authenticate)
         router = app.router
         api = [
             router.add_post("/api/chat/stream", self.start_stream),
@@ -210,19 +252,39 @@ class HttpApi:
         router.add_get("/readyz", self.readyz)
         router.add_get("/metrics", self.metrics_text)
 
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every /api/ request is made by an identity (401 without a valid token in
+        the jwt mode); CORS preflights carry no credentials and pass."""
+        if not request.path.startswith(API_PREFIX) or request.method == "OPTIONS":
+            return await handler(request)
+        peer = request.remote
+        ip = self.gate.address(peer, request.headers.get("X-Forwarded-For"))
+        try:
+            who = await self.gate.identify(_bearer(request))
+        except AuthError as exc:
+            log.info("%s %s from %s refused: %s", request.method, shown(request.path),
+                     shown(ip), exc.reason)  # fmt: skip
+            return error_response(401, "unauthorized", exc.reason)
+        request[IDENTITY] = who
+        request[CLIENT_IP] = ip or ""
+        return await handler(request)
+
     # -- streams ------------------------------------------------------------
     async def start_stream(self, request: web.Request) -> web.StreamResponse:
         """`POST /api/chat/stream`: SSE for `Accept: text/event-stream`, else one JSON reply."""
+        who = request[IDENTITY]
         body = parse(ChatStreamRequest, await read_json(request, self.max_size))
         check_limits(body, self.runner.limits)
+        await self.gate.may_start(who, request[CLIENT_IP] or None)
         session_id = body.session_id or new_id("ses")
         listener = Listener()
-        ack = await self.runner.start(body, session_id)
+        ack = await self.runner.start(body, session_id, who)
         stream_id = ack["stream_id"]
         # No await since start(): the listener sees the stream from chat_stream_start on.
         if not self.fanout.attach(stream_id, listener):
             # A repeated client_message_id answers with the earlier stream: replay it.
-            await self.sessions.resume_listener(listener, stream_id, 0)
+            await self.sessions.resume_listener(listener, stream_id, 0, who)
         headers = {
             "X-Stream-Id": stream_id,
             "X-Session-Id": ack["session_id"],
@@ -238,10 +300,11 @@ class HttpApi:
             ResumeRequest,
             {"stream_id": request.match_info["stream_id"], "after": resume_point(request)},
         )
-        record = await self.sessions.stream(resume.stream_id)
+        who = request[IDENTITY]
+        record = await self.sessions.stream(resume.stream_id, who)
         listener = Listener()
         try:
-            await self.sessions.resume_listener(listener, resume.stream_id, resume.after)
+            await self.sessions.resume_listener(listener, resume.stream_id, resume.after, who)
         except BaseException:
             self.fanout.detach(listener)
             raise
@@ -251,19 +314,31 @@ class HttpApi:
     async def stop_stream(self, request: web.Request) -> web.StreamResponse:
         """`POST /api/chat/stream/stop`: `{ok: true, stopped}`, as `chat_stop` answers."""
         stop = parse(StopRequest, await read_json(request, self.max_size))
-        return json_response(protocol.ack_ok(stopped=await self.sessions.stop(stop.stream_id)))
+        stopped = await self.sessions.stop(stop.stream_id, request[IDENTITY])
+        return json_response(protocol.ack_ok(stopped=stopped))
 
     async def active_streams(self, request: web.Request) -> web.StreamResponse:
-        """`GET /api/chat/stream/active[?session_id=]`: the streams still running."""
+        """`GET /api/chat/stream/active[?session_id=][&all=1]`: the caller's streams
+        still running (an admin's `all=1`: everyone's)."""
+        who = request[IDENTITY]
         session_id = request.query.get("session_id")
         if session_id is not None:
             session_id = parse(JoinRequest, {"session_id": session_id}).session_id
-        records = await self.store.active_streams(session_id)
+            records = await self.store.active_streams(session_id)
+            # Another user's session lists nothing, exactly as a missing one.
+            records = [r for r in records if who.owns(r.user)]
+        elif who.admin and _flag(request, "all"):
+            records = await self.store.active_streams()
+        else:
+            records = await self.store.active_streams(user=who.user)
         return json_response(protocol.active_streams_view(records))
 
     # -- sessions -----------------------------------------------------------
     async def list_sessions(self, request: web.Request) -> web.StreamResponse:
-        """`GET /api/chat/sessions[?limit=N]`: most recently updated first."""
+        """`GET /api/chat/sessions[?limit=N][&all=1]`: the caller's sessions (an
+        admin's `all=1`: everyone's), most recently updated first."""
+        who = request[IDENTITY]
+        owner = None if who.admin and _flag(request, "all") else who.user
         raw = request.query.get("limit")
         limit = 100 if raw is None else _non_negative("limit", raw)
         if not 1 <= limit <= MAX_SESSIONS_LISTED:
@@ -272,14 +347,14 @@ class HttpApi:
             )
         summaries = [
             protocol.session_summary(info, await self.store.count_messages(info.session_id))
-            for info in await self.store.list_sessions(limit)
+            for info in await self.store.list_sessions(limit, owner=owner)
         ]
         return json_response(protocol.sessions_view(summaries))
 
     async def get_session(self, request: web.Request) -> web.StreamResponse:
         """`GET /api/chat/sessions/{id}`: messages and the active stream."""
         session_id = self._session_id(request)
-        info = await self.sessions.session(session_id)
+        info = await self.sessions.session(session_id, request[IDENTITY])
         messages = await self.store.get_messages(session_id)
         active = await self.store.active_streams(session_id)
         view = protocol.active_stream_view(active[0] if active else None)
@@ -287,7 +362,7 @@ class HttpApi:
 
     async def delete_session(self, request: web.Request) -> web.StreamResponse:
         """`DELETE /api/chat/sessions/{id}`: stop its streams, delete it."""
-        await self.sessions.delete(self._session_id(request))
+        await self.sessions.delete(self._session_id(request), request[IDENTITY])
         return json_response(protocol.ack_ok())
 
     @staticmethod

@@ -6,6 +6,7 @@ and the HTTP/SSE API share these payloads.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -23,6 +24,9 @@ TOKEN: Final = "chat_token"
 COMPLETE: Final = "chat_complete"
 STREAM_ERROR: Final = "chat_stream_error"
 SESSION_DELETED: Final = "session_deleted"
+
+# Server -> one socket, just before the server disconnects it.
+AUTH_EXPIRED: Final = "auth_expired"
 
 Payload = dict[str, Any]
 
@@ -50,13 +54,31 @@ def ack_ok(**fields: Any) -> Payload:
     return {"ok": True, **fields}
 
 
-def ack_error(code: str, message: str) -> Payload:
-    return {"ok": False, "error": {"code": code, "message": message}}
+def _error(code: str, message: str, retry_after: float | None) -> Payload:
+    error: Payload = {"code": code, "message": message}
+    if retry_after is not None:
+        error["retry_after"] = retry_after_s(retry_after)
+    return error
 
 
-def error_body(code: str, message: str) -> Payload:
+def retry_after_s(seconds: float) -> int:
+    """Whole seconds to wait (at least 1), as `Retry-After` and `retry_after` say it."""
+    return max(1, math.ceil(seconds))
+
+
+def ack_error(code: str, message: str, retry_after: float | None = None) -> Payload:
+    return {"ok": False, "error": _error(code, message, retry_after)}
+
+
+def error_body(code: str, message: str, retry_after: float | None = None) -> Payload:
     """The HTTP API's error body."""
-    return {"error": {"code": code, "message": message}}
+    return {"error": _error(code, message, retry_after)}
+
+
+def auth_expired(reason: str) -> Payload:
+    """Sent to a socket whose token expired, before it is disconnected: refresh the
+    token, reconnect and `chat_resume`."""
+    return {"code": "unauthorized", "reason": reason}
 
 
 def stream_ack(stream_id: str, session_id: str, message_id: str) -> Payload:

@@ -19,16 +19,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chatsock import protocol
 from chatsock.closing import EndRecorder
 from chatsock.config import Settings
 from chatsock.ending import Claim, claim_end, owner_lost
-from chatsock.errors import ChatsockError
+from chatsock.errors import ChatsockError, no_session
 from chatsock.failover import read_chain
 from chatsock.fanout import Fanout
+from chatsock.identity import ANONYMOUS, ANONYMOUS_USER, Identity
 from chatsock.ids import derived_id, new_id
 from chatsock.lifecycle import EndReason, Phase
 from chatsock.outcome import error_terminal, outcome
@@ -85,6 +86,8 @@ class StreamRunner:
         self.worker_id = worker_id
         self.bus = bus
         self.hooks = hooks or StreamHooks()
+        # Counts a finished reply's output tokens against its user's budget (quotas).
+        self.charge: Callable[[str, int], Awaitable[None]] | None = None
         self._lease_s = settings.stream.lease_s
         # Every stream this worker owns, from its registration until its
         # terminal event is sent. Iterate over a snapshot across any await.
@@ -113,9 +116,15 @@ class StreamRunner:
 
     # -- starting -----------------------------------------------------------
     async def start(
-        self, request: ChatStreamRequest, session_id: str, admit: Admit | None = None
+        self,
+        request: ChatStreamRequest,
+        session_id: str,
+        who: Identity = ANONYMOUS,
+        admit: Admit | None = None,
     ) -> protocol.Payload:
-        """Start a stream for `request` in `session_id`; return the `chat_stream` ack.
+        """Start a stream for `request` in `session_id` on behalf of `who`; return
+        the `chat_stream` ack. A session that does not exist is created, owned by
+        `who`; another user's session is `not_found`, as a missing one would be.
 
         `admit` runs once the request is accepted (a new stream, or the earlier
         stream of a repeated `client_message_id`), before any of its events is
@@ -123,7 +132,11 @@ class StreamRunner:
         self._refuse_if_closing()
         chain = self._registry.chain_for(request.provider)
         now = protocol.now_iso()
-        await self._store.ensure_session(SessionInfo(session_id, now, now, owner=None))
+        # Created with its owner in one NX write: two users racing for a new id
+        # cannot both own it.
+        info = await self._store.ensure_session(SessionInfo(session_id, now, now, owner=who.user))
+        if (info.owner or ANONYMOUS_USER) != who.user:
+            raise no_session(session_id)
         history = await self._history(request, session_id)
 
         cmid = request.client_message_id
@@ -139,8 +152,9 @@ class StreamRunner:
             model=first.model_for(ChatRequest([], model=request.model)),
             started_at=now,
             client_message_id=cmid,
+            user=who.user,
         )
-        earlier = await self._register(record, ack)
+        earlier = await self._register(record, ack, per_user=not who.anonymous)
         if earlier is not None:  # the same client_message_id was sent before
             _admit(admit)
             return earlier
@@ -184,17 +198,18 @@ class StreamRunner:
             )
 
     async def _register(
-        self, record: StreamRecord, ack: protocol.Payload
+        self, record: StreamRecord, ack: protocol.Payload, *, per_user: bool
     ) -> protocol.Payload | None:
         """Register `record` atomically; the earlier ack of a repeated client_message_id,
         or None when registered. too_many_streams when the session is full."""
         limit = self._settings.limits.max_streams_per_session
+        user_limit = self._settings.limits.max_streams_per_user if per_user else 2**31
 
         async def register() -> protocol.Payload | None:
             try:
                 done = await retrying(
                     lambda: self._store.register_stream(
-                        record, limit=limit, lease_s=self._lease_s, ack=ack
+                        record, limit=limit, lease_s=self._lease_s, ack=ack, user_limit=user_limit
                     )
                 )
             except (StoreUnavailable, asyncio.CancelledError):
@@ -213,6 +228,12 @@ class StreamRunner:
                     await self.ends.settle_now(earlier_id)
                     return await register()
                 return done.earlier
+            if done.full == "user":
+                raise ChatsockError(
+                    "too_many_streams",
+                    f"you already have {user_limit} active stream(s) "
+                    "(limits.max_streams_per_user); stop one or wait for it to finish",
+                )
             raise ChatsockError(
                 "too_many_streams",
                 f"session {record.session_id} already has {limit} active stream(s); "
@@ -225,7 +246,7 @@ class StreamRunner:
             if exc.code != "too_many_streams":
                 raise
         # Full: free slots held by ended streams or dead owners, then try once more.
-        await self._reap(record.session_id)
+        await self._reap(record.session_id, record.user)
         return await register()
 
     async def _history(self, request: ChatStreamRequest, session_id: str) -> list[ChatMessage]:
@@ -236,10 +257,13 @@ class StreamRunner:
         usable = [m for m in stored if m.content]
         return [ChatMessage(m.role, m.content) for m in usable[-limit:]] if limit else []
 
-    async def _reap(self, session_id: str) -> None:
-        """Free a session's slots held by streams that ended or whose owner died
-        (`active_streams` prunes the former; `owner_lost` records the latter)."""
-        for other in await self._store.active_streams(session_id):
+    async def _reap(self, session_id: str, user: str | None) -> None:
+        """Free the slots of a session and of its user held by streams that ended or
+        whose owner died (`active_streams` prunes the former; `owner_lost` records
+        the latter)."""
+        found = await self._store.active_streams(session_id)
+        found += await self._store.active_streams(user=user or ANONYMOUS_USER)
+        for other in {record.stream_id: record for record in found}.values():
             if other.stream_id in self.ends.pending:
                 # Ended here while the store was away; it answers again: record it now.
                 await self.ends.settle_now(other.stream_id)
@@ -317,7 +341,12 @@ class StreamRunner:
     def _undelivered(self, stream: ActiveStream, exc: StoreUnavailable) -> None:
         """The token log could not be written: end with store_unavailable and the
         text logged so far, and stop reading the provider."""
-        stream.life.undelivered(ChatsockError("store_unavailable", str(exc), retryable=True))
+        log.warning("stream %s: the token log cannot be written: %s", stream.record.stream_id, exc)
+        stream.life.undelivered(
+            ChatsockError(
+                "store_unavailable", "the store is unavailable; retry shortly", retryable=True
+            )
+        )
         stream.buffer.clear()
         if stream.reader is not None:
             stream.reader.cancel()
@@ -516,6 +545,7 @@ class StreamRunner:
                 _, terminal = outcome(stream, "".join(stream.parts))
                 await self.ends.abandoned(record, terminal)  # frees the slot
             await self._fanout.end(stream.feed, terminal)
+            await self._charge(stream)
             if self.hooks.on_end:
                 code = terminal.payload.get("code", terminal.status)
                 self.hooks.on_end(record, str(code), time.monotonic() - stream.started)
@@ -524,6 +554,19 @@ class StreamRunner:
         finally:
             self.streams.pop(record.stream_id, None)
             stream.life.close()
+
+    async def _charge(self, stream: ActiveStream) -> None:
+        """Count the reply's output tokens against its user's daily budget: the
+        provider's usage, else an estimate of one token per 4 characters."""
+        user = stream.record.user
+        if self.charge is None or user is None or user == ANONYMOUS_USER:
+            return
+        usage = stream.usage.output_tokens if stream.usage is not None else None
+        spent = usage if usage is not None else -(-sum(map(len, stream.parts)) // 4)
+        try:
+            await self.charge(user, spent)
+        except StoreUnavailable as exc:
+            log.warning("stream %s: its tokens were not counted: %s", stream.record.stream_id, exc)
 
     async def _settle(self, stream: ActiveStream) -> Terminal:
         # Claim the end first: another worker may have taken this stream for

@@ -9,8 +9,9 @@ from typing import Any
 
 from chatsock import protocol
 from chatsock.ending import ended_elsewhere, owner_lost
-from chatsock.errors import ChatsockError
+from chatsock.errors import no_session, no_stream
 from chatsock.fanout import Fanout, Listener
+from chatsock.identity import Identity
 from chatsock.protocol import Payload
 from chatsock.runner import StreamRunner
 from chatsock.signals import SignalBus
@@ -49,23 +50,26 @@ class SessionService:
         # Called after a session is deleted (the app tells every worker's members).
         self.on_deleted: Callable[[str], Awaitable[None]] | None = None
 
-    async def session(self, session_id: str) -> SessionInfo:
+    async def session(self, session_id: str, who: Identity) -> SessionInfo:
+        """The session's header; `not_found` when it is missing or not `who`'s."""
         info = await self.store.get_session(session_id)
-        if info is None:
-            raise ChatsockError("not_found", f"session_id: no session {session_id!r}")
+        if info is None or not who.owns(info.owner):
+            raise no_session(session_id)
         return info
 
-    async def stream(self, stream_id: str) -> StreamRecord:
+    async def stream(self, stream_id: str, who: Identity) -> StreamRecord:
+        """The stream's record; `not_found` when it is missing or not `who`'s."""
         record = await self.store.get_stream(stream_id)
-        if record is None:
-            raise ChatsockError("not_found", f"stream_id: no stream {stream_id!r}")
+        if record is None or not who.owns(record.user):
+            raise no_stream(stream_id)
         return record
 
-    async def stop(self, stream_id: str) -> bool:
+    async def stop(self, stream_id: str, who: Identity) -> bool:
         """Stop a stream; True when it ends as stopped because of this call (or is
         still ending after it), False when its end was already decided (complete,
-        failed, or its owner died). Unknown ids are `not_found`."""
-        record = await self.stream(stream_id)
+        failed, or its owner died). Unknown ids, and other users' streams, are
+        `not_found`."""
+        record = await self.stream(stream_id, who)
         if stream_id in self.runner.streams:
             return await self.runner.stop(stream_id)
         if record.status != "streaming":
@@ -91,30 +95,41 @@ class SessionService:
         record the stream as worker_lost and return its ended record."""
         local = self.runner.owns(record.stream_id)
         if await owner_lost(self.store, record, local=local):
-            return await self.stream(record.stream_id)
+            return await self._record(record.stream_id)
         if record.status == "streaming" and not local:
             self.tailers.ensure(record, start_at=record.last_seq)
         return record
 
-    async def join(self, sid: str, session_id: str) -> tuple[list[Message], Payload | None]:
-        """session_join: the messages, and the active stream this sid now follows."""
-        await self.session(session_id)
+    async def _record(self, stream_id: str) -> StreamRecord:
+        record = await self.store.get_stream(stream_id)
+        if record is None:
+            raise no_stream(stream_id)
+        return record
+
+    async def join(
+        self, sid: str, session_id: str, who: Identity
+    ) -> tuple[list[Message], Payload | None]:
+        """session_join: the messages, and the active stream this sid now follows.
+        The sid joins the room only once `who` is known to own the session."""
+        await self.session(session_id, who)
         await self._present(session_id)
         for record in await self.store.active_streams(session_id):
             await self._follow_elsewhere(record)
         messages = await self.store.get_messages(session_id)  # after any worker_lost record
         return messages, await self.fanout.join(sid, session_id)
 
-    async def resume_socket(self, sid: str, stream_id: str, after: int) -> str:
-        record = await self._follow(stream_id)
+    async def resume_socket(self, sid: str, stream_id: str, after: int, who: Identity) -> str:
+        record = await self._follow(stream_id, who)
         return await self.fanout.resume_socket(sid, record, after)
 
-    async def resume_listener(self, listener: Listener, stream_id: str, after: int) -> str:
-        record = await self._follow(stream_id)
+    async def resume_listener(
+        self, listener: Listener, stream_id: str, after: int, who: Identity
+    ) -> str:
+        record = await self._follow(stream_id, who)
         return await self.fanout.resume_listener(listener, record, after)
 
-    async def _follow(self, stream_id: str) -> StreamRecord:
-        record = await self.stream(stream_id)
+    async def _follow(self, stream_id: str, who: Identity) -> StreamRecord:
+        record = await self.stream(stream_id, who)
         await self._present(record.session_id)
         return await self._follow_elsewhere(record)
 
@@ -130,8 +145,8 @@ class SessionService:
     async def on_stop(self, stream_id: str) -> None:
         await self.runner.stop(stream_id)
 
-    async def delete(self, session_id: str) -> None:
-        await self.session(session_id)
+    async def delete(self, session_id: str, who: Identity) -> None:
+        await self.session(session_id, who)
         running = [record.stream_id for record in await self.store.active_streams(session_id)]
         for stream_id in running:
             if stream_id in self.runner.streams:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 
 from aiohttp import web
+
+# Liveness and readiness: open to probes whatever the Host (guards.py).
+PROBES: Final = frozenset({"/healthz", "/readyz"})
+STATIC_PREFIX: Final = "/static/"
 
 
 def _root() -> Path:
@@ -14,6 +19,11 @@ def _root() -> Path:
 
 
 VENDOR = {"socket.io.min.js": Path("node_modules/socket.io-client/dist/socket.io.min.js")}
+
+
+def is_page(path: str) -> bool:
+    """The demo page and its files: what a browser renders (its CSP applies)."""
+    return path == "/" or path.startswith(STATIC_PREFIX)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -39,5 +49,5 @@ def add_page_routes(app: web.Application, static_dir: Path | None) -> None:
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/", index)
-    app.router.add_get("/static/vendor/{name}", vendor)
-    app.router.add_static("/static/", static, name="static")
+    app.router.add_get(f"{STATIC_PREFIX}vendor/{{name}}", vendor)
+    app.router.add_static(STATIC_PREFIX, static, name="static")

@@ -362,7 +362,7 @@ class UnreachableStore(MemoryStore):
         raise StoreUnavailable("redis://127.0.0.1:1 is not reachable: connection refused")
 
 
-MEMORY_LOOPS = {"signals", "lease upkeep", "presence upkeep"}
+MEMORY_LOOPS = {"signals", "lease upkeep", "presence upkeep", "connection holds"}
 
 
 async def test_healthz_and_readyz_answer_200(server, http):

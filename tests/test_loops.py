@@ -134,8 +134,9 @@ async def test_readyz_lists_the_workers_loops_with_redis(start_server, http, red
         "lease upkeep",
         "presence upkeep",
         "socket.io watchdog",
+        "connection holds",
     }
-    for name in ("signals", "lease upkeep", "socket.io watchdog"):
+    for name in ("signals", "lease upkeep", "socket.io watchdog", "connection holds"):
         assert body["loops"][name] == {"state": "running", "failures": 0, "last_error": None}
     # Without stop_on_disconnect there are no presence records to keep.
     assert body["loops"]["presence upkeep"]["state"] == "done"

@@ -274,12 +274,58 @@ async def test_max_sessions_evicts_the_oldest_sessions(make_store: StoreFactory)
     assert await store.get_messages("s0") == []
 
 
+async def test_max_sessions_evicts_within_an_owner_never_another_owners(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store(max_sessions=2)
+    await store.ensure_session(SessionInfo("alice-1", at(0), at(0), owner="alice"))
+    for n in range(10):  # bob creates many sessions after alice's
+        await store.ensure_session(SessionInfo(f"bob-{n}", at(n + 1), at(n + 1), owner="bob"))
+    assert await store.get_session("alice-1") is not None
+    assert [s.session_id for s in await store.list_sessions(owner="bob")] == ["bob-9", "bob-8"]
+    assert [s.session_id for s in await store.list_sessions(owner="alice")] == ["alice-1"]
+    assert {s.session_id for s in await store.list_sessions()} == {"alice-1", "bob-9", "bob-8"}
+
+
+async def test_deleting_a_session_removes_it_from_its_owners_list(store: Store) -> None:
+    await store.ensure_session(SessionInfo("a1", at(0), at(0), owner="alice"))
+    await store.ensure_session(SessionInfo("a2", at(1), at(1), owner="alice"))
+    await store.delete_session("a1")
+    assert [s.session_id for s in await store.list_sessions(owner="alice")] == ["a2"]
+
+
 # -- registration ---------------------------------------------------------
+
+
+def user_stream(stream_id: str, session_id: str, user: str) -> StreamRecord:
+    record = stream(stream_id, session_id)
+    record.user = user
+    return record
+
+
+async def test_register_stream_holds_a_users_slots_across_sessions(store: Store) -> None:
+    async def reg(record: StreamRecord) -> Registration:
+        return await store.register_stream(
+            record, limit=1, lease_s=10, ack=ack(record.stream_id, record.session_id),
+            user_limit=2,
+        )  # fmt: skip
+
+    assert await reg(user_stream("a", "s1", "alice")) == Registration(True)
+    assert await reg(user_stream("b", "s2", "alice")) == Registration(True)
+    assert await reg(user_stream("c", "s3", "alice")) == Registration(False, full="user")
+    assert await reg(user_stream("d", "s4", "bob")) == Registration(True)  # bob's own slots
+    assert [r.stream_id for r in await store.active_streams(user="alice")] == ["a", "b"]
+    record = user_stream("a", "s1", "alice")
+    await store.finish_stream(record, Terminal("complete", "chat_complete", {}))
+    assert await reg(user_stream("c", "s3", "alice")) == Registration(True)
+    assert [r.stream_id for r in await store.active_streams(user="alice")] == ["b", "c"]
+    await store.delete_session("s3")
+    assert [r.stream_id for r in await store.active_streams(user="alice")] == ["b"]
 
 
 async def test_register_stream_holds_one_slot_per_stream_up_to_the_limit(store: Store) -> None:
     assert await register(store, stream("a")) == Registration(True)
-    assert await register(store, stream("b")) == Registration(False)
+    assert await register(store, stream("b")) == Registration(False, full="session")
     assert await store.get_stream("b") is None
     assert await register(store, stream("c", session_id="s2")) == Registration(True)
 
@@ -310,7 +356,7 @@ async def test_a_refused_registration_writes_nothing(store: Store) -> None:
     await register(store, stream("a", cmid="c1"))
     full = await register(store, stream("b", cmid="c2"))
     repeated = await register(store, stream("c", cmid="c1"), limit=5)
-    assert full == Registration(False)
+    assert full == Registration(False, full="session")
     assert repeated == Registration(False, ack("a"))
     for stream_id in ("b", "c"):
         assert await store.get_stream(stream_id) is None
@@ -446,7 +492,7 @@ async def test_active_streams_frees_a_slot_whose_record_is_gone(make_store: Stor
     await asyncio.sleep(1.5)
     await register(store, stream("running"), limit=2)  # renews the slot set's TTL
     await asyncio.sleep(2.0)  # "gone" expired; the slot set has not
-    assert await register(store, stream("new"), limit=2) == Registration(False)
+    assert await register(store, stream("new"), limit=2) == Registration(False, full="session")
     assert [r.stream_id for r in await store.active_streams("s1")] == ["running"]
     assert await register(store, stream("new"), limit=2) == Registration(True)
 
@@ -510,7 +556,7 @@ async def test_keep_streams_alive_keeps_a_stream_running_past_log_ttl(
     assert await store.read_tokens("kept", 0) == [LogEntry(1, {"seq": 1})]
     assert await store.lease_alive("kept") is True
     assert [r.stream_id for r in await store.active_streams("s1")] == ["kept"]
-    assert await register(store, stream("second")) == Registration(False)
+    assert await register(store, stream("second")) == Registration(False, full="session")
     assert await store.find_client_message("s1", "c1") == ack("kept")
     # Its session's stream list was kept too, so deleting the session finds it.
     await store.delete_session("s1")
@@ -804,7 +850,7 @@ async def test_keys_are_namespaced_by_the_prefix(redis_server: RedisServer, redi
         assert await two.read_tokens("a", 0) == []
         assert await two.active_streams() == []
         keys = await stored_keys(one)
-        assert len(keys) == 13
+        assert len(keys) == 15  # with the owner's session list and stream slots
         assert all(key.startswith("one:") for key in keys)
     finally:
         await one.close()
@@ -838,7 +884,11 @@ async def test_a_registration_refused_for_lack_of_memory_is_an_outage_and_writes
         with pytest.raises(StoreUnavailable, match="memory"):
             await register(store, stream("a", cmid="c1"))
         assert private_redis_server.command("CONFIG", "SET", "maxmemory", "0") == b"+OK"
-        assert await stored_keys(store) == {"chatsock:session:s1", "chatsock:sessions"}
+        assert await stored_keys(store) == {
+            "chatsock:session:s1",
+            "chatsock:sessions",
+            "chatsock:user:anonymous:sessions",
+        }
         assert (await register(store, stream("a", cmid="c1"))).accepted
     finally:
         await store.close()

@@ -11,7 +11,8 @@ from typing import Any
 
 import orjson
 
-from chatsock.store.keys import SESSION_KEYS, STREAM_KEYS, Keyspace
+from chatsock.store.keys import SESSION_KEYS, STREAM_KEYS
+from chatsock.store.limits import RateLimits
 from chatsock.store.models import (
     LogEntry,
     Message,
@@ -49,7 +50,7 @@ def check_seq(after: int) -> None:
         raise StoreRequestError(f"seq {after} is outside 0..{MAX_SEQ}")
 
 
-class Store(Keyspace):
+class Store(RateLimits):
     """Async store. Public methods are the contract; `_`-methods are the backend.
 
     The contract does serialisation and the domain rules once, on the keys
@@ -73,10 +74,10 @@ class Store(Keyspace):
         key = self._sk(session.session_id)
         created = await self._set(key, _dumps(session.to_dict()), self.session_ttl, nx=True)
         if created:
-            await self._index_add(
-                self._k("sessions"), session.session_id, _score(session.created_at)
-            )
-            await self._evict_sessions()
+            score = _score(session.created_at)
+            await self._index_add(self._k("sessions"), session.session_id, score)
+            await self._index_add(self._uk(session.owner, "sessions"), session.session_id, score)
+            await self._evict_sessions(session.owner)
             return session
         found = await self.get_session(session.session_id)
         return found or session
@@ -85,14 +86,15 @@ class Store(Keyspace):
         raw = await self._get(self._sk(session_id))
         return SessionInfo.from_dict(orjson.loads(raw)) if raw else None
 
-    async def list_sessions(self, limit: int = 100) -> list[SessionInfo]:
-        """Most recently updated first."""
-        ids = await self._index_range(self._k("sessions"), limit)
+    async def list_sessions(self, limit: int = 100, owner: str | None = None) -> list[SessionInfo]:
+        """Most recently updated first: those of `owner`, or everyone's when None."""
+        index = self._k("sessions") if owner is None else self._uk(owner, "sessions")
+        ids = await self._index_range(index, limit)
         sessions = []
         for session_id in ids:
             info = await self.get_session(session_id)
             if info is None:
-                await self._index_remove(self._k("sessions"), session_id)
+                await self._index_remove(index, session_id)
             else:
                 sessions.append(info)
         return sessions
@@ -100,8 +102,13 @@ class Store(Keyspace):
     async def delete_session(self, session_id: str) -> bool:
         """Delete the session with every key of its streams (records, logs, ends,
         flags, leases). False when nothing of it was stored."""
+        info = await self.get_session(session_id)
         streams = set(await self._index_range(self._sk(session_id, "streams"), self.max_messages))
         streams.update(await self._members(self._sk(session_id, "active")))
+        users = {info.owner} if info is not None else set()
+        for raw in await self._mget([self._tk(s) for s in streams]) if streams else []:
+            if raw is not None:
+                users.add(orjson.loads(raw).get("user"))
         removed = await self._delete(
             *(self._sk(session_id, *parts) for parts in SESSION_KEYS),
             *(self._tk(s, *parts) for s in streams for parts in STREAM_KEYS),
@@ -109,6 +116,10 @@ class Store(Keyspace):
         if streams:
             await self._index_remove(self._k("streams", "active"), *streams)
         await self._index_remove(self._k("sessions"), session_id)
+        if info is not None:
+            await self._index_remove(self._uk(info.owner, "sessions"), session_id)
+        for user in users if streams else ():
+            await self._remove_member(self._uk(user, "active"), *streams)
         return removed > 0
 
     async def add_message(self, session_id: str, message: Message) -> bool:
@@ -130,7 +141,9 @@ class Store(Keyspace):
             if info.title is None and message.role == "user":
                 info.title = " ".join(message.content.split())[:80]
             await self._set(self._sk(session_id), _dumps(info.to_dict()), self.session_ttl)
-            await self._index_add(self._k("sessions"), session_id, _score(message.created_at))
+            score = _score(message.created_at)
+            await self._index_add(self._k("sessions"), session_id, score)
+            await self._index_add(self._uk(info.owner, "sessions"), session_id, score)
         return stored
 
     async def get_messages(self, session_id: str) -> list[Message]:
@@ -162,13 +175,20 @@ class Store(Keyspace):
 
     # -- streams ----------------------------------------------------------
     async def register_stream(
-        self, record: StreamRecord, *, limit: int, lease_s: float, ack: dict[str, Any]
+        self,
+        record: StreamRecord,
+        *,
+        limit: int,
+        lease_s: float,
+        ack: dict[str, Any],
+        user_limit: int = 2**31,
     ) -> Registration:
         """Register a streaming stream in one atomic step, or refuse it.
 
         Refused when its client_message_id already started another stream
-        (`earlier` is that stream's ack) or when the session has `limit`
-        running streams. Otherwise the slot, record, owner lease, index entry,
+        (`earlier` is that stream's ack), when the session has `limit` running
+        streams, or when its user (`record.user`) has `user_limit` (`full` says
+        which). Otherwise the slots, record, owner lease, index entry,
         the session's stream list and the client_message_id's ack are written
         together. A retried call (same record) is accepted and writes nothing."""
         session_id = record.session_id
@@ -178,6 +198,7 @@ class Store(Keyspace):
                 cmid_order=self._sk(session_id, "cmid_order"),
                 record_key=self._tk(record.stream_id),
                 slots=self._sk(session_id, "active"),
+                user_slots=self._uk(record.user, "active"),
                 lease=self._tk(record.stream_id, "lease"),
                 index=self._k("streams", "active"),
                 streams=self._sk(session_id, "streams"),
@@ -189,13 +210,14 @@ class Store(Keyspace):
                 lease_ttl=max(1, math.ceil(lease_s)),
                 started=_score(record.started_at),
                 limit=limit,
+                user_limit=user_limit,
                 log_ttl=self.log_ttl,
                 keep_ttl=self._keep_ttl,
                 cap=self.max_messages,
             )
         )
-        if outcome == "full":
-            return Registration(False)
+        if outcome in ("full", "user_full"):
+            return Registration(False, full="user" if outcome == "user_full" else "session")
         if earlier is not None:
             found: dict[str, Any] = orjson.loads(earlier)
             if found.get("stream_id") != record.stream_id:
@@ -213,20 +235,27 @@ class Store(Keyspace):
         record.last_seq = await self._log_last(self._tk(stream_id, "log"))
         return record
 
-    async def active_streams(self, session_id: str | None = None) -> list[StreamRecord]:
-        """Streams still streaming, oldest first; all sessions when `session_id` is None.
+    async def active_streams(
+        self, session_id: str | None = None, *, user: str | None = None
+    ) -> list[StreamRecord]:
+        """Streams still streaming, oldest first: of `session_id`, else of `user`,
+        else of everyone.
 
         Entries whose record is gone (expired, deleted) or that already ended
-        are removed from the session's slots or the index as they are found."""
-        if session_id is None:
+        are removed from the slots or the index as they are found."""
+        slots: str | None = None
+        if session_id is not None:
+            slots = self._sk(session_id, "active")
+        elif user is not None:
+            slots = self._uk(user, "active")
+        if slots is None:
             index = self._k("streams", "active")
             ids = await self._index_range(index, 10000)
         else:
-            slots = self._sk(session_id, "active")
             ids = sorted(await self._members(slots))
         records, stale = await self._running(ids)
         if stale:
-            if session_id is None:
+            if slots is None:
                 await self._index_remove(index, *stale)
             else:
                 await self._remove_member(slots, *stale)
@@ -289,6 +318,7 @@ class Store(Keyspace):
                 streams=self._sk(r.session_id, "streams"),
                 cmids=self._sk(r.session_id, "cmids"),
                 cmid_order=self._sk(r.session_id, "cmid_order"),
+                user_slots=self._uk(r.user, "active"),
             )
             for r in records
         ]
@@ -354,7 +384,7 @@ class Store(Keyspace):
             self._tk(record.stream_id, "end"),
             _dumps(end),
             self.log_ttl,
-            self._sk(record.session_id, "active"),
+            (self._sk(record.session_id, "active"), self._uk(record.user, "active")),
             self._k("streams", "active"),
             record.stream_id,
         )
@@ -417,8 +447,10 @@ class Store(Keyspace):
         return 0
 
     # -- retention --------------------------------------------------------
-    async def _evict_sessions(self) -> None:
+    async def _evict_sessions(self, owner: str | None) -> None:
+        """Keep `owner`'s newest `max_sessions`: one user never evicts another's."""
         if self.max_sessions is None:
             return
-        for session_id in await self._index_trim(self._k("sessions"), self.max_sessions):
+        index = self._uk(owner, "sessions")
+        for session_id in await self._index_trim(index, self.max_sessions):
             await self.delete_session(session_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chatsock.identity import ANONYMOUS_USER
 from chatsock.store.primitives import Primitives
 
 # Every key of a session and of a stream, by its parts after the id.
@@ -38,6 +39,10 @@ class Keyspace(Primitives):
 
     def _tk(self, stream_id: str, *parts: str) -> str:
         return self._k("stream", stream_id, *parts)
+
+    def _uk(self, user: str | None, *parts: str) -> str:
+        """A key of one user (a session's owner; None: the anonymous user)."""
+        return self._k("user", user or ANONYMOUS_USER, *parts)
 
     @property
     def _keep_ttl(self) -> int | None:

@@ -16,12 +16,13 @@ from typing import Any
 import orjson
 
 from chatsock.store.base import Store
+from chatsock.store.memory_limits import MemoryRateLimits
 from chatsock.store.primitives import KeepAliveKeys, RegisterStep
 
 _SWEEP_EVERY = 1000
 
 
-class MemoryStore(Store):
+class MemoryStore(MemoryRateLimits, Store):
     """Keeps everything in dicts, with the same semantics as the Redis backend."""
 
     def __init__(self, **options: Any) -> None:
@@ -187,8 +188,12 @@ class MemoryStore(Store):
         slots = self._live(step.slots) or set()
         if step.stream_id not in slots and len(slots) >= step.limit:
             return "full", None
-        self._container(step.slots, set).add(step.stream_id)
-        self._touch(step.slots, step.log_ttl)
+        user_slots = self._live(step.user_slots) or set()
+        if step.stream_id not in user_slots and len(user_slots) >= step.user_limit:
+            return "user_full", None
+        for key in (step.slots, step.user_slots):
+            self._container(key, set).add(step.stream_id)
+            self._touch(key, step.log_ttl)
         self._set_now(step.record_key, step.record, step.log_ttl)
         self._set_now(step.lease, step.owner, step.lease_ttl)
         self._container(step.index, dict)[step.stream_id] = step.started
@@ -203,12 +208,13 @@ class MemoryStore(Store):
         return "registered", None
 
     async def _finish(
-        self, key: str, value: bytes, ttl: int, slots: str, index: str, member: str
+        self, key: str, value: bytes, ttl: int, slots: Sequence[str], index: str, member: str
     ) -> bool:
         won = self._set_now(key, value, ttl, nx=True)
-        (self._live(slots) or set()).discard(member)
+        for slot in slots:
+            (self._live(slot) or set()).discard(member)
+            self._drop_if_empty(slot)
         (self._live(index) or {}).pop(member, None)
-        self._drop_if_empty(slots)
         self._drop_if_empty(index)
         return won
 
@@ -223,7 +229,7 @@ class MemoryStore(Store):
         stopped = []
         for keys in streams:
             if self._live(keys.record) is not None:
-                for key in (keys.record, keys.log, keys.slots):
+                for key in (keys.record, keys.log, keys.slots, keys.user_slots):
                     self._expire(key, log_ttl)
                 self._set_now(keys.lease, owner, lease_ttl)
                 if keep_ttl:

@@ -62,6 +62,7 @@ class StreamRecord:
     model: str | None
     started_at: str
     client_message_id: str | None = None
+    user: str | None = None  # who started it (the session's owner); None: before owners
     status: StreamStatus = "streaming"
     last_seq: int = 0
 
@@ -96,8 +97,9 @@ class Registration:
 
     `accepted`: the stream is registered (now, or by an earlier call with the
     same record). Refused with `earlier` set: its `client_message_id` already
-    started another stream, whose ack that is. Refused with `earlier` None:
-    the session has no free slot."""
+    started another stream, whose ack that is. Refused with `full`: the
+    session ("session") or its user ("user") has no free slot."""
 
     accepted: bool
     earlier: dict[str, Any] | None = None
+    full: Literal["session", "user"] | None = None

@@ -15,6 +15,7 @@ class RegisterStep:
     cmid_order: str  # ordered set: client_message_ids, oldest first
     record_key: str
     slots: str  # set: the session's running streams
+    user_slots: str  # set: the running streams of the session's owner
     lease: str
     index: str  # ordered set: running streams of every session
     streams: str  # ordered set: every stream of the session
@@ -26,6 +27,7 @@ class RegisterStep:
     lease_ttl: int
     started: float
     limit: int
+    user_limit: int
     log_ttl: int
     keep_ttl: int | None  # of `streams` and the cmids (None: no expiry)
     cap: int  # of `streams` and the cmids
@@ -43,6 +45,7 @@ class KeepAliveKeys:
     streams: str  # the session's stream list
     cmids: str
     cmid_order: str
+    user_slots: str  # the running streams of the session's owner
 
 
 class Primitives(ABC):
@@ -107,15 +110,16 @@ class Primitives(ABC):
     @abstractmethod
     async def _register(self, step: RegisterStep) -> tuple[str, bytes | None]:
         """Atomically: ("earlier", ack) when `step.cmid` is known; ("exists", None)
-        when the record exists; ("full", None) when the slots are full; else
-        write everything and return ("registered", None)."""
+        when the record exists; ("full", None) when the session's slots are full;
+        ("user_full", None) when its owner's are; else write everything and
+        return ("registered", None)."""
 
     @abstractmethod
     async def _finish(
-        self, key: str, value: bytes, ttl: int, slots: str, index: str, member: str
+        self, key: str, value: bytes, ttl: int, slots: Sequence[str], index: str, member: str
     ) -> bool:
         """Atomically set `key` unless it exists and remove `member` from the
-        set `slots` and the index `index`. True when `key` was set."""
+        sets `slots` and the index `index`. True when `key` was set."""
 
     @abstractmethod
     async def _keep_alive(

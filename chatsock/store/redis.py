@@ -19,6 +19,7 @@ from chatsock.store import scripts
 from chatsock.store.base import Store, StoreRequestError, StoreUnavailable, check_seq
 from chatsock.store.models import LogEntry
 from chatsock.store.primitives import KeepAliveKeys, RegisterStep
+from chatsock.store.redis_limits import RedisRateLimits
 from chatsock.store.subscription import Subscription
 from chatsock.store.urls import mask_url, password_forms
 
@@ -69,7 +70,7 @@ def _decoded(members: Any) -> list[str]:
     return [bytes(m).decode() for m in members]
 
 
-class RedisStore(Store):
+class RedisStore(RedisRateLimits, Store):
     """The store on Redis: every worker pointed at the same URL sees the same data.
 
     Strings hold sessions and stream records, lists hold messages, sorted sets
@@ -231,24 +232,25 @@ class RedisStore(Store):
     @_mapped
     async def _register(self, step: RegisterStep) -> tuple[str, bytes | None]:
         keys = [step.cmids, step.cmid_order, step.record_key, step.slots, step.lease,
-                step.index, step.streams]  # fmt: skip
+                step.index, step.streams, step.user_slots]  # fmt: skip
         args: list[bytes | str | int | float] = [
             step.stream_id, "1" if step.cmid is not None else "0", step.cmid or "", step.ack,
             step.record, step.owner, step.lease_ttl, step.started, step.limit, step.log_ttl,
-            step.keep_ttl or 0, step.cap,
+            step.keep_ttl or 0, step.cap, step.user_limit,
         ]  # fmt: skip
         reply = await self._register_script(keys=keys, args=args)
         return bytes(reply[0]).decode(), (bytes(reply[1]) if len(reply) > 1 else None)
 
     @_mapped
     async def _finish(
-        self, key: str, value: bytes, ttl: int, slots: str, index: str, member: str
+        self, key: str, value: bytes, ttl: int, slots: Sequence[str], index: str, member: str
     ) -> bool:
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.set(key, value, ex=ttl, nx=True)
-            pipe.srem(slots, member)
+            for slot in slots:
+                pipe.srem(slot, member)
             pipe.zrem(index, member)
-            won, _, _ = await pipe.execute()
+            won = (await pipe.execute())[0]
         return bool(won)
 
     @_mapped

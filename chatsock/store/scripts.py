@@ -34,9 +34,10 @@ end
 
 # A stream's registration (see Store.register_stream and RegisterStep): checks
 # first, then writes that cannot fail, so it is all or nothing.
-# KEYS: cmids, cmid_order, record, slots, lease, streams:active, session streams
+# KEYS: cmids, cmid_order, record, slots, lease, streams:active, session streams,
+#       user slots
 # ARGV: stream_id, has_cmid, cmid, ack, record, owner, lease_ttl, started,
-#       limit, log_ttl, keep_ttl (0 = none), cap
+#       limit, log_ttl, keep_ttl (0 = none), cap, user_limit
 REGISTER = """
 local id = ARGV[1]
 if ARGV[2] == '1' then
@@ -48,8 +49,14 @@ if redis.call('SISMEMBER', KEYS[4], id) == 0
    and redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[9]) then
   return {'full'}
 end
+if redis.call('SISMEMBER', KEYS[8], id) == 0
+   and redis.call('SCARD', KEYS[8]) >= tonumber(ARGV[13]) then
+  return {'user_full'}
+end
 redis.call('SADD', KEYS[4], id)
 redis.call('EXPIRE', KEYS[4], ARGV[10])
+redis.call('SADD', KEYS[8], id)
+redis.call('EXPIRE', KEYS[8], ARGV[10])
 redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[10])
 redis.call('SET', KEYS[5], ARGV[6], 'EX', ARGV[7])
 redis.call('ZADD', KEYS[6], ARGV[8], id)
@@ -89,16 +96,17 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
-# Eight keys per stream: record, log, slots, lease, stop, session streams,
-# cmids, cmid_order. ARGV: owner, lease_ttl, log_ttl, keep_ttl (0 = leave).
-# Returns the stop flags.
+# Nine keys per stream: record, log, slots, lease, stop, session streams,
+# cmids, cmid_order, user slots. ARGV: owner, lease_ttl, log_ttl, keep_ttl
+# (0 = leave). Returns the stop flags.
 KEEP_ALIVE = """
 local stopped = {}
-for i = 1, #KEYS, 8 do
+for i = 1, #KEYS, 9 do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     redis.call('EXPIRE', KEYS[i], ARGV[3])
     redis.call('EXPIRE', KEYS[i + 1], ARGV[3])
     redis.call('EXPIRE', KEYS[i + 2], ARGV[3])
+    redis.call('EXPIRE', KEYS[i + 8], ARGV[3])
     redis.call('SET', KEYS[i + 3], ARGV[1], 'EX', ARGV[2])
     if tonumber(ARGV[4]) > 0 then
       for j = i + 5, i + 7 do redis.call('EXPIRE', KEYS[j], ARGV[4]) end

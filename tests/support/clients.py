@@ -17,14 +17,30 @@ class RecordingClient:
         self.events: list[tuple[str, Any]] = []
         self._changed = asyncio.Condition()
 
+        self.disconnected = asyncio.Event()
+
+        self.connect_errors: list[Any] = []
+
+        @self.sio.event
+        async def disconnect(reason: Any = None) -> None:
+            self.disconnected.set()
+
+        @self.sio.event
+        async def connect_error(data: Any = None) -> None:
+            self.connect_errors.append(data)
+
         @self.sio.on("*")
         async def _any(event: str, data: Any = None) -> None:
             async with self._changed:
                 self.events.append((event, data))
                 self._changed.notify_all()
 
-    async def connect(self, url: str) -> RecordingClient:
-        await self.sio.connect(url, transports=["websocket"], wait_timeout=10)
+    async def connect(
+        self, url: str, *, auth: Any = None, headers: dict[str, str] | None = None
+    ) -> RecordingClient:
+        await self.sio.connect(
+            url, transports=["websocket"], wait_timeout=10, auth=auth, headers=headers or {}
+        )
         return self
 
     async def call(self, event: str, data: Any = None, within: float = 10) -> Any:

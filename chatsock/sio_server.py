@@ -1,0 +1,253 @@
+"""The Socket.IO server a worker runs: python-socketio's, refusing what chatsock never uses.
+
+chatsock's protocol is JSON text only, so a binary packet, a binary attachment
+or a binary Engine.IO message is refused outright: the connection is closed
+before anything is buffered. A malformed packet closes its connection too,
+with one log line and no traceback (python-socketio raises on it, and
+Engine.IO logs every such exception with its traceback, twice).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NoReturn
+from urllib.parse import parse_qs
+
+import engineio
+import socketio
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http import WebSocketError
+from engineio import exceptions as eio_exceptions
+from engineio.async_drivers import aiohttp as eio_aiohttp
+from engineio.async_socket import AsyncSocket
+from engineio.payload import Payload
+from socketio import packet as sio_packet
+
+from chatsock.logsafe import shown
+
+log = logging.getLogger(__name__)
+
+BINARY = "binary packets are not accepted"
+TOO_LARGE = "too large"
+MAX_NAMESPACE_CHARS = 128
+_SHOWN_PACKET_CHARS = 64
+# Engine.IO packet types a client sends: CLOSE, PING (the upgrade probe), PONG,
+# MESSAGE, UPGRADE. Polling takes no PING or UPGRADE: Engine.IO answers those
+# with a disconnect that waits for the client to poll again.
+_WEBSOCKET_TYPES = frozenset("12345")
+_POLLING_TYPES = frozenset("1345")
+_CLIENT_PACKETS = (sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, sio_packet.ACK)
+
+
+def engineio_problem(frame: str, types: frozenset[str] = _WEBSOCKET_TYPES) -> str | None:
+    """Why a text Engine.IO packet is refused, or None."""
+    if not frame:
+        return "empty Engine.IO packet"
+    if frame[0] == "b":
+        return BINARY  # a base64 binary message
+    if frame[0] not in types:
+        return "not an Engine.IO packet a client sends"
+    return None
+
+
+def socketio_problem(data: object, packet_class: type[sio_packet.Packet]) -> str | None:
+    """Why the content of an Engine.IO message is refused as a Socket.IO packet, or None."""
+    if not isinstance(data, str):
+        return BINARY
+    try:
+        pkt = packet_class(encoded_packet=data)
+    except ValueError as exc:  # a bad type, id or attachment count; invalid JSON
+        return f"undecodable Socket.IO packet ({type(exc).__name__})"
+    if pkt.packet_type in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK):
+        return BINARY
+    if pkt.packet_type not in _CLIENT_PACKETS:
+        return "not a Socket.IO packet a client sends"
+    if pkt.namespace is not None and len(pkt.namespace) > MAX_NAMESPACE_CHARS:
+        return "namespace too long"
+    if pkt.packet_type == sio_packet.EVENT and not (
+        isinstance(pkt.data, list) and pkt.data and isinstance(pkt.data[0], str)
+    ):
+        return "an event must be a list that starts with its name"
+    if pkt.packet_type == sio_packet.ACK and not isinstance(pkt.data, list):
+        return "an ack must carry a list"
+    return None
+
+
+def _peer(environ: dict[str, Any] | None) -> str:
+    request = (environ or {}).get("aiohttp.request")
+    remote = request.remote if isinstance(request, web.BaseRequest) else None
+    return shown(remote or "unknown")
+
+
+def _refused(who: str, environ: dict[str, Any] | None, problem: str, data: object) -> None:
+    """The one log line for a refused connection.
+
+    `who` is "socket <sid>" once it has connected to a namespace (the sid chatsock's
+    other lines use), else "connection <eio sid>". A refusal by policy (binary, too
+    large: `data` None) is INFO; a malformed packet is a WARNING that quotes it."""
+    if problem == BINARY or data is None:
+        log.info("%s from %s refused: %s; disconnected", who, _peer(environ), problem)
+    else:
+        log.warning(
+            "%s from %s refused: %s: %s; disconnected",
+            who,
+            _peer(environ),
+            problem,
+            shown(data, _SHOWN_PACKET_CHARS),
+        )
+
+
+async def _drop(socket: AsyncSocket | None) -> None:
+    """Close an Engine.IO socket now, whatever its transport.
+
+    `close(wait=False)`: a peer that does not read would never drain the queue.
+    The `None` ends the writer, which closes the WebSocket (or ends the pending
+    poll), so the read side does not linger until the ping timeout.
+    """
+    if socket is None or socket.closed:
+        return
+    await socket.close(wait=False, reason=socket.server.reason.SERVER_DISCONNECT)
+    await socket.queue.put(None)
+
+
+class _GuardedWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
+    """Engine.IO's aiohttp WebSocket, handing Engine.IO only well-formed text frames."""
+
+    async def wait(self) -> str:
+        msg = await self._sock.receive()
+        if msg.type == WSMsgType.TEXT:
+            problem = engineio_problem(msg.data)
+            if problem is None:
+                return str(msg.data)
+            await self._refuse(problem, msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            await self._refuse(BINARY, None)
+        elif isinstance(msg.data, WebSocketError) and msg.data.code == WSCloseCode.MESSAGE_TOO_BIG:
+            await self._refuse(TOO_LARGE, None)
+        # Engine.IO reads OSError as "the connection is gone" and closes the socket.
+        raise OSError
+
+    async def _refuse(self, problem: str, data: object) -> None:
+        socket = getattr(self.handler, "__self__", None)  # the bound `_websocket_handler`
+        if not isinstance(socket, AsyncSocket) or socket.closed or socket.closing:
+            return  # already refused, or closing anyway: one line per connection
+        if problem == TOO_LARGE:
+            limit = self.server.max_http_buffer_size
+            problem = f"a WebSocket message over {limit} bytes (http.client_max_size)"
+        _refused(f"connection {socket.sid}", self.environ, problem, data)
+        # Engine.IO closes the socket itself after OSError, except during an upgrade
+        # from polling, which it would just abandon.
+        await _drop(socket)
+
+
+class _CheckedBody:
+    """A long-polling POST body, read for Engine.IO and checked first."""
+
+    def __init__(self, server: engineio.AsyncServer, request: web.BaseRequest) -> None:
+        self.server = server
+        self.request = request
+        self.too_large = (request.content_length or 0) > server.max_http_buffer_size
+
+    async def read(self, length: int) -> bytes:
+        if self.too_large:
+            limit = self.server.max_http_buffer_size
+            await self._refuse(f"a polling payload over {limit} bytes (http.client_max_size)", None)
+        body = bytearray()
+        while len(body) < length:  # StreamReader.read(n) returns what has arrived
+            chunk = await self.request.content.read(length - len(body))
+            if not chunk:
+                break
+            body += chunk
+        problem = self._problem(bytes(body))
+        if problem is not None:
+            await self._refuse(problem, body.decode(errors="replace"))
+        return bytes(body)
+
+    async def _refuse(self, problem: str, data: str | None) -> NoReturn:
+        sid = (parse_qs(self.request.query_string).get("sid") or [""])[0]
+        socket = self.server.sockets.get(sid)
+        who = f"connection {socket.sid if socket else shown(sid, _SHOWN_PACKET_CHARS)}"
+        _refused(who, {"aiohttp.request": self.request}, problem, data)
+        await _drop(socket)
+        # Engine.IO answers this with 400 and forgets the (already closed) socket.
+        raise eio_exceptions.EngineIOError(problem)
+
+    @staticmethod
+    def _problem(body: bytes) -> str | None:
+        try:
+            text = body.decode()
+        except UnicodeDecodeError:
+            return "a polling payload that is not UTF-8"
+        if not text:
+            return None
+        frames = text.split("\x1e")
+        if len(frames) > Payload.max_decode_packets:
+            return "too many packets in one polling payload"
+        for frame in frames:
+            problem = engineio_problem(frame, _POLLING_TYPES)
+            if problem is not None:
+                return problem
+        return None
+
+
+class ChatsockEngine(engineio.AsyncServer):  # type: ignore[misc]
+    """Engine.IO's server, its aiohttp driver guarded (`_GuardedWebSocket`, `_CheckedBody`)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if self.async_mode != "aiohttp":
+            raise ValueError("chatsock's Socket.IO server runs on aiohttp only")
+        # The driver is a shared module-level dict: replace it, never update it.
+        driver: dict[str, Any] = self._async  # type: ignore[has-type]
+        self._async = {
+            **driver,
+            "websocket": _GuardedWebSocket,
+            "translate_request": self._translate_request,
+        }
+
+    def _translate_request(self, request: web.BaseRequest) -> dict[str, Any]:
+        environ: dict[str, Any] = eio_aiohttp.translate_request(request)
+        if request.method == "POST":
+            body = environ["wsgi.input"] = _CheckedBody(self, request)
+            if body.too_large:
+                # Engine.IO's own refusal of a long body disconnects with wait=True: the
+                # request then hangs until the client polls, which an attacker never does.
+                environ["CONTENT_LENGTH"] = "0"
+        return environ
+
+
+def _library_logger(name: str) -> logging.Logger:
+    """python-socketio's and Engine.IO's logger, without the handler they add.
+
+    Passing a logger object keeps them from adding their own stderr handler,
+    which printed every line twice (once unescaped). ERROR is their default
+    level: INFO would log every packet."""
+    logger = logging.getLogger(name)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)
+    return logger
+
+
+class ChatsockServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's AsyncServer, refusing binary and malformed packets (module docstring)."""
+
+    def __init__(self, **options: Any) -> None:
+        options.setdefault("logger", _library_logger("socketio.server"))
+        options.setdefault("engineio_logger", _library_logger("engineio.server"))
+        super().__init__(**options)
+
+    def _engineio_server_class(self) -> type[engineio.AsyncServer]:
+        return ChatsockEngine
+
+    async def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
+        problem = socketio_problem(data, self.packet_class)
+        if problem is None:
+            await super()._handle_eio_message(eio_sid, data)
+            return
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed or socket.closing:
+            return  # already refused: one line per connection
+        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+        who = f"socket {sid}" if sid else f"connection {eio_sid}"
+        _refused(who, self.environ.get(eio_sid), problem, data)
+        await _drop(socket)
