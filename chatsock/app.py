@@ -23,6 +23,7 @@ from chatsock.ids import new_id
 from chatsock.loops import BackgroundLoops
 from chatsock.metrics import Metrics
 from chatsock.namespace import ChatNamespace
+from chatsock.policy import ClientPolicy
 from chatsock.providers.base import Provider
 from chatsock.providers.registry import ProviderRegistry, build_registry
 from chatsock.quotas import Quotas
@@ -94,7 +95,12 @@ def create_app(
         store, runner, fanout, stop_on_disconnect=settings.stream.stop_on_disconnect, bus=bus
     )
     quotas = Quotas(store, settings.limits)
-    gate = Gate(Authenticator(settings.auth), quotas, settings.server.trusted_proxies)
+    gate = Gate(
+        Authenticator(settings.auth),
+        quotas,
+        ClientPolicy(settings, registry),
+        settings.server.trusted_proxies,
+    )
     namespace = ChatNamespace(runner, sessions, gate, budget=quotas.event_budget)
     sio.register_namespace(namespace)
     sessions.on_deleted = _session_closer(sio)

@@ -8,6 +8,7 @@ import logging
 
 from chatsock.auth import Authenticator
 from chatsock.identity import Identity
+from chatsock.policy import ClientPolicy
 from chatsock.quotas import Quotas, client_ip, trusted_networks
 from chatsock.store import StoreUnavailable
 
@@ -18,10 +19,15 @@ class Gate:
     """Authenticates callers, finds their address and checks their quotas."""
 
     def __init__(
-        self, authenticator: Authenticator, quotas: Quotas, trusted_proxies: list[str]
+        self,
+        authenticator: Authenticator,
+        quotas: Quotas,
+        policy: ClientPolicy,
+        trusted_proxies: list[str],
     ) -> None:
         self.authenticator = authenticator
         self.quotas = quotas
+        self.policy = policy
         trusted_networks(tuple(trusted_proxies))  # a bad entry stops start-up, named
         self._trusted = trusted_proxies
 

@@ -33,7 +33,6 @@ from chatsock.requests import (
     JoinRequest,
     ResumeRequest,
     StopRequest,
-    check_limits,
     parse,
 )
 from chatsock.runner import StreamRunner
@@ -275,7 +274,7 @@ class HttpApi:
         """`POST /api/chat/stream`: SSE for `Accept: text/event-stream`, else one JSON reply."""
         who = request[IDENTITY]
         body = parse(ChatStreamRequest, await read_json(request, self.max_size))
-        check_limits(body, self.runner.limits)
+        self.gate.policy.check(body)
         await self.gate.may_start(who, request[CLIENT_IP] or None)
         session_id = body.session_id or new_id("ses")
         listener = Listener()

@@ -22,7 +22,6 @@ from chatsock.requests import (
     JoinRequest,
     ResumeRequest,
     StopRequest,
-    check_limits,
     parse,
 )
 from chatsock.runner import StreamRunner
@@ -155,7 +154,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         async def work() -> protocol.Payload:
             who = self._who(sid)
             request = parse(ChatStreamRequest, data)
-            check_limits(request, self.runner.limits)
+            self.gate.policy.check(request)
             client = self.clients.get(sid)
             await self.gate.may_start(who, client.ip if client else None)
             session_id = request.session_id or new_id("ses")

@@ -33,6 +33,7 @@ from chatsock.identity import ANONYMOUS, ANONYMOUS_USER, Identity
 from chatsock.ids import derived_id, new_id
 from chatsock.lifecycle import EndReason, Phase
 from chatsock.outcome import error_terminal, outcome
+from chatsock.policy import prompt_chars, trim_history
 from chatsock.providers.base import ChatMessage, ChatRequest, ProviderError
 from chatsock.providers.registry import ProviderRegistry
 from chatsock.requests import ChatStreamRequest
@@ -166,7 +167,8 @@ class StreamRunner:
                 model=request.model,
                 system_prompt=request.system_prompt,
                 temperature=request.temperature,
-                max_tokens=request.max_tokens,
+                # Never unbounded: the client's (at most the cap), else the cap.
+                max_tokens=request.max_tokens or self.limits.max_tokens,
             ),
             chain=chain,
             feed=self._fanout.open(stream_id, session_id),
@@ -254,8 +256,13 @@ class StreamRunner:
         if request.history is not None:
             return [ChatMessage(item.role, item.content) for item in request.history]
         stored = await self._store.get_messages(session_id)
-        usable = [m for m in stored if m.content]
-        return [ChatMessage(m.role, m.content) for m in usable[-limit:]] if limit else []
+        usable = [ChatMessage(m.role, m.content) for m in stored if m.content]
+        if not limit:
+            return []
+        # The stored history is bounded like a client's: what is left of the
+        # prompt budget after the message and the system prompt.
+        budget = self.limits.max_prompt_chars - prompt_chars(request)
+        return trim_history(usable[-limit:], budget)
 
     async def _reap(self, session_id: str, user: str | None) -> None:
         """Free the slots of a session and of its user held by streams that ended or

@@ -522,7 +522,11 @@ async def test_request_provider_picks_a_named_openai_compatible_provider_beside_
         {
             "openai": config_for(default, model="gpt-default"),
             "local": config_for(
-                local, model="llama-local", api_key=None, headers={"X-Tenant": "acme"}
+                local,
+                model="llama-local",
+                api_key=None,
+                headers={"X-Tenant": "acme"},
+                models=["qwen-custom"],  # a client may pick it besides the default
             ),
         },
         ["openai"],
