@@ -16,13 +16,12 @@ import orjson
 from aiohttp import web
 
 from chatsock import jsoncodec, protocol
-from chatsock.auth import AuthError
 from chatsock.config import Settings
 from chatsock.cors import allow_origins
 from chatsock.errors import ChatsockError
 from chatsock.fanout import Fanout, Listener
 from chatsock.gate import Gate
-from chatsock.identity import Identity
+from chatsock.identity import AuthError, Identity
 from chatsock.ids import new_id
 from chatsock.logsafe import shown
 from chatsock.loops import BackgroundLoops

@@ -28,3 +28,11 @@ class Identity:
 
 
 ANONYMOUS: Final = Identity(ANONYMOUS_USER, anonymous=True)
+
+
+class AuthError(Exception):
+    """A refused token; `reason` is fixed text safe to show the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

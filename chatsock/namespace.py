@@ -10,10 +10,9 @@ import socketio
 from socketio.exceptions import ConnectionRefusedError as Refused
 
 from chatsock import protocol
-from chatsock.auth import AuthError
 from chatsock.errors import ChatsockError
 from chatsock.gate import Gate
-from chatsock.identity import Identity
+from chatsock.identity import AuthError, Identity
 from chatsock.ids import new_id
 from chatsock.logsafe import shown
 from chatsock.quotas import EventBudget

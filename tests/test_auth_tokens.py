@@ -27,14 +27,13 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from chatsock.auth import (
     Authenticator,
-    AuthError,
     admin_claims,
     make_token,
     parse_ttl,
     refuse_exposed_anonymous,
 )
 from chatsock.config import AuthConfig, ConfigError
-from chatsock.identity import ANONYMOUS
+from chatsock.identity import ANONYMOUS, AuthError
 
 SECRET = "s" * 64
 OTHER_SECRET = "o" * 64
