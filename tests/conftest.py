@@ -17,6 +17,7 @@ from chatsock.providers.base import Provider
 from tests.fakes.provider import ScriptedProvider
 from tests.support.clients import RecordingClient
 from tests.support.leaks import leaked_resources
+from tests.support.limits import RELAXED_LIMITS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,6 +54,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     empty.write_text("")
 
     def make(**overrides: Any) -> Settings:
+        # The per-address limits are off unless a test names them (tests/support/limits.py).
+        overrides["limits"] = {**RELAXED_LIMITS, **overrides.get("limits", {})}
         return load_settings(empty, **overrides)
 
     return make

@@ -109,7 +109,10 @@ async def test_one_user_cannot_start_300_concurrent_streams(
 async def test_the_31st_start_in_a_minute_is_refused_over_both_transports(
     start_server: ServerFactory, fake_provider: ScriptedProvider, clients: list[RecordingClient]
 ) -> None:
-    server = await start_server(chain=["fake"], providers={"fake": fake_provider}, auth=AUTH)
+    server = await start_server(
+        chain=["fake"], providers={"fake": fake_provider}, auth=AUTH,
+        limits={"stream_starts_per_minute": 30},  # the default, named: tests relax it
+    )  # fmt: skip
     alice = await as_user(server, "alice", clients)
     for n in range(30):
         ack = await alice.call("chat_stream", {"message": f"m{n}"})
@@ -133,7 +136,10 @@ async def test_an_event_flood_gets_rate_limited_acks_then_a_disconnect(
 ) -> None:
     """The attack: 3,000 events in 0.5 s from one socket. A neighbour on the same
     worker keeps being served."""
-    server = await start_server(chain=["fake"], providers={"fake": fake_provider}, auth=AUTH)
+    server = await start_server(
+        chain=["fake"], providers={"fake": fake_provider}, auth=AUTH,
+        limits={"socket_events_per_second": 20, "socket_events_burst": 40},  # the defaults
+    )  # fmt: skip
     flood = await as_user(server, "mallory", clients)
     calm = await as_user(server, "alice", clients)
 

@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.support.limits import RELAXED_ENV
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -26,7 +28,8 @@ class Worker:
 
     def __init__(self, env: dict[str, str] | None = None, config: Path | None = None) -> None:
         self.port = free_port()
-        self.env = {**os.environ, **(env or {})}
+        # Per-address limits off unless the test sets them (tests/support/limits.py).
+        self.env = {**RELAXED_ENV, **os.environ, **(env or {})}
         self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"chatsock-worker-{self.port}.log"
