@@ -131,8 +131,12 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         client = self.clients.remove(sid)
-        if client is not None:
-            await self.gate.quotas.disconnect(client.ip, sid)
+        try:
+            # By sid: also a hold taken by a connect still finishing when it left.
+            await self.gate.quotas.disconnect(client.ip if client else None, sid)
+        except StoreUnavailable as exc:
+            # Forgotten here, so it is no longer renewed: it expires by itself.
+            log.warning("socket %s: its connection hold was not released: %s", sid, exc)
         rooms = [r for r in self.rooms(sid) if r != sid]
         await self.sessions.disconnected(sid, rooms)
 
