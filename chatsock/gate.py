@@ -41,12 +41,12 @@ class Gate:
 
     async def may_start(self, who: Identity, ip: str | None) -> None:
         """Raise `rate_limited` (with retry_after) when `who` or `ip` may not start a
-        stream now: the start rates, then the daily output-token budget."""
+        stream now: the daily output-token budget, then the start rates."""
         # The anonymous user of the `none` mode is everyone: only its address counts.
         user = None if who.anonymous else who.user
-        await self.quotas.check_start(user, ip)
         if user is not None:
-            await self.quotas.check_budget(user)
+            await self.quotas.check_budget(user)  # a read: refused, it costs no start
+        await self.quotas.check_start(user, ip)
 
     async def keep_holds(self) -> None:
         """Run until cancelled: renew this worker's connection holds, so they count

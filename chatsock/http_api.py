@@ -257,7 +257,8 @@ class HttpApi:
         if not request.path.startswith(API_PREFIX) or request.method == "OPTIONS":
             return await handler(request)
         peer = request.remote
-        ip = self.gate.address(peer, request.headers.get("X-Forwarded-For"))
+        # Every X-Forwarded-For line, in order: a proxy may append its own line.
+        ip = self.gate.address(peer, ",".join(request.headers.getall("X-Forwarded-For", [])))
         try:
             who = await self.gate.identify(_bearer(request))
         except AuthError as exc:

@@ -109,7 +109,9 @@ class ChatNamespace(socketio.AsyncNamespace):
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         request = environ.get("aiohttp.request")
         peer = request.remote if request is not None else None
-        forwarded = request.headers.get("X-Forwarded-For") if request is not None else None
+        forwarded = (
+            ",".join(request.headers.getall("X-Forwarded-For", [])) if request is not None else None
+        )
         ip = self.gate.address(peer, forwarded)
         try:
             who = await self.gate.identify(_token(auth))

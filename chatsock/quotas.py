@@ -117,8 +117,12 @@ class Quotas:
 
     async def refresh(self) -> None:
         """Renew the holds of this worker's connections (every `refresh_every_s`)."""
-        pairs = [(f"conn:{ip}", sid) for sid, ip in list(self._holds.items())]
-        await self._store.refresh_holds(pairs, self._hold_ttl_s)
+        held = list(self._holds.items())
+        await self._store.refresh_holds([(f"conn:{ip}", sid) for sid, ip in held], self._hold_ttl_s)
+        # A socket that left during the refresh was put back by it: release it again.
+        for sid, ip in held:
+            if self._holds.get(sid) != ip:
+                await self._store.release(f"conn:{ip}", sid)
 
     # -- one socket's events ----------------------------------------------------
     def event_budget(self) -> EventBudget:
