@@ -1,5 +1,6 @@
 // Two users with the official socket.io-client, as users' apps pass tokens:
-// io(url, {auth: {token}}). Usage: node tests/js/two_users.mjs <json-args>
+// io(url, {auth: {token}}) and fetch with `Authorization: Bearer`.
+// Usage: node tests/js/two_users.mjs <json-args>
 // args: {aliceUrl, bobUrl, alice, bob, expired, forged, shortLived}
 // Prints one JSON object with what each saw, then exits.
 import { io } from "socket.io-client";
@@ -29,6 +30,13 @@ const until = (check, ms = 20000) =>
     };
     poll();
   });
+const terminal = (events, streamId) => until(() => events.find(([n, d]) =>
+  (n === "chat_complete" || n === "chat_stream_error") && d.stream_id === streamId));
+const fetched = async (url, token, init = {}) => {
+  const reply = await fetch(url, { ...init, headers: { Authorization: `Bearer ${token}`,
+                                                       "Content-Type": "application/json" } });
+  return { status: reply.status, body: await reply.text() };
+};
 
 const refused = {};
 for (const [name, auth] of [["missing", {}], ["expired", { token: args.expired }],
@@ -56,16 +64,37 @@ const probes = {
   resume: await call(bob, "chat_resume", { stream_id: ack.stream_id }),
   stop: await call(bob, "chat_stop", { stream_id: ack.stream_id }),
   into: await call(bob, "chat_stream", { message: "bob writes", session_id: ack.session_id }),
-  missingJoin: await call(bob, "session_join", { session_id: "missing-session" }),
+  missingJoin: await call(bob, "session_join", { session_id: args.missingSession }),
+  missingResume: await call(bob, "chat_resume", { stream_id: args.missingStream }),
+  missingStop: await call(bob, "chat_stop", { stream_id: args.missingStream }),
 };
-const end = await until(() => aliceEvents.find(([n, d]) =>
-  (n === "chat_complete" || n === "chat_stream_error") && d.stream_id === ack.stream_id));
+const api = `${args.bobUrl}/api/chat`;
+const fetches = {
+  session: await fetched(`${api}/sessions/${ack.session_id}`, args.bob),
+  missingSession: await fetched(`${api}/sessions/${args.missingSession}`, args.bob),
+  stream: await fetched(`${api}/stream/${ack.stream_id}`, args.bob),
+  missingStream: await fetched(`${api}/stream/${args.missingStream}`, args.bob),
+  list: await fetched(`${api}/sessions`, args.bob),
+};
+const stillRunning = !aliceEvents.some(([n, d]) => n === "chat_complete" && d.stream_id === ack.stream_id);
+
+// Alice again, on bob's worker: she follows her own stream from its start.
+const aliceTwo = open(args.bobUrl, { token: args.alice });
+const aliceTwoEvents = record(aliceTwo);
+await connected(aliceTwo);
+const resumed = await call(aliceTwo, "chat_resume", { stream_id: ack.stream_id, after: 0 });
+const end = await terminal(aliceEvents, ack.stream_id);
+const endTwo = await terminal(aliceTwoEvents, ack.stream_id);
+const aliceSession = await fetched(`${api}/sessions/${ack.session_id}`, args.alice);
 
 const reason = await Promise.race([disconnected, new Promise((r) => setTimeout(() => r(null), 15000))]);
 
+const tokensOf = (events) =>
+  events.filter(([n, d]) => n === "chat_token" && d.stream_id === ack.stream_id).map(([, d]) => d);
 console.log(JSON.stringify({
-  refused, ack, probes, end, bobEvents, aliceTokens: aliceEvents.filter(([n]) => n === "chat_token"),
+  refused, ack, probes, fetches, stillRunning, end, endTwo, resumed, bobEvents,
+  aliceTokens: tokensOf(aliceEvents), aliceTwoTokens: tokensOf(aliceTwoEvents), aliceSession,
   shortConnect, expiredEvents: shortEvents, disconnectReason: reason,
 }));
-for (const socket of [alice, bob, short]) socket.close();
+for (const socket of [alice, aliceTwo, bob, short]) socket.close();
 process.exit(0);
