@@ -9,8 +9,9 @@ Engine.IO logs every such exception with its traceback, twice).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 from urllib.parse import parse_qs
 
 import engineio
@@ -228,13 +229,49 @@ def _library_logger(name: str) -> logging.Logger:
     return logger
 
 
+# An Engine.IO connection must connect the namespace (and so authenticate and
+# be counted in limits.connections_per_ip) within this long, or it is closed.
+NAMESPACE_CONNECT_S: Final = 10.0
+
+
 class ChatsockServer(socketio.AsyncServer):  # type: ignore[misc]
-    """python-socketio's AsyncServer, refusing binary and malformed packets (module docstring)."""
+    """python-socketio's AsyncServer, refusing binary and malformed packets (module
+    docstring), and closing connections that never connect the namespace."""
 
     def __init__(self, **options: Any) -> None:
         options.setdefault("logger", _library_logger("socketio.server"))
         options.setdefault("engineio_logger", _library_logger("engineio.server"))
         super().__init__(**options)
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._drops: set[asyncio.Task[None]] = set()
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        result = await super()._handle_eio_connect(eio_sid, environ)
+        loop = asyncio.get_running_loop()
+        self._deadlines[eio_sid] = loop.call_later(
+            NAMESPACE_CONNECT_S, self._connect_deadline, eio_sid
+        )
+        return result
+
+    def _connect_deadline(self, eio_sid: str) -> None:
+        """A transport that still has not connected the namespace: it holds a socket
+        without a token and outside the per-IP count, so it is closed."""
+        self._deadlines.pop(eio_sid, None)
+        if self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
+            return
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed or socket.closing:
+            return
+        log.info("connection %s never connected the namespace; closing it", eio_sid)
+        task = asyncio.get_running_loop().create_task(_drop(socket))
+        self._drops.add(task)
+        task.add_done_callback(self._drops.discard)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> Any:
+        deadline = self._deadlines.pop(eio_sid, None)
+        if deadline is not None:
+            deadline.cancel()
+        return await super()._handle_eio_disconnect(eio_sid, reason)
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return ChatsockEngine

@@ -311,11 +311,6 @@ async def test_a_flooding_socket_is_refused_then_disconnected_and_its_neighbour_
     assert answer["error"]["code"] == "not_found"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="connections_per_ip counts Socket.IO connects only: an Engine.IO connection "
-    "that never sends the namespace CONNECT is neither counted nor closed",
-)
 async def test_engineio_connections_that_never_connect_a_namespace_are_limited_too(
     workers: tuple[Worker, Worker], http: aiohttp.ClientSession
 ) -> None:
