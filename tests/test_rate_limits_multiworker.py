@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -80,20 +80,6 @@ def workers() -> Iterator[tuple[Worker, Worker]]:
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(Worker.stop, pair))
         redis.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[RecordingClient]]:
-    made: list[RecordingClient] = []
-    yield made
-    for client in made:
-        await client.close()
 
 
 async def connect(
