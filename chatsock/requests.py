@@ -76,7 +76,8 @@ def parse(model: type[R], payload: Any) -> R:
 
 
 def check_limits(request: ChatStreamRequest, limits: LimitsConfig) -> None:
-    """The configurable bounds pydantic cannot know at import time."""
+    """The configurable bounds pydantic cannot know at import time (part of
+    `ClientPolicy.check`, the one check both transports run)."""
     if len(request.message) > limits.max_message_chars:
         raise ChatsockError(
             "invalid_request",
@@ -95,3 +96,13 @@ def check_limits(request: ChatStreamRequest, limits: LimitsConfig) -> None:
             "invalid_request",
             f"history: at most {limits.max_history_messages} messages allowed",
         )
+    # A user turn in the history is bounded like the message it once was, so a
+    # client cannot pass a message the server would refuse through `history`;
+    # assistant turns only by the whole prompt (limits.max_prompt_chars).
+    for index, item in enumerate(request.history or ()):
+        if item.role == "user" and len(item.content) > limits.max_message_chars:
+            raise ChatsockError(
+                "invalid_request",
+                f"history.{index}.content: a user turn of at most {limits.max_message_chars} "
+                f"characters allowed (limits.max_message_chars), got {len(item.content)}",
+            )

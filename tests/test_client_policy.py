@@ -26,12 +26,6 @@ Served = tuple[TestServer, RecordingClient, aiohttp.ClientSession]
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 async def served(
     start_server: ServerFactory, fake_provider: ScriptedProvider, http: aiohttp.ClientSession
 ) -> AsyncIterator[Served]:
