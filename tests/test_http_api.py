@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -18,12 +17,6 @@ from chatsock.store.memory import MemoryStore
 from tests.conftest import url_of
 from tests.fakes.provider import ScriptedProvider
 from tests.support.http import SSE, SSEReader
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def _json(response: aiohttp.ClientResponse) -> dict:

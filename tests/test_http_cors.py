@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -16,12 +14,6 @@ from tests.support.browser import run_browser_script
 from tests.support.redis_server import free_port
 
 APP = "http://app.example"
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def _server(aiohttp_server: Any, make_settings: Any, origins: list[str]) -> TestServer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -24,12 +23,6 @@ from tests.support.redis_server import free_port
 EVIL = "http://evil.example"
 APP = "http://app.example"
 POLLING = "/socket.io/?EIO=4&transport=polling"
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def _serve(aiohttp_server: Any, make_settings: Any, **server: Any) -> TestServer:

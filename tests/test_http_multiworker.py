@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import aiohttp
 import pytest
 
 from tests.conftest import url_of
@@ -12,12 +9,6 @@ from tests.fakes.provider import ScriptedProvider
 from tests.support.http import SSE, SSEReader, tokens
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def _worker(start_server, redis_url, name, provider):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -16,12 +15,6 @@ from tests.conftest import url_of
 from tests.fakes.provider import ScriptedProvider
 from tests.support.http import SSE, SSEReader, tokens
 from tests.support.waiting import poll_until
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def _seqs(items):

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -127,12 +127,6 @@ def worker() -> Iterator[Worker]:
         started = Worker()
     yield started.start()
     started.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def _logged(worker: Worker, http: aiohttp.ClientSession, *requests: str) -> list[str]:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 
 from chatsock.app import LOOPS
@@ -14,12 +13,6 @@ from chatsock.loops import BackgroundLoops
 from tests.conftest import url_of
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import poll_until
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture

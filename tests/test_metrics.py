@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatsock.providers.base import ProviderConnectionError, ProviderStreamError
 from tests.conftest import url_of
 from tests.fakes.provider import ScriptedProvider
 from tests.support.http import SSE, SSEReader
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 class Scrape:

@@ -40,14 +40,6 @@ async def cluster(private_redis_server: RedisServer) -> AsyncIterator[tuple[Work
     await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[list[RecordingClient]]:
-    made: list[RecordingClient] = []
-    yield made
-    for client in made:
-        await client.close()
-
-
 async def _client(clients: list[RecordingClient], worker: Worker) -> RecordingClient:
     client = await RecordingClient().connect(worker.url)
     clients.append(client)

@@ -12,7 +12,7 @@ import io
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,6 @@ def worker() -> Iterator[Worker]:
         started = Worker(env={"CHATSOCK_DEMO_TOKENS_PER_SECOND": "200"})
     yield started.start()
     started.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 class WorkerLog:

@@ -28,12 +28,6 @@ async def cluster(private_redis_server: RedisServer) -> AsyncIterator[tuple[Work
         await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def _manager_hears(http: aiohttp.ClientSession, worker: Worker) -> None:
     """Wait until the worker's Socket.IO manager has heard its own heartbeat, so
     it is subscribed (it subscribes when its first client connects)."""
