@@ -243,25 +243,51 @@ class ChatsockServer(socketio.AsyncServer):  # type: ignore[misc]
         options.setdefault("engineio_logger", _library_logger("engineio.server"))
         super().__init__(**options)
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        self.namespace_connect_s = NAMESPACE_CONNECT_S
         self._drops: set[asyncio.Task[None]] = set()
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         result = await super()._handle_eio_connect(eio_sid, environ)
+        self._arm_deadline(eio_sid)
+        return result
+
+    def _arm_deadline(self, eio_sid: str) -> None:
+        previous = self._deadlines.pop(eio_sid, None)
+        if previous is not None:
+            previous.cancel()
         loop = asyncio.get_running_loop()
         self._deadlines[eio_sid] = loop.call_later(
-            NAMESPACE_CONNECT_S, self._connect_deadline, eio_sid
+            self.namespace_connect_s, self._connect_deadline, eio_sid
         )
-        return result
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        await super()._handle_connect(eio_sid, namespace, data)
+        # python-socketio skips the disconnect handler of a socket whose transport
+        # closed while its connect handler awaited (the sid was still pending), so
+        # the connection hold taken there would be renewed forever. Run it now.
+        if not self._open(eio_sid):
+            await self._handle_disconnect(eio_sid, namespace or "/", self.reason.TRANSPORT_CLOSE)
+
+    async def _handle_disconnect(
+        self, eio_sid: str, namespace: str | None, reason: Any = None
+    ) -> None:
+        await super()._handle_disconnect(eio_sid, namespace, reason)
+        # A transport that left the namespace but stays open is back to holding a
+        # socket without a token: it gets the same deadline as a new one.
+        if self._open(eio_sid) and self.manager.sid_from_eio_sid(eio_sid, "/") is None:
+            self._arm_deadline(eio_sid)
+
+    def _open(self, eio_sid: str) -> bool:
+        socket = self.eio.sockets.get(eio_sid)
+        return socket is not None and not socket.closed and not socket.closing
 
     def _connect_deadline(self, eio_sid: str) -> None:
         """A transport that still has not connected the namespace: it holds a socket
         without a token and outside the per-IP count, so it is closed."""
         self._deadlines.pop(eio_sid, None)
-        if self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
+        if self.manager.sid_from_eio_sid(eio_sid, "/") is not None or not self._open(eio_sid):
             return
-        socket = self.eio.sockets.get(eio_sid)
-        if socket is None or socket.closed or socket.closing:
-            return
+        socket = self.eio.sockets[eio_sid]
         log.info("connection %s never connected the namespace; closing it", eio_sid)
         task = asyncio.get_running_loop().create_task(_drop(socket))
         self._drops.add(task)

@@ -49,6 +49,9 @@ class Sockets:
     def get(self, sid: str) -> Client | None:
         return self._clients.get(sid)
 
+    def __len__(self) -> int:
+        return len(self._clients)
+
     def remove(self, sid: str) -> Client | None:
         client = self._clients.pop(sid, None)
         if client is not None and client.expiry is not None:

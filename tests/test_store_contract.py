@@ -220,6 +220,16 @@ async def test_messages_round_trip_every_field(store: Store) -> None:
     assert await store.get_messages("s1") == [sent]
 
 
+async def test_a_message_for_a_deleted_session_recreates_nothing(store: Store) -> None:
+    """A reply that ends after its session was deleted (or evicted) stores nothing:
+    whoever creates that id next must not inherit it."""
+    await store.ensure_session(session("s1"))
+    await store.delete_session("s1")
+    assert await store.add_message("s1", message(1, "late", role="assistant", t=1)) is False
+    assert await store.get_messages("s1") == []
+    assert await store.count_messages("s1") == 0
+
+
 async def test_add_message_twice_stores_it_once(store: Store) -> None:
     """Defect 6: a retried add_message (lost reply, redis-py's own retry) must not
     store the reply twice."""

@@ -72,15 +72,19 @@ class Store(RateLimits):
     async def ensure_session(self, session: SessionInfo) -> SessionInfo:
         """Create the session unless it exists; return the stored header."""
         key = self._sk(session.session_id)
-        created = await self._set(key, _dumps(session.to_dict()), self.session_ttl, nx=True)
-        if created:
-            score = _score(session.created_at)
-            await self._index_add(self._k("sessions"), session.session_id, score)
-            await self._index_add(self._uk(session.owner, "sessions"), session.session_id, score)
-            await self._evict_sessions(session.owner)
-            return session
-        found = await self.get_session(session.session_id)
-        return found or session
+        while True:
+            created = await self._set(key, _dumps(session.to_dict()), self.session_ttl, nx=True)
+            if created:
+                score, session_id = _score(session.created_at), session.session_id
+                await self._index_add(self._k("sessions"), session_id, score)
+                await self._index_add(self._uk(session.owner, "sessions"), session_id, score)
+                await self._evict_sessions(session.owner)
+                return session
+            found = await self.get_session(session.session_id)
+            if found is not None:
+                return found
+            # Deleted between the two reads: claim it again, never hand out an
+            # owner nobody stored.
 
     async def get_session(self, session_id: str) -> SessionInfo | None:
         raw = await self._get(self._sk(session_id))
@@ -127,6 +131,9 @@ class Store(RateLimits):
 
         Idempotent by `message.message_id`: a call retried after a lost reply
         stores nothing more (returns False)."""
+        info = await self.get_session(session_id)
+        if info is None:
+            return False  # deleted or evicted: a late reply must not recreate its keys
         stored = await self._push_once(
             self._sk(session_id, "messages"),
             self._sk(session_id, "message_ids"),
@@ -135,15 +142,13 @@ class Store(RateLimits):
             self.session_ttl,
             self.max_messages,
         )
-        info = await self.get_session(session_id)
-        if info is not None:
-            info.updated_at = message.created_at
-            if info.title is None and message.role == "user":
-                info.title = " ".join(message.content.split())[:80]
-            await self._set(self._sk(session_id), _dumps(info.to_dict()), self.session_ttl)
-            score = _score(message.created_at)
-            await self._index_add(self._k("sessions"), session_id, score)
-            await self._index_add(self._uk(info.owner, "sessions"), session_id, score)
+        info.updated_at = message.created_at
+        if info.title is None and message.role == "user":
+            info.title = " ".join(message.content.split())[:80]
+        await self._set(self._sk(session_id), _dumps(info.to_dict()), self.session_ttl)
+        score = _score(message.created_at)
+        await self._index_add(self._k("sessions"), session_id, score)
+        await self._index_add(self._uk(info.owner, "sessions"), session_id, score)
         return stored
 
     async def get_messages(self, session_id: str) -> list[Message]:
