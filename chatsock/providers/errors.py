@@ -1,7 +1,8 @@
 """SDK and transport failures of HTTP providers, mapped into the ProviderError tree.
 
 The openai and anthropic SDKs raise look-alike exception classes; both sit
-on httpx2, whose errors surface unwrapped once the body is being read. The
+on httpx2, whose errors (raised by transport.py for aiohttp's) surface
+unwrapped once the body is being read. The
 functions here build the chatsock error for each case. Its `message`, which
 clients see, says what happened and names the provider; its `detail`, for
 operators, names the base URL with its credentials masked. Neither quotes an
@@ -110,8 +111,10 @@ class ErrorMapper:
                 first_token=not started,
             )
         # The exception's own text goes to the log only: clients get its type.
+        # transport.py's errors say what broke themselves; the innermost cause
+        # is often a bare parser message.
         kind = type(exc).__name__
-        reason = _innermost(exc) or kind
+        reason = str(exc)[:_MAX_UPSTREAM_MESSAGE] or _innermost(exc) or kind
         return ProviderStreamError(
             message=self.redact(f"the stream from {self.where} broke: {kind}"),
             detail=self.redact(f"the stream from {self.shown_url} broke: {reason}"),

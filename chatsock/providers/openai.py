@@ -4,7 +4,8 @@ The official SDK builds the request, authenticates, retries the initial
 connection (connect errors, 408/409/429/5xx, `max_retries` times) and turns
 HTTP errors into exception types. The body is then read raw and parsed here
 (sse.py + orjson): iterating the SDK's typed chunks costs ~200 µs per token,
-this path ~15 µs (shared/FACTS.md, benchmarks/providers.py).
+this path ~15 µs (shared/FACTS.md, bench/micro_providers.py), and the
+aiohttp transport (transport.py) cuts the body read further (bench/micro_upstream.py).
 
 Each chunk gives text (`delta.content`: a string, or a list whose `text`
 parts are joined), activity (reasoning in `reasoning_content`, `reasoning` or

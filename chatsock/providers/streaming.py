@@ -1,21 +1,26 @@
 """The fast path both HTTP providers share: the SDK opens, chatsock parses.
 
 The official SDK builds the request, authenticates, retries the initial
-connection and maps HTTP errors to its exception types. The streamed body is
-then read as raw bytes and parsed by sse.py and orjson, which costs a
-fraction of the SDKs' typed stream objects (shared/FACTS.md). A provider
-supplies how to open the response and an `EventReader` for its event format.
+connection and maps HTTP errors to its exception types. Its httpx2 client
+sends through aiohttp (transport.py), so the streamed body arrives one TCP
+read per chunk without httpcore and anyio in between; the bytes are parsed
+by sse.py and orjson, a fraction of the cost of the SDKs' typed stream
+objects (shared/FACTS.md). A provider supplies how to open the response and
+an `EventReader` for its event format.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import logging
 from abc import abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, Protocol
 
+import aiohttp
 import httpx2
 
 from chatsock.providers.base import (
@@ -26,6 +31,7 @@ from chatsock.providers.base import (
 )
 from chatsock.providers.errors import ErrorMapper, UpstreamEventError
 from chatsock.providers.sse import SSEParser
+from chatsock.providers.transport import AiohttpTransport, env_proxy_configured
 from chatsock.store.urls import mask_url, password_forms, without_userinfo
 
 log = logging.getLogger(__name__)
@@ -33,6 +39,20 @@ log = logging.getLogger(__name__)
 # A stream logs at most this many distinct ignored kinds (then one line saying
 # there were more), so an upstream that invents a type per event cannot flood the log.
 MAX_IGNORED_NOTES = 16
+
+
+# How long a finished stream waits for the rest of its body (the chunked
+# terminator, which follows the last event at once): read to its end, the
+# connection goes back to the pool; cut short, it is closed.
+DRAIN_SECONDS = 0.05
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read and drop what is left of a body whose closing event came."""
+    with contextlib.suppress(httpx2.TransportError, TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in chunks:
+                pass
 
 
 class EventReader(Protocol):
@@ -131,7 +151,10 @@ class SSEStreamProvider(Provider):
         connect_timeout: float = 10.0,
         max_retries: int = 2,
         headers: dict[str, str] | None = None,
+        http_session: aiohttp.ClientSession | None = None,
     ) -> None:
+        """`http_session`: an aiohttp session to share (its owner closes it); without
+        one the provider opens its own on first use and closes it in `aclose()`."""
         super().__init__(
             name,
             default_model=default_model,
@@ -144,14 +167,21 @@ class SSEStreamProvider(Provider):
         self.has_api_key = bool(api_key)
         self._errors = ErrorMapper(name, self.base_url, [api_key, *password_forms(raw_url)])
         bare_url, headers = with_basic_auth(raw_url, headers or {})
+        timeout = sdk_timeout(connect_timeout, first_token_timeout, idle_timeout)
         # What the subclass passes to its SDK client's constructor.
         self._client_options: dict[str, Any] = {
             "base_url": bare_url,
             "api_key": api_key or PLACEHOLDER_API_KEY,
-            "timeout": sdk_timeout(connect_timeout, first_token_timeout, idle_timeout),
+            "timeout": timeout,
             "max_retries": max_retries,
             "default_headers": headers or None,
         }
+        if not env_proxy_configured():
+            # The SDK's httpx2 client sends through aiohttp (transport.py), with
+            # the SDK's own client defaults otherwise: redirects followed, timeouts.
+            self._client_options["http_client"] = httpx2.AsyncClient(
+                transport=AiohttpTransport(http_session), timeout=timeout, follow_redirects=True
+            )
 
     @abstractmethod
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
@@ -172,7 +202,8 @@ class SSEStreamProvider(Provider):
         refused: ProviderHTTPError | None = None
         try:
             async with self._open(body) as response:
-                async for raw in response.http_response.aiter_bytes():
+                chunks = response.http_response.aiter_bytes()
+                async for raw in chunks:
                     for event, data in parser.feed(raw):
                         text = reader.read(event, data)
                         if text is not None:
@@ -189,6 +220,8 @@ class SSEStreamProvider(Provider):
                         if text is not None:
                             started = started or bool(text)
                             yield Delta(text)
+                if reader.finished:
+                    await _drain(chunks)
         except self.status_error as exc:
             # Raised below, outside this block, so no traceback carries the SDK's
             # error: its message quotes the upstream body, which may echo the key.
