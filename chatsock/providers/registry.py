@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 
 from chatsock.config import ProviderConfig, Settings
 from chatsock.errors import ChatsockError
-from chatsock.providers import anthropic, openai
-from chatsock.providers.anthropic import AnthropicProvider
 from chatsock.providers.base import Provider
 from chatsock.providers.demo import DemoProvider
-from chatsock.providers.openai import OpenAIProvider
 
 ProviderFactory = Callable[[str, ProviderConfig, Settings], Provider]
 
@@ -24,21 +22,26 @@ def _demo(name: str, config: ProviderConfig, settings: Settings) -> Provider:
     )
 
 
-def _sdk(cls: Callable[..., Provider], base_url_env: str, default_model: str) -> ProviderFactory:
-    """The factory of an SDK-backed kind: config first, then the SDK's env names."""
+def _sdk(module: str, cls: str, base_url_env: str) -> ProviderFactory:
+    """The factory of an SDK-backed kind: config first, then the SDK's env names.
+
+    The module (and its SDK, seconds of imports) loads only when a provider of
+    that kind is configured: a worker on the demo provider starts without them."""
 
     def make(name: str, config: ProviderConfig, settings: Settings) -> Provider:
-        return cls(
+        kind = importlib.import_module(module)
+        provider: Provider = getattr(kind, cls)(
             name,
             base_url=config.base_url or os.environ.get(base_url_env) or None,
             api_key=api_key_for(config),
-            default_model=config.model or default_model,
+            default_model=config.model or kind.DEFAULT_MODEL,
             first_token_timeout=config.first_token_timeout,
             idle_timeout=config.idle_timeout,
             connect_timeout=config.connect_timeout,
             max_retries=config.max_retries,
             headers=dict(config.headers),
         )
+        return provider
 
     return make
 
@@ -46,8 +49,8 @@ def _sdk(cls: Callable[..., Provider], base_url_env: str, default_model: str) ->
 # kind -> factory.
 PROVIDER_KINDS: dict[str, ProviderFactory] = {
     "demo": _demo,
-    "openai": _sdk(OpenAIProvider, "OPENAI_BASE_URL", openai.DEFAULT_MODEL),
-    "anthropic": _sdk(AnthropicProvider, "ANTHROPIC_BASE_URL", anthropic.DEFAULT_MODEL),
+    "openai": _sdk("chatsock.providers.openai", "OpenAIProvider", "OPENAI_BASE_URL"),
+    "anthropic": _sdk("chatsock.providers.anthropic", "AnthropicProvider", "ANTHROPIC_BASE_URL"),
 }
 
 # Built-in names that exist when their SDK's standard key variable is set.

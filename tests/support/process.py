@@ -38,7 +38,7 @@ class Worker:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20) -> Worker:
+    def start(self, timeout: float = 60) -> Worker:
         args = [
             sys.executable,
             "-m",
