@@ -53,6 +53,9 @@ class ServerConfig(_Section):
     )
     worker_id: str = Field("", description="Identifies this worker in stream ownership.")
     shutdown_grace_s: float = Field(5.0, ge=0)
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto", description="auto: uvloop when it is installed, else asyncio's own loop."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     allowed_hosts: list[str] = Field(
         default_factory=list,
@@ -82,6 +85,12 @@ class StoreConfig(_Section):
         description="Sessions kept per owner; an owner's least recently updated are evicted.",
     )
     op_timeout_s: float = Field(5.0, gt=0)
+    max_connections: int = Field(
+        64,
+        ge=2,
+        description="Redis connections per worker for commands; under load a command "
+        "waits for a free one (up to op_timeout_s) instead of opening more.",
+    )
 
 
 class StreamConfig(_Section):

@@ -41,7 +41,7 @@ async def read_chain(stream: ActiveStream, max_chars: int, hooks: StreamHooks) -
     else:
         life.end(EndReason.COMPLETE)
     finally:
-        stream.wake(urgent=True)
+        stream.wake()
 
 
 async def _read(stream: ActiveStream, max_chars: int, hooks: StreamHooks) -> None:

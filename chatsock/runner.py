@@ -2,12 +2,13 @@
 
 A stream is two owned tasks. The *reader* iterates the provider chain (with
 first-token/idle timeouts and failover) and appends deltas to a buffer. The
-*pump* (the stream task itself) coalesces that buffer into `chat_token`
-flushes, at most one per `flush_interval_ms` unless `flush_max_chars` is
-reached, appends each flush to the token log and sends it to the room. How a
-stream ends is decided once, in its `Lifecycle` (lifecycle.py); the pump then
-flushes what it holds, persists the message with its status, and sends the
-terminal event.
+worker's flush clock (flushing.py) coalesces every stream's buffer into
+`chat_token` flushes, at most one per `flush_interval_ms` unless
+`flush_max_chars` is reached, appends them to the token logs in one round
+trip and sends each to its room. The stream task itself waits for the end.
+How a stream ends is decided once, in its `Lifecycle` (lifecycle.py); the
+stream task then flushes what is left, persists the message with its status,
+and sends the terminal event.
 
 Starting is transactional: the stream is registered in one atomic store
 step (idempotency key, slot, record, lease), and a failure of any later step
@@ -29,6 +30,7 @@ from chatsock.ending import Claim, claim_end, owner_lost
 from chatsock.errors import ChatsockError, no_session
 from chatsock.failover import read_chain
 from chatsock.fanout import Fanout
+from chatsock.flushing import Flusher
 from chatsock.identity import ANONYMOUS, ANONYMOUS_USER, Identity
 from chatsock.ids import derived_id, new_id
 from chatsock.lifecycle import EndReason, Phase
@@ -41,7 +43,7 @@ from chatsock.retry import retrying
 from chatsock.signals import SignalBus
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, SessionInfo, StreamRecord, Terminal
-from chatsock.stream import ActiveStream, StreamHooks, resolve
+from chatsock.stream import ActiveStream, StreamHooks
 from chatsock.timing import READER_CLOSE_S, UPKEEP_S
 
 __all__ = ["ActiveStream", "StreamHooks", "StreamRunner"]
@@ -49,10 +51,6 @@ __all__ = ["ActiveStream", "StreamHooks", "StreamRunner"]
 log = logging.getLogger(__name__)
 
 Admit = Callable[[], None]
-
-
-class _Taken(Exception):
-    """A flush was refused: another worker claimed this stream's end."""
 
 
 def _admit(admit: Admit | None) -> None:
@@ -86,7 +84,7 @@ class StreamRunner:
         self._fanout = fanout
         self.worker_id = worker_id
         self.bus = bus
-        self.hooks = hooks or StreamHooks()
+        self._hooks = hooks or StreamHooks()
         # Counts a finished reply's output tokens against its user's budget (quotas).
         self.charge: Callable[[str, int], Awaitable[None]] | None = None
         self._lease_s = settings.stream.lease_s
@@ -97,8 +95,24 @@ class StreamRunner:
         self.ends = EndRecorder(store, worker_id)
         self._closing = False
         self.limits = settings.limits
-        self._interval = settings.stream.flush_interval_ms / 1000
         self._max_chars = settings.stream.flush_max_chars
+        self.flusher = Flusher(
+            store,
+            fanout,
+            worker_id=worker_id,
+            interval_s=settings.stream.flush_interval_ms / 1000,
+            hooks=self._hooks,
+            end=self._end,
+            undelivered=self._undelivered,
+        )
+
+    @property
+    def hooks(self) -> StreamHooks:
+        return self._hooks
+
+    @hooks.setter
+    def hooks(self, hooks: StreamHooks) -> None:
+        self._hooks = self.flusher.hooks = hooks
 
     def owns(self, stream_id: str) -> bool:
         """Whether this worker owns the stream: running here, or ended here with its
@@ -173,6 +187,7 @@ class StreamRunner:
             chain=chain,
             feed=self._fanout.open(stream_id, session_id),
             started=time.monotonic(),
+            clock=self.flusher.clock,
             provider=record.provider,
             model=record.model,
         )
@@ -188,6 +203,7 @@ class StreamRunner:
             await self._abandon(stream, exc)
             raise
         _admit(admit)
+        self.flusher.clock.start()
         stream.task = self._spawn(self._run(stream), f"stream {stream_id}")
         if self.hooks.on_start:
             self.hooks.on_start(record)
@@ -342,7 +358,7 @@ class StreamRunner:
             return False
         if stream.reader is not None:
             stream.reader.cancel()
-        stream.wake(urgent=True)
+        stream.wake()
         return True
 
     def _undelivered(self, stream: ActiveStream, exc: StoreUnavailable) -> None:
@@ -357,7 +373,7 @@ class StreamRunner:
         stream.buffer.clear()
         if stream.reader is not None:
             stream.reader.cancel()
-        stream.wake(urgent=True)
+        stream.wake()
 
     async def shutdown(self) -> None:
         """End every open stream with `server_shutdown`, persist them, and await all tasks.
@@ -380,6 +396,7 @@ class StreamRunner:
                 log.exception("recording pending ends at shutdown failed")
         for stream_id in self.ends.pending:
             log.warning("stream %s: its end is not recorded; another worker will", stream_id)
+        await self.flusher.clock.close()
 
     async def maintain(self) -> None:
         """Run until cancelled: keep every owned stream's lease, record, slot and log
@@ -451,10 +468,6 @@ class StreamRunner:
         except StoreUnavailable as exc:
             log.error("stream %s: the store stayed unreachable: %s", record.stream_id, exc)
             self._undelivered(stream, exc)
-        except _Taken:
-            log.warning("stream %s: taken for lost by another worker; relaying", record.stream_id)
-            stream.buffer.clear()
-            self._end(stream, EndReason.TAKEN)
         except Exception as exc:
             log.exception("stream %s: flush failed", record.stream_id)
             failure = ChatsockError("internal", f"streaming failed: {type(exc).__name__}")
@@ -465,59 +478,14 @@ class StreamRunner:
             await self._finish(stream)
 
     async def _pump(self, stream: ActiveStream) -> None:
-        """Coalesce the buffer into flushes until the stream stops streaming."""
-        loop = asyncio.get_running_loop()
-        life = stream.life
-        last_flush = -1e9
-        while True:
-            if not stream.buffer:
-                if not life.streaming:
-                    return
-                await self._wait(stream, None, wait_any=True)
-                continue
-            if not life.streaming:
-                return  # the final flush comes after the end is claimed
-            due = last_flush + self._interval
-            if stream.buffered < self._max_chars and loop.time() < due:
-                await self._wait(stream, due, wait_any=False)
-                continue
-            await self._flush(stream)
-            last_flush = loop.time()
-
-    async def _wait(self, stream: ActiveStream, deadline: float | None, *, wait_any: bool) -> None:
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        stream.waiter, stream.wait_any = waiter, wait_any
-        timer = loop.call_at(deadline, resolve, waiter) if deadline is not None else None
-        try:
-            await waiter
-        finally:
-            stream.waiter = None
-            if timer is not None:
-                timer.cancel()
-
-    async def _flush(self, stream: ActiveStream) -> None:
-        text = "".join(stream.buffer) if len(stream.buffer) > 1 else stream.buffer[0]
-        stream.buffer.clear()
-        stream.buffered = 0
-        if stream.drained is not None:
-            resolve(stream.drained)
-            stream.drained = None
-        seq = stream.seq + 1
-        record = stream.record
-        payload = protocol.token(record.stream_id, record.session_id, seq, text, stream.count)
-        # Logged before it is sent, so a resume can never skip ahead. Refused once
-        # another worker has taken the stream for lost: nothing goes past its partial.
-        appended = await retrying(
-            lambda: self._store.append_token(record.stream_id, seq, payload, writer=self.worker_id)
-        )
-        if not appended:
-            raise _Taken(record.stream_id)
-        stream.seq = seq
-        stream.parts.append(text)
-        await self._fanout.emit(stream.feed, protocol.TOKEN, payload, seq)
-        if self.hooks.on_flush:
-            self.hooks.on_flush(seq)
+        """Wait until the stream stops streaming; the flush clock sends its text."""
+        while stream.life.streaming:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            stream.waiter = waiter
+            try:
+                await waiter
+            finally:
+                stream.waiter = None
 
     # -- the end ------------------------------------------------------------
     async def _finish(self, stream: ActiveStream) -> None:
@@ -579,13 +547,14 @@ class StreamRunner:
         # Claim the end first: another worker may have taken this stream for
         # lost (our lease lapsed during a Redis outage). Only the claimant
         # persists the reply and records the end, so it is stored once.
+        await self.flusher.settled(stream)  # a tick's flush completes first, as it was sent
         claim = await claim_end(self._store, stream.record.stream_id, self.worker_id)
         if claim is Claim.TAKEN:
             stream.buffer.clear()  # the recorded partial is what the log holds
             return await self.ends.relay(stream)
         if stream.buffer and stream.life.reason is not EndReason.STORE_UNAVAILABLE:
             try:
-                await self._flush(stream)
+                await self.flusher.final(stream)
             except StoreUnavailable as exc:
                 log.error("stream %s: the final flush failed: %s", stream.record.stream_id, exc)
                 self._undelivered(stream, exc)

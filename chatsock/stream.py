@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chatsock.fanout import Feed
+from chatsock.flush_clock import FlushClock, resolve
 from chatsock.lifecycle import Lifecycle
 from chatsock.providers.base import ChatRequest, Provider, Usage
 from chatsock.store.models import StreamRecord
@@ -47,12 +48,17 @@ class ActiveStream:
     reader: asyncio.Task[None] | None = None
     task: asyncio.Task[None] | None = None
     waiter: asyncio.Future[None] | None = None
-    wait_any: bool = False
     drained: asyncio.Future[None] | None = None
+    # The worker's flush clock; `dirty` while the clock holds this stream for its next tick.
+    clock: FlushClock[ActiveStream] | None = None
+    dirty: bool = False
+    # Set while a tick's flush of this stream awaits the store: the end waits for it.
+    inflight: asyncio.Future[None] | None = None
 
-    def wake(self, urgent: bool) -> None:
+    def wake(self) -> None:
+        """Wake the stream task: the stream's end was decided."""
         waiter = self.waiter
-        if waiter is not None and not waiter.done() and (urgent or self.wait_any):
+        if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def take(self, text: str, max_chars: int, hooks: StreamHooks) -> None:
@@ -69,10 +75,15 @@ class ActiveStream:
         self.buffer.append(text)
         self.buffered += len(text)
         self.count += 1
-        self.wake(urgent=self.buffered >= max_chars)
+        clock = self.clock
+        if clock is None:
+            return
+        if not self.dirty:
+            self.dirty = True
+            # The first text goes out at once: time to first token is not batched.
+            clock.mark(self, urgent=self.count == 1 or self.buffered >= max_chars)
+        elif self.buffered >= max_chars:
+            clock.hurry()
 
 
-def resolve(waiter: asyncio.Future[None]) -> None:
-    """Wake a waiter (timer callbacks and the flush use this)."""
-    if not waiter.done():
-        waiter.set_result(None)
+__all__ = ["ActiveStream", "StreamHooks", "resolve"]

@@ -26,6 +26,9 @@ def create_store(settings: Settings) -> Store:
         from chatsock.store.redis import RedisStore
 
         return RedisStore(
-            settings.store.redis_url, socket_timeout=settings.store.op_timeout_s, **options
+            settings.store.redis_url,
+            socket_timeout=settings.store.op_timeout_s,
+            max_connections=settings.store.max_connections,
+            **options,
         )
     return MemoryStore(**options)

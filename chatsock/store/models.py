@@ -103,3 +103,16 @@ class Registration:
     accepted: bool
     earlier: dict[str, Any] | None = None
     full: Literal["session", "user"] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAppend:
+    """One flushed `chat_token` payload for the token log (`Store.append_many`).
+
+    With `writer` (the owner's claimant name) the append is refused once anyone
+    else has claimed the stream's end, as `append_token`'s is."""
+
+    stream_id: str
+    seq: int
+    payload: dict[str, Any]
+    writer: str = ""

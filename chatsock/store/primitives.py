@@ -34,6 +34,16 @@ class RegisterStep:
 
 
 @dataclass(frozen=True, slots=True)
+class LogAppend:
+    """One token-log append of a batch (`_log_append_many`)."""
+
+    key: str
+    seq: int
+    data: bytes
+    fence: tuple[str, bytes] | None = None  # (key, value): refused while key holds another
+
+
+@dataclass(frozen=True, slots=True)
 class KeepAliveKeys:
     """The keys `_keep_alive` refreshes for one running stream."""
 
@@ -162,6 +172,14 @@ class Primitives(ABC):
     ) -> bool:
         """Append at `seq` (a seq at or below the last is ignored: True). With
         `fence` = (key, value): refused (False) while that key holds another value."""
+
+    async def _log_append_many(
+        self, appends: Sequence[LogAppend], ttl: int, cap: int
+    ) -> list[bool]:
+        """`_log_append` for each, in order; a backend sends them in one round trip."""
+        return [
+            await self._log_append(a.key, a.seq, a.data, ttl, cap, fence=a.fence) for a in appends
+        ]
 
     @abstractmethod
     async def _log_read(self, key: str, after: int, limit: int | None) -> list[tuple[int, bytes]]:

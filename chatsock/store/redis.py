@@ -13,12 +13,19 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+)
 
 from chatsock.store import scripts
 from chatsock.store.base import Store, StoreRequestError, StoreUnavailable, check_seq
+from chatsock.store.log_watch import LogWatch
 from chatsock.store.models import LogEntry
-from chatsock.store.primitives import KeepAliveKeys, RegisterStep
+from chatsock.store.primitives import KeepAliveKeys, LogAppend, RegisterStep
 from chatsock.store.redis_limits import RedisRateLimits
 from chatsock.store.subscription import Subscription
 from chatsock.store.urls import mask_url, password_forms
@@ -90,8 +97,10 @@ class RedisStore(RedisRateLimits, Store):
 
     def __init__(self, url: str, **options: Any) -> None:
         """`options` are the Store's, plus `socket_timeout` (s, default 5), `retries`
-        (per command, default 3) and `health_check_interval` (s, default 10)."""
+        (per command, default 3), `health_check_interval` (s, default 10) and
+        `max_connections` (for commands, default 64)."""
         socket_timeout = float(options.pop("socket_timeout", 5.0))
+        max_connections = int(options.pop("max_connections", 64))
         retries = int(options.pop("retries", 3))
         health_check_interval = int(options.pop("health_check_interval", 10))
         super().__init__(**options)
@@ -105,9 +114,22 @@ class RedisStore(RedisRateLimits, Store):
             "health_check_interval": health_check_interval,
             "retry": Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries),
         }
-        self._client = aioredis.Redis.from_url(url, socket_timeout=socket_timeout, **common)
+        # A bounded pool that makes a command wait for a free connection: load
+        # never opens connections without limit, nor fails with "Too many
+        # connections" (redis-py's default pool) while Redis is healthy.
+        self._client = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=socket_timeout,
+                socket_timeout=socket_timeout,
+                **common,
+            )
+        )
         # No socket timeout: a blocking read is bounded by its own BLOCK argument.
+        # One read at a time serves every tailer (log_watch.py).
         self._blocking = aioredis.Redis.from_url(url, socket_timeout=None, **common)
+        self._watch = LogWatch(self._watch_read)
         # Subscriptions recover in `Subscription`, which logs every attempt; a
         # silent reconnect inside redis-py would hide an outage from the logs.
         self._listening = aioredis.Redis.from_url(
@@ -155,6 +177,7 @@ class RedisStore(RedisRateLimits, Store):
         await self.ping()
 
     async def close(self) -> None:
+        await self._watch.close()
         await self._client.aclose()
         await self._blocking.aclose()
         await self._listening.aclose()
@@ -306,6 +329,31 @@ class RedisStore(RedisRateLimits, Store):
         return bool(added)
 
     @_mapped
+    async def _log_append_many(
+        self, appends: Sequence[LogAppend], ttl: int, cap: int
+    ) -> list[bool]:
+        """Every append in one pipelined round trip (EVALSHA each: a Script in a
+        pipeline costs a SCRIPT EXISTS round trip per execute)."""
+        sha = self._log_append_script.sha
+        for attempt in (1, 2):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for a in appends:
+                    if a.fence is None:
+                        pipe.evalsha(sha, 1, a.key, a.seq, a.data, cap, ttl)
+                    else:
+                        fence_key, holder = a.fence
+                        pipe.evalsha(sha, 2, a.key, fence_key, a.seq, a.data, cap, ttl, holder)
+                try:
+                    return [bool(added) for added in await pipe.execute()]
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+            # A restarted or flushed Redis forgot the script; the appends are
+            # idempotent (by seq), so sending them all again is safe.
+            await self._client.script_load(scripts.LOG_APPEND)
+        raise AssertionError("unreachable")
+
+    @_mapped
     async def _log_read(self, key: str, after: int, limit: int | None) -> list[tuple[int, bytes]]:
         if limit is not None and limit <= 0:
             return []
@@ -334,26 +382,35 @@ class RedisStore(RedisRateLimits, Store):
     def shared(self) -> bool:
         return True
 
-    @_mapped
     async def wait_tokens(self, stream_id: str, after: int, timeout_ms: int) -> list[LogEntry]:
         """Log entries with seq > after, waiting up to `timeout_ms` for one; [] on timeout.
 
         Uses the same log as `read_tokens`, so a worker can tail a stream that
-        another worker is generating. `timeout_ms <= 0` polls without waiting.
+        another worker is generating. Every wait on this worker shares one
+        blocking read (log_watch.py). `timeout_ms <= 0` polls without waiting.
         """
         check_seq(after)
         key = self._k("stream", stream_id, "log")
-        block = timeout_ms if timeout_ms > 0 else None
+        if timeout_ms <= 0:
+            raw = await self._log_read(key, after, None)
+        else:
+            raw = await self._watch.wait(key, after, timeout_ms)
+        return [LogEntry(seq, orjson.loads(data)) for seq, data in raw]
+
+    @_mapped
+    async def _watch_read(
+        self, asked: dict[str, int], block_ms: int
+    ) -> dict[str, Sequence[tuple[int, bytes]]]:
+        streams: dict[Any, Any] = {key: f"0-{after}" for key, after in asked.items()}
         # Bounds the wait when the server vanishes without closing the socket.
-        async with asyncio.timeout(max(timeout_ms, 0) / 1000 + self.socket_timeout):
+        async with asyncio.timeout(block_ms / 1000 + self.socket_timeout):
             reply = cast(
-                list[tuple[bytes, _Entries]],
-                await self._blocking.xread({key: f"0-{after}"}, block=block),
+                list[tuple[bytes, _Entries]], await self._blocking.xread(streams, block=block_ms)
             )
-        if not reply:
-            return []
-        entries = reply[0][1]
-        return [LogEntry(_seq(eid), orjson.loads(fields[b"d"])) for eid, fields in entries]
+        return {
+            bytes(key).decode(): [(_seq(eid), fields[b"d"]) for eid, fields in entries]
+            for key, entries in reply or ()
+        }
 
     @_mapped
     async def publish(self, channel: str, data: bytes) -> int:

@@ -1,0 +1,162 @@
+"""Flushing streams' text: many streams per token-log round trip, then the emits.
+
+A flush takes a stream's buffered deltas as one `chat_token` at the next seq.
+The flush clock's tick (flush_clock.py) flushes every dirty stream at once:
+their appends go to the store together (`Store.append_many`, one pipelined
+round trip on Redis), and each is emitted only once it is logged, so a resume
+never skips ahead. A stream whose end is decided is left to its own final
+flush (`final`), which runs after its end is claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chatsock import protocol
+from chatsock.errors import ChatsockError
+from chatsock.fanout import Fanout
+from chatsock.flush_clock import FlushClock
+from chatsock.lifecycle import EndReason
+from chatsock.protocol import Payload
+from chatsock.retry import retrying
+from chatsock.store import Store, StoreUnavailable
+from chatsock.store.models import TokenAppend
+from chatsock.stream import ActiveStream, StreamHooks, resolve
+
+log = logging.getLogger(__name__)
+
+End = Callable[[ActiveStream, EndReason, ChatsockError | None], object]
+Undelivered = Callable[[ActiveStream, StoreUnavailable], None]
+
+
+class Taken(Exception):
+    """A flush was refused: another worker claimed this stream's end."""
+
+
+@dataclass(slots=True)
+class _Flush:
+    stream: ActiveStream
+    seq: int
+    text: str
+    payload: Payload
+
+
+class Flusher:
+    """The worker's flush clock and what each of its ticks does."""
+
+    def __init__(
+        self,
+        store: Store,
+        fanout: Fanout,
+        *,
+        worker_id: str,
+        interval_s: float,
+        hooks: StreamHooks,
+        end: End,
+        undelivered: Undelivered,
+    ) -> None:
+        self._store = store
+        self._fanout = fanout
+        self._worker_id = worker_id
+        self.hooks = hooks
+        self._end = end
+        self._undelivered = undelivered
+        self.clock: FlushClock[ActiveStream] = FlushClock(interval_s, self.tick)
+
+    async def tick(self, batch: list[ActiveStream]) -> None:
+        """Flush every stream of `batch` that still streams and holds text."""
+        flushes: list[_Flush] = []
+        for stream in batch:
+            stream.dirty = False
+            # A stream whose end is decided keeps its text for its final flush.
+            if stream.buffer and stream.life.streaming:
+                flushes.append(_take(stream))
+        if not flushes:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for flush in flushes:
+            flush.stream.inflight = done
+        try:
+            await self._tick(flushes)
+        finally:
+            resolve(done)
+            for flush in flushes:
+                if flush.stream.inflight is done:
+                    flush.stream.inflight = None
+
+    async def _tick(self, flushes: list[_Flush]) -> None:
+        try:
+            appended = await self._append(flushes)
+        except StoreUnavailable as exc:
+            log.error("the token log stayed unreachable for %d streams: %s", len(flushes), exc)
+            for flush in flushes:
+                self._undelivered(flush.stream, exc)
+            return
+        for flush, ok in zip(flushes, appended, strict=True):
+            stream = flush.stream
+            if not ok:
+                log.warning(
+                    "stream %s: taken for lost by another worker; relaying",
+                    stream.record.stream_id,
+                )
+                stream.buffer.clear()
+                self._end(stream, EndReason.TAKEN, None)
+                continue
+            try:
+                await self._deliver(flush)
+            except Exception as exc:
+                log.exception("stream %s: flush failed", stream.record.stream_id)
+                failure = ChatsockError("internal", f"streaming failed: {type(exc).__name__}")
+                self._end(stream, EndReason.INTERNAL, failure)
+
+    async def settled(self, stream: ActiveStream) -> None:
+        """Wait until no tick is flushing `stream` (never cancels the shared tick)."""
+        inflight = stream.inflight
+        if inflight is not None:
+            await asyncio.wait({inflight})
+
+    async def final(self, stream: ActiveStream) -> None:
+        """Flush what `stream` holds after its end was claimed; Taken if refused."""
+        await self.settled(stream)
+        if not stream.buffer:
+            return
+        flush = _take(stream)
+        (appended,) = await self._append([flush])
+        if not appended:
+            raise Taken(stream.record.stream_id)
+        await self._deliver(flush)
+
+    async def _append(self, flushes: list[_Flush]) -> list[bool]:
+        # Logged before it is sent, so a resume can never skip ahead. Refused once
+        # another worker has taken the stream for lost: nothing goes past its partial.
+        # Idempotent by seq, so the whole batch may be retried.
+        appends = [
+            TokenAppend(f.stream.record.stream_id, f.seq, f.payload, self._worker_id)
+            for f in flushes
+        ]
+        return await retrying(lambda: self._store.append_many(appends))
+
+    async def _deliver(self, flush: _Flush) -> None:
+        stream = flush.stream
+        stream.seq = flush.seq
+        stream.parts.append(flush.text)
+        await self._fanout.emit(stream.feed, protocol.TOKEN, flush.payload, flush.seq)
+        if self.hooks.on_flush:
+            self.hooks.on_flush(flush.seq)
+
+
+def _take(stream: ActiveStream) -> _Flush:
+    """The stream's buffered deltas as its next `chat_token` (the buffer is emptied)."""
+    text = "".join(stream.buffer) if len(stream.buffer) > 1 else stream.buffer[0]
+    stream.buffer.clear()
+    stream.buffered = 0
+    if stream.drained is not None:
+        resolve(stream.drained)
+        stream.drained = None
+    seq = stream.seq + 1
+    record = stream.record
+    payload = protocol.token(record.stream_id, record.session_id, seq, text, stream.count)
+    return _Flush(stream, seq, text, payload)
