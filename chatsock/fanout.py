@@ -23,6 +23,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import socketio
@@ -41,6 +42,9 @@ LOG_PAGE = 1000  # log entries per store read while catching up
 # Ended feeds remembered, so that a socket resuming just after the end (a
 # session_join, then chat_resume) gets neither a token nor the end twice.
 ENDED_FEEDS_KEPT = 256
+# How long session_join waits for this worker to finish relaying a stream the
+# store has already seen end (a tailer polls every TAIL_POLL_MS).
+JOIN_LAG_S = 2.0
 
 
 class Listener:
@@ -70,6 +74,10 @@ class Feed:
     finished: set[str] = field(default_factory=set)
     # Whether the terminal is the stream's recorded end, not a local give-up.
     end_recorded: bool = True
+    # Room members being sent what they missed (a resume after session_join): they
+    # get live tokens meanwhile, but the terminal only after their catch-up.
+    backfilling: set[str] = field(default_factory=set)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def room(self) -> str:
@@ -83,6 +91,16 @@ def log_unavailable(stream_id: str, first: int, last: int | None = None) -> Chat
         "log_unavailable",
         f"the stream's token log no longer holds {span} of stream {stream_id}; reload the session",
     )
+
+
+async def _ended(feeds: list[Feed], within: float) -> None:
+    """Wait until every feed has ended here, at most `within` seconds."""
+    waits = [asyncio.ensure_future(f.ended.wait()) for f in feeds]
+    try:
+        await asyncio.wait(waits, timeout=within)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def _text(terminal: Terminal) -> str:
@@ -128,18 +146,24 @@ class Fanout:
             if feed.session_id == session_id:
                 feed.live_since[sid] = feed.last_seq
 
-    async def emit(self, feed: Feed, event: str, payload: Payload, seq: int = 0) -> None:
-        """Send to every live follower; `seq` advances the feed for token events."""
+    async def emit(
+        self,
+        feed: Feed,
+        event: str,
+        payload: Payload,
+        seq: int = 0,
+        *,
+        held: AbstractSet[str] = frozenset(),
+    ) -> None:
+        """Send to every live follower; `seq` advances the feed for token events.
+        `held`: members that must not get this event now, besides those catching up."""
         if seq:
             feed.last_seq = seq
         for listener in feed.listeners:
             listener.queue.put_nowait((event, payload))
+        skip = feed.catching_up | held if held else feed.catching_up
         await self._sio.emit(
-            event,
-            payload,
-            room=feed.room,
-            skip_sid=list(feed.catching_up) if feed.catching_up else None,
-            ignore_queue=True,
+            event, payload, room=feed.room, skip_sid=list(skip) if skip else None, ignore_queue=True
         )
 
     async def end(self, feed: Feed, terminal: Terminal, *, recorded: bool = True) -> None:
@@ -147,13 +171,15 @@ class Fanout:
         is this worker's alone (a tailer gave up), not the stream's."""
         feed.terminal = terminal
         feed.end_recorded = recorded
+        feed.ended.set()
         if self.feeds.get(feed.stream_id) is feed:
             del self.feeds[feed.stream_id]
+        held = set(feed.backfilling)  # they get it once their catch-up is sent
         for sid, _ in self._sio.manager.get_participants("/", feed.room):
-            if sid not in feed.catching_up:
+            if sid not in feed.catching_up and sid not in held:
                 feed.finished.add(sid)
         self._remember(feed)
-        await self.emit(feed, terminal.event, terminal.payload)
+        await self.emit(feed, terminal.event, terminal.payload, held=held)
 
     def has_ended(self, stream_id: str) -> bool:
         """Whether this worker recently sent the stream's recorded end to followers
@@ -192,8 +218,16 @@ class Fanout:
         Tokens with seq greater than the returned `seq` reach `sid` live; the
         same holds, unreported, for every other stream of the session.
         """
+        before = [f for f in self.feeds.values() if f.session_id == session_id]
         active = await self._store.active_streams(session_id)
         record = active[0] if active else None
+        # A stream the store has seen end may still be relayed here (a tailer a
+        # poll behind): the join's history already holds its reply, so the socket
+        # enters the room only once that relay is over, never to get its tail.
+        running = {r.stream_id for r in active}
+        lagging = [f for f in before if f.stream_id not in running and not f.ended.is_set()]
+        if lagging:
+            await _ended(lagging, JOIN_LAG_S)
         self.enter_room(sid, session_id)
         feed = self.feeds.get(record.stream_id) if record else None
         if feed is None:
@@ -236,8 +270,17 @@ class Fanout:
                 return ended.terminal.status
         elif self._in_room(sid, record.session_id):
             # Already live (e.g. after session_join): send only what it missed
-            # before that; the live tokens keep flowing, none is sent twice.
-            await self._backfill(sid, feed, after)
+            # before that; the live tokens keep flowing, none is sent twice. The
+            # terminal waits for the catch-up (`Feed.backfilling`).
+            feed.backfilling.add(sid)
+            try:
+                await self._backfill(sid, feed, after)
+            finally:
+                feed.backfilling.discard(sid)
+                if feed.terminal is not None and sid not in feed.finished:
+                    await self._to(sid)(feed.terminal.event, feed.terminal.payload)
+                    feed.finished.add(sid)
+                    self._remember(feed)
             return feed.terminal.status if feed.terminal is not None else "streaming"
         member = self._in_room(sid, record.session_id)
         if feed is not None:

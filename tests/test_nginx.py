@@ -40,4 +40,3 @@ async def test_stream_through_nginx_polling_then_websocket_upgrade(redis_url):
     finally:
         proxy.stop()
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
-

@@ -45,9 +45,7 @@ async def running(make_settings) -> AsyncIterator[tuple[FlakyStore, RecordingCli
 
 async def _assistant_messages(store: FlakyStore, session_id: str) -> list[tuple[str, str]]:
     return [
-        (m.status, m.content)
-        for m in await store.get_messages(session_id)
-        if m.role == "assistant"
+        (m.status, m.content) for m in await store.get_messages(session_id) if m.role == "assistant"
     ]
 
 
@@ -128,9 +126,7 @@ async def test_a_claimant_that_never_records_the_end_does_not_hold_the_slot(runn
     assert event == "chat_complete"
 
 
-async def test_after_a_stream_is_taken_for_lost_nothing_more_reaches_its_log(
-    start_server, connect
-):
+async def test_after_a_stream_is_taken_for_lost_nothing_more_reaches_its_log(start_server, connect):
     """An owner cut off from the store keeps generating until it sees the stop flag;
     once another worker has claimed the end and read the partial, the owner's flushes
     are refused, so no follower ever gets text beyond the recorded partial."""
