@@ -11,6 +11,7 @@ from aiohttp import web
 
 from chatsock.auth import admin_claims, make_token, parse_ttl, refuse_exposed_anonymous
 from chatsock.config import ConfigError, Settings, load_settings
+from chatsock.event_loop import new_event_loop
 from chatsock.logsafe import configure_logging
 
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.auth.mode == "none":
         logging.getLogger("chatsock").warning(
             "auth.mode is none: every client is one anonymous user who can read and stop "
-            "every session; set auth.mode = \"jwt\" before exposing this server "
+            'every session; set auth.mode = "jwt" before exposing this server '
             "(docs/security.md)"
         )
     try:
@@ -98,8 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bad provider chain, etc.
         print(f"chatsock: {exc}", file=sys.stderr)
         return 2
+    try:
+        loop = new_event_loop(settings.server.event_loop)
+    except RuntimeError as exc:
+        print(f"chatsock: {exc}", file=sys.stderr)
+        return 2
     web.run_app(
         app,
+        loop=loop,
         host=settings.server.host,
         port=settings.server.port,
         shutdown_timeout=settings.server.shutdown_grace_s + 2,

@@ -112,7 +112,23 @@ async def _drop(socket: AsyncSocket | None) -> None:
 
 
 class _GuardedWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
-    """Engine.IO's aiohttp WebSocket, handing Engine.IO only well-formed text frames."""
+    """Engine.IO's aiohttp WebSocket, handing Engine.IO only well-formed text frames,
+    and without permessage-deflate.
+
+    Compression is off: chatsock's frames are a few dozen bytes, where deflate
+    saves little and costs CPU per frame plus a compressor and a decompressor
+    (hundreds of KB of zlib state) per connection. Engine.IO's driver offers no
+    option for it, hence `__call__` here: the driver's, with `compress=False`."""
+
+    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        request = environ["aiohttp.request"]
+        self._sock = web.WebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size, compress=False
+        )
+        await self._sock.prepare(request)
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
 
     async def wait(self) -> str:
         msg = await self._sock.receive()
