@@ -149,10 +149,12 @@ class StreamRunner:
         now = protocol.now_iso()
         # Created with its owner in one NX write: two users racing for a new id
         # cannot both own it.
-        info = await self._store.ensure_session(SessionInfo(session_id, now, now, owner=who.user))
+        header = SessionInfo(session_id, now, now, owner=who.user)
+        info = await self._store.ensure_session(header)
         if (info.owner or ANONYMOUS_USER) != who.user:
             raise no_session(session_id)
-        history = await self._history(request, session_id)
+        # A session this call created has no stored history to read.
+        history = await self._history(request, session_id, stored=info is not header)
 
         cmid = request.client_message_id
         stream_id, message_id = new_id("st"), new_id("msg")
@@ -267,12 +269,16 @@ class StreamRunner:
         await self._reap(record.session_id, record.user)
         return await register()
 
-    async def _history(self, request: ChatStreamRequest, session_id: str) -> list[ChatMessage]:
+    async def _history(
+        self, request: ChatStreamRequest, session_id: str, *, stored: bool
+    ) -> list[ChatMessage]:
         limit = self._settings.limits.max_history_messages
         if request.history is not None:
             return [ChatMessage(item.role, item.content) for item in request.history]
-        stored = await self._store.get_messages(session_id)
-        usable = [ChatMessage(m.role, m.content) for m in stored if m.content]
+        if not stored:
+            return []
+        messages = await self._store.get_messages(session_id)
+        usable = [ChatMessage(m.role, m.content) for m in messages if m.content]
         if not limit:
             return []
         # The stored history is bounded like a client's: what is left of the

@@ -19,7 +19,14 @@ import redis.asyncio as aioredis
 from chatsock.store import Registration, StoreRequestError
 from chatsock.store.base import MAX_SEQ, Store, StoreUnavailable
 from chatsock.store.memory import MemoryStore
-from chatsock.store.models import LogEntry, Message, SessionInfo, StreamRecord, Terminal
+from chatsock.store.models import (
+    LogEntry,
+    Message,
+    SessionInfo,
+    StreamRecord,
+    Terminal,
+    TokenAppend,
+)
 from chatsock.store.redis import RedisStore, mask_url
 from tests.fakes.store import FlakyStore
 from tests.support.fixtures import private_redis_server, redis_server, redis_url  # noqa: F401
@@ -999,3 +1006,34 @@ async def test_an_append_by_the_owner_is_refused_once_another_claimed_the_end(
     # The claimant itself (an owner that claimed first) may still write its last flush.
     assert await store.claim_end("mine", "owner")
     assert await store.append_token("mine", 1, {"seq": 1}, writer="owner")
+
+
+@pytest.mark.redis
+async def test_batched_writes_survive_a_redis_that_forgot_its_scripts(redis_url: str) -> None:  # noqa: F811
+    """The pipelined writes (token-log appends, message pushes) call scripts by
+    SHA; after SCRIPT FLUSH (a restarted Redis) they load them and apply each
+    write exactly once."""
+    store = RedisStore(redis_url, max_log_entries=100)
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        await store.ensure_session(session("s1"))
+        await raw.script_flush()
+        assert await store.add_message("s1", message(1, "hello", t=1)) is True
+        await raw.script_flush()
+        appends = [TokenAppend(f"st{n}", 1, {"token": f"t{n}"}) for n in range(5)]
+        assert await store.append_many(appends) == [True] * 5
+        assert await store.append_many(appends) == [True] * 5  # a retry adds nothing
+        for n in range(5):
+            assert await store.read_tokens(f"st{n}", 0) == [LogEntry(1, {"token": f"t{n}"})]
+        assert [m.content for m in await store.get_messages("s1")] == ["hello"]
+    finally:
+        await raw.aclose()
+        await store.close()
+
+
+async def test_appends_of_many_streams_in_one_batch_land_in_each_log(store: Store) -> None:
+    appends = [TokenAppend(f"st{n}", seq, {"seq": seq}) for n in range(20) for seq in (1, 2)]
+    assert await store.append_many(appends) == [True] * 40
+    assert await store.append_many([]) == []
+    for n in range(20):
+        assert [e.seq for e in await store.read_tokens(f"st{n}", 0)] == [1, 2]

@@ -23,7 +23,15 @@ from chatsock.store.models import (
     Terminal,
     TokenAppend,
 )
-from chatsock.store.primitives import KeepAliveKeys, LogAppend, RegisterStep
+from chatsock.store.primitives import (
+    GetOp,
+    IndexAddOp,
+    KeepAliveKeys,
+    LogAppend,
+    PushOnceOp,
+    RegisterStep,
+    SetOp,
+)
 
 MAX_SEQ = 2**64 - 1  # the largest seq a token log can address (Redis stream IDs)
 
@@ -73,20 +81,27 @@ class Store(RateLimits):
 
     # -- sessions ---------------------------------------------------------
     async def ensure_session(self, session: SessionInfo) -> SessionInfo:
-        """Create the session unless it exists; return the stored header."""
-        key = self._sk(session.session_id)
+        """Create the session unless it exists; return the stored header (`session`
+        itself when this call created it)."""
+        key, session_id = self._sk(session.session_id), session.session_id
+        value = _dumps(session.to_dict())
         while True:
-            created = await self._set(key, _dumps(session.to_dict()), self.session_ttl, nx=True)
+            created, raw = await self._batch(
+                [SetOp(key, value, self.session_ttl, nx=True), GetOp(key)]
+            )
             if created:
-                score, session_id = _score(session.created_at), session.session_id
-                await self._index_add(self._k("sessions"), session_id, score)
-                await self._index_add(self._uk(session.owner, "sessions"), session_id, score)
+                score = _score(session.created_at)
+                await self._batch(
+                    [
+                        IndexAddOp(self._k("sessions"), session_id, score),
+                        IndexAddOp(self._uk(session.owner, "sessions"), session_id, score),
+                    ]
+                )
                 await self._evict_sessions(session.owner)
                 return session
-            found = await self.get_session(session.session_id)
-            if found is not None:
-                return found
-            # Deleted between the two reads: claim it again, never hand out an
+            if isinstance(raw, bytes):
+                return SessionInfo.from_dict(orjson.loads(raw))
+            # Deleted between the two commands: claim it again, never hand out an
             # owner nobody stored.
 
     async def get_session(self, session_id: str) -> SessionInfo | None:
@@ -137,22 +152,26 @@ class Store(RateLimits):
         info = await self.get_session(session_id)
         if info is None:
             return False  # deleted or evicted: a late reply must not recreate its keys
-        stored = await self._push_once(
-            self._sk(session_id, "messages"),
-            self._sk(session_id, "message_ids"),
-            message.message_id,
-            _dumps(message.to_dict()),
-            self.session_ttl,
-            self.max_messages,
-        )
         info.updated_at = message.created_at
         if info.title is None and message.role == "user":
             info.title = " ".join(message.content.split())[:80]
-        await self._set(self._sk(session_id), _dumps(info.to_dict()), self.session_ttl)
         score = _score(message.created_at)
-        await self._index_add(self._k("sessions"), session_id, score)
-        await self._index_add(self._uk(info.owner, "sessions"), session_id, score)
-        return stored
+        stored, *_ = await self._batch(
+            [
+                PushOnceOp(
+                    self._sk(session_id, "messages"),
+                    self._sk(session_id, "message_ids"),
+                    message.message_id,
+                    _dumps(message.to_dict()),
+                    self.session_ttl,
+                    self.max_messages,
+                ),
+                SetOp(self._sk(session_id), _dumps(info.to_dict()), self.session_ttl),
+                IndexAddOp(self._k("sessions"), session_id, score),
+                IndexAddOp(self._uk(info.owner, "sessions"), session_id, score),
+            ]
+        )
+        return bool(stored)
 
     async def get_messages(self, session_id: str) -> list[Message]:
         raw = await self._range(self._sk(session_id, "messages"))

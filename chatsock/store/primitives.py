@@ -34,6 +34,40 @@ class RegisterStep:
 
 
 @dataclass(frozen=True, slots=True)
+class GetOp:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetOp:
+    key: str
+    value: bytes
+    ttl: int | None
+    nx: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IndexAddOp:
+    key: str
+    member: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class PushOnceOp:
+    key: str
+    ids: str
+    item_id: str
+    value: bytes
+    ttl: int | None
+    cap: int
+
+
+# The operations `_batch` sends together: `_get`, `_set`, `_index_add`, `_push_once`.
+Op = GetOp | SetOp | IndexAddOp | PushOnceOp
+
+
+@dataclass(frozen=True, slots=True)
 class LogAppend:
     """One token-log append of a batch (`_log_append_many`)."""
 
@@ -172,6 +206,26 @@ class Primitives(ABC):
     ) -> bool:
         """Append at `seq` (a seq at or below the last is ignored: True). With
         `fence` = (key, value): refused (False) while that key holds another value."""
+
+    async def _batch(self, ops: Sequence[Op]) -> list[object]:
+        """Run `ops` in order, in one round trip where the backend can; one result
+        each, as its primitive returns it. Not atomic as a whole: what must be
+        atomic is one primitive. For writes that are each safe to see alone."""
+        results: list[object] = []
+        for op in ops:
+            match op:
+                case GetOp():
+                    results.append(await self._get(op.key))
+                case SetOp():
+                    results.append(await self._set(op.key, op.value, op.ttl, nx=op.nx))
+                case IndexAddOp():
+                    await self._index_add(op.key, op.member, op.score)
+                    results.append(None)
+                case PushOnceOp():
+                    results.append(
+                        await self._push_once(op.key, op.ids, op.item_id, op.value, op.ttl, op.cap)
+                    )
+        return results
 
     async def _log_append_many(
         self, appends: Sequence[LogAppend], ttl: int, cap: int

@@ -25,7 +25,16 @@ from chatsock.store import scripts
 from chatsock.store.base import Store, StoreRequestError, StoreUnavailable, check_seq
 from chatsock.store.log_watch import LogWatch
 from chatsock.store.models import LogEntry
-from chatsock.store.primitives import KeepAliveKeys, LogAppend, RegisterStep
+from chatsock.store.primitives import (
+    GetOp,
+    IndexAddOp,
+    KeepAliveKeys,
+    LogAppend,
+    Op,
+    PushOnceOp,
+    RegisterStep,
+    SetOp,
+)
 from chatsock.store.redis_limits import RedisRateLimits
 from chatsock.store.subscription import Subscription
 from chatsock.store.urls import mask_url, password_forms
@@ -327,6 +336,41 @@ class RedisStore(RedisRateLimits, Store):
             keys=[key, fence_key], args=[seq, data, cap, ttl, holder]
         )
         return bool(added)
+
+    @_mapped
+    async def _batch(self, ops: Sequence[Op]) -> list[object]:
+        """Every op in one pipelined round trip."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for op in ops:
+                match op:
+                    case GetOp():
+                        pipe.get(op.key)
+                    case SetOp():
+                        pipe.set(op.key, op.value, ex=op.ttl or None, nx=op.nx)
+                    case IndexAddOp():
+                        pipe.zadd(op.key, {op.member: op.score})
+                    case PushOnceOp():
+                        args = (op.item_id, op.value, op.ttl or 0, op.cap)
+                        pipe.evalsha(self._push_once_script.sha, 2, op.key, op.ids, *args)
+            replies = await pipe.execute(raise_on_error=False)
+        results: list[object] = []
+        for op, reply in zip(ops, replies, strict=True):
+            if isinstance(reply, NoScriptError) and isinstance(op, PushOnceOp):
+                # A restarted Redis forgot the script: this op alone runs again
+                # (its script loads on the way), the others stand.
+                reply = await self._push_once_script(
+                    keys=[op.key, op.ids], args=[op.item_id, op.value, op.ttl or 0, op.cap]
+                )
+            if isinstance(reply, Exception):
+                raise reply
+            match op:
+                case SetOp() | PushOnceOp():
+                    results.append(bool(reply))
+                case GetOp():
+                    results.append(reply)
+                case IndexAddOp():
+                    results.append(None)
+        return results
 
     @_mapped
     async def _log_append_many(
