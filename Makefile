@@ -44,16 +44,16 @@ run: deps
 
 test: deps
 	bash scripts/system-deps.sh
-	$(BIN)/ruff check chatsock tests
+	$(BIN)/ruff check chatsock tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: deps
-	$(BIN)/ruff check chatsock tests
+	$(BIN)/ruff check chatsock tests bench
 	$(BIN)/mypy
 
 bench: deps
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules

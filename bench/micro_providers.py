@@ -13,7 +13,7 @@ client reads them
 The fake runs in the same process and event loop, so every figure includes
 its (small, equal) share. Best of `--repeat` runs.
 
-Usage: python -m benchmarks.providers [--chunks 20000] [--repeat 3]
+Usage: python -m bench.micro_providers [--chunks 20000] [--repeat 3]
 """
 
 from __future__ import annotations

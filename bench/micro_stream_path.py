@@ -10,7 +10,7 @@ loopback port with one python-socketio client connected and measures
    (`ignore_queue=True`, what the owner does) against published to every
    worker (the default, what chatsock avoids for tokens).
 
-Usage: python -m benchmarks.stream_path
+Usage: python -m bench.micro_stream_path
 """
 
 from __future__ import annotations

@@ -1,0 +1,5 @@
+"""`python -m bench`: the side-by-side benchmark (see bench/run.py)."""
+
+from bench.run import cli
+
+cli()

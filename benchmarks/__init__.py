@@ -1,1 +1,0 @@
-"""Micro-benchmarks (not tests): `python -m benchmarks` or `make bench`."""
