@@ -27,6 +27,8 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import socketio
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
 
 from chatsock import protocol
 from chatsock.errors import ChatsockError
@@ -162,9 +164,23 @@ class Fanout:
         for listener in feed.listeners:
             listener.queue.put_nowait((event, payload))
         skip = feed.catching_up | held if held else feed.catching_up
-        await self._sio.emit(
-            event, payload, room=feed.room, skip_sid=list(skip) if skip else None, ignore_queue=True
-        )
+        await self._send_room(feed.room, event, payload, skip)
+
+    async def _send_room(
+        self, room: str, event: str, payload: Payload, skip: AbstractSet[str]
+    ) -> None:
+        """What `AsyncServer.emit(room=..., ignore_queue=True)` does, without its
+        task per recipient (the per-token hot path): the packet is encoded once
+        and queued on each member's Engine.IO socket in turn."""
+        members = list(self._sio.manager.get_participants("/", room))
+        if not members:
+            return
+        encoded = self._sio.packet_class(sio_packet.EVENT, namespace="/", data=[event, payload])
+        message = eio_packet.Packet(eio_packet.MESSAGE, encoded.encode())
+        send = self._sio._send_eio_packet  # the step AsyncManager.emit takes per member
+        for sid, eio_sid in members:
+            if sid not in skip:
+                await send(eio_sid, message)
 
     async def end(self, feed: Feed, terminal: Terminal, *, recorded: bool = True) -> None:
         """Send the terminal event and retire the feed. `recorded=False`: the end
