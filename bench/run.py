@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -252,6 +253,12 @@ def run_bench(
         finally:
             bench.close()
             upstream.stop()
+            # The workers' and the upstream's logs, for a run that failed streams.
+            logs = out / "logs"
+            shutil.rmtree(logs, ignore_errors=True)
+            logs.mkdir()
+            for log in run_dir.glob("*.log"):
+                shutil.copy(log, logs / log.name)
     # Scenario by scenario, the systems side by side.
     order = {s.name: i for i, s in enumerate(scenarios)}
     rows.sort(key=lambda r: order[r["scenario"]])

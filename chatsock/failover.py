@@ -19,6 +19,10 @@ from chatsock.stream import ActiveStream, StreamHooks
 
 log = logging.getLogger(__name__)
 
+# The idle timeout may fire up to this much later than `idle_timeout` after
+# the last delta.
+IDLE_SLACK_S = 0.5
+
 
 async def read_chain(stream: ActiveStream, max_chars: int, hooks: StreamHooks) -> None:
     """Iterate the provider chain; fail over while nothing has been received.
@@ -54,10 +58,16 @@ async def _read(stream: ActiveStream, max_chars: int, hooks: StreamHooks) -> Non
         try:
             async with asyncio.timeout(provider.first_token_timeout) as deadline:
                 async with aclosing(provider.stream(stream.request)) as deltas:
+                    moved = -1e9
                     async for delta in deltas:
                         # Any delta, text or not (reasoning, tool calls), shows the
-                        # model is alive: the idle timeout applies from here.
-                        deadline.reschedule(loop.time() + provider.idle_timeout)
+                        # model is alive: the idle timeout applies from here. Moved
+                        # at most every IDLE_SLACK_S (a timer re-armed per delta is
+                        # a measurable share of the per-token CPU).
+                        now = loop.time()
+                        if now - moved >= IDLE_SLACK_S:
+                            deadline.reschedule(now + provider.idle_timeout + IDLE_SLACK_S)
+                            moved = now
                         alive = True
                         if delta.text:
                             stream.take(delta.text, max_chars, hooks)
