@@ -47,7 +47,8 @@ def _locked() -> dict[str, Version]:
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        name, sep, version = line.partition("==")
+        pin = line.split(";", 1)[0]  # an environment marker: `uvloop==0.23.0 ; sys_platform ...`
+        name, sep, version = pin.partition("==")
         assert sep, f"requirements.lock: {raw!r} is not an exact pin"
         pins[_name(name)] = Version(version.strip())
     return pins
