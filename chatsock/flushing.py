@@ -95,6 +95,15 @@ class Flusher:
             for flush in flushes:
                 self._undelivered(flush.stream, exc)
             return
+        except Exception as exc:
+            # Part of the batch may be logged (a pipeline is not a transaction) and
+            # a seq at or below the last is ignored as a retry: no later flush of
+            # these streams may reuse their seqs, so they end here, undelivered.
+            log.exception("appending the text of %d streams failed", len(flushes))
+            lost = StoreUnavailable(f"the token log refused a write: {type(exc).__name__}")
+            for flush in flushes:
+                self._undelivered(flush.stream, lost)
+            return
         for flush, ok in zip(flushes, appended, strict=True):
             stream = flush.stream
             if not ok:

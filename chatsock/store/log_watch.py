@@ -17,6 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from chatsock.store.base import StoreUnavailable
+
 log = logging.getLogger(__name__)
 
 Entry = tuple[int, bytes]  # seq, data
@@ -72,6 +74,7 @@ class LogWatch:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        self._fail(StoreUnavailable("the store is closed"))
 
     async def _run(self) -> None:
         while self._waits:
@@ -85,9 +88,10 @@ class LogWatch:
                 self._fail(exc)
                 return
             now = asyncio.get_running_loop().time()
-            for key, waits in self._waits.items():
+            for key in list(self._waits):
                 entries = found.get(key, ())
-                for waiting in waits:
+                pending: list[_Wait] = []
+                for waiting in self._waits[key]:
                     if waiting.done.done():
                         continue
                     fresh = [e for e in entries if e[0] > waiting.after]
@@ -95,6 +99,14 @@ class LogWatch:
                         waiting.done.set_result(fresh)
                     elif now >= waiting.deadline:
                         waiting.done.set_result([])
+                    else:
+                        pending.append(waiting)
+                # Served waits leave now: the next read must not ask for them again
+                # (it would return at once with what they were just given).
+                if pending:
+                    self._waits[key] = pending
+                else:
+                    del self._waits[key]
 
     def _fail(self, exc: BaseException) -> None:
         """A failed read fails every wait (the next wait starts a new loop)."""
