@@ -1,6 +1,6 @@
 // The bench's load generator: socket.io-client over WebSocket, as users' apps connect.
 // Usage: node bench/loadgen.mjs '<json args>'
-//   args: {urls: [..], connections, streams, tokens, rate, rampMs, tag, out, timeoutMs}
+//   args: {urls: [..], connections, streams, tokens, rate, rampMs, serial, tag, out, timeoutMs}
 // Steps, each answered by a JSON line on stdout and started by a line on stdin
 // (the runner measures the workers in between):
 // 1. one socket per worker runs a short warm-up stream: {"warm": n};
@@ -149,7 +149,9 @@ async function main() {
     const at = begin + (ramp * i) / args.streams;
     if (at > now()) await sleep(at - now());
     const k = i % sockets.length;
-    runs.push(runStream(sockets[k], k % args.urls.length, i, deadline));
+    const run = runStream(sockets[k], k % args.urls.length, i, deadline);
+    runs.push(run);
+    if (args.serial) await run; // one at a time: an idle worker's time to first token
   }
   const streams = await Promise.all(runs);
   const finished = now();

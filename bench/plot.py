@@ -17,7 +17,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (cpu_ax, lat_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-    load = [r for r in rows if r.get("offered_tps") and not r.get("error")]
+    load = [
+        r
+        for r in rows
+        if r.get("offered_tps") and not r.get("error") and not r["scenario"].startswith("ttft")
+    ]
     # One line per system and per-stream rate: 100x20, 300x20, 500x20 are one
     # curve, 100x100 another (it offers as much as 500x20 with fewer streams).
     for system, rate in dict.fromkeys((r["system"], r["rate"]) for r in load):

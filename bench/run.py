@@ -90,8 +90,14 @@ class Bench:
             tokens=scenario.tokens,
             rate=scenario.rate,
             rampMs=scenario.ramp_s * 1000,
+            serial=scenario.serial,
             tag=f"{system}-{scenario.name}-{time.time():.0f}",
-            timeoutMs=(scenario.tokens / scenario.rate + scenario.ramp_s + 30) * 1000
+            timeoutMs=(
+                scenario.tokens / scenario.rate * (scenario.streams if scenario.serial else 1)
+                + scenario.ramp_s
+                + 30
+            )
+            * 1000
             if scenario.streams
             else 0,
         )

@@ -247,7 +247,10 @@ class Fanout:
         self.enter_room(sid, session_id)
         feed = self.feeds.get(record.stream_id) if record else None
         if feed is None:
-            return protocol.active_stream_view(record)
+            # No live feed here (the caller starts a tailer for a stream running
+            # elsewhere): its end went out before the socket entered the room. It
+            # is over for this socket too; the caller reads the messages after this.
+            return None
         return protocol.active_stream_view(record, feed.live_since.get(sid, 0))
 
     async def resume_socket(self, sid: str, record: StreamRecord, after: int) -> str:

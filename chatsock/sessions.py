@@ -115,8 +115,11 @@ class SessionService:
         await self._present(session_id)
         for record in await self.store.active_streams(session_id):
             await self._follow_elsewhere(record)
-        messages = await self.store.get_messages(session_id)  # after any worker_lost record
-        return messages, await self.fanout.join(sid, session_id)
+        active = await self.fanout.join(sid, session_id)
+        # After the join (and any worker_lost record): a stream that ended while the
+        # socket joined is reported inactive, so its reply must be in these messages.
+        messages = await self.store.get_messages(session_id)
+        return messages, active
 
     async def resume_socket(self, sid: str, stream_id: str, after: int, who: Identity) -> str:
         record = await self._follow(stream_id, who)
