@@ -46,7 +46,7 @@ test: deps
 	bash scripts/system-deps.sh
 	$(BIN)/ruff check chatsock tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 lint: deps
 	$(BIN)/ruff check chatsock tests bench
