@@ -363,14 +363,8 @@ class Store(RateLimits):
         once anyone else has claimed the stream's end: after a worker took the
         stream for lost and read its partial, nothing more lands in the log, so
         no follower ever sees text beyond the recorded partial."""
-        return await self._log_append(
-            self._tk(stream_id, "log"),
-            seq,
-            _dumps(payload),
-            self.log_ttl,
-            self.max_log_entries,
-            fence=(self._tk(stream_id, "closer"), writer.encode()) if writer else None,
-        )
+        (added,) = await self.append_many([TokenAppend(stream_id, seq, payload, writer)])
+        return added
 
     async def append_many(self, appends: Sequence[TokenAppend]) -> list[bool]:
         """`append_token` for a batch of streams, in one round trip where the backend
