@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 Admit = Callable[[], None]
 
+# How often upkeep drops the memory store's expired keys (token logs after
+# stream.log_ttl), so that memory comes back on an idle worker too.
+SWEEP_S = 10.0
+
 
 def _admit(admit: Admit | None) -> None:
     """Let the caller join the session's room; a caller that vanished meanwhile
@@ -409,9 +413,12 @@ class StreamRunner:
         alive for as long as it runs, honour stop flags (the backup for a missed
         stop signal), and record streams whose owner died as lost."""
         loop = asyncio.get_running_loop()
-        last_reap = loop.time()
+        last_reap = last_sweep = loop.time()
         while True:
             await asyncio.sleep(UPKEEP_S)
+            if loop.time() - last_sweep >= SWEEP_S:
+                last_sweep = loop.time()
+                self._store.forget_expired()
             try:
                 await self._keep_alive()
                 if self._store.shared and loop.time() - last_reap >= self._lease_s:

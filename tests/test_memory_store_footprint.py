@@ -8,6 +8,7 @@ tracemalloc (what Python allocated), not RSS, so the test is exact and fast.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import tracemalloc
 
@@ -56,3 +57,15 @@ async def test_deleting_sessions_leaves_no_key_of_their_streams() -> None:
         assert await store.delete_session(f"s{n}")
     left = [key for key in store.live_keys() if ":s" in key or ":st" in key]
     assert left == []
+
+
+async def test_expired_logs_are_dropped_without_further_writes() -> None:
+    """An idle worker gives back the memory of logs past stream.log_ttl: the
+    runner's upkeep calls forget_expired (a store that is never written again
+    would otherwise keep them until they are read)."""
+    store = MemoryStore(log_ttl=1, max_log_entries=100)
+    await store.append_many([TokenAppend(f"st{n}", 1, _payload(1)) for n in range(30)])
+    assert store.forget_expired() == 0
+    await asyncio.sleep(1.1)  # past log_ttl
+    assert store.forget_expired() == 30
+    assert store.live_keys() == []

@@ -366,6 +366,11 @@ class Store(RateLimits):
         (added,) = await self.append_many([TokenAppend(stream_id, seq, payload, writer)])
         return added
 
+    def forget_expired(self) -> int:
+        """Drop expired keys a backend keeps until they are touched (the memory store;
+        Redis expires keys by itself); return how many."""
+        return 0
+
     async def append_many(self, appends: Sequence[TokenAppend]) -> list[bool]:
         """`append_token` for a batch of streams, in one round trip where the backend
         can (the flush clock's tick): one bool per append, in order."""

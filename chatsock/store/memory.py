@@ -54,10 +54,18 @@ class MemoryStore(MemoryRateLimits, Store):
             self._expires.pop(key, None)
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
-            now = time.monotonic()
-            for expired in [k for k, t in self._expires.items() if t <= now]:
-                self._data.pop(expired, None)
-                self._expires.pop(expired, None)
+            self.forget_expired()
+
+    def forget_expired(self) -> int:
+        """Drop every expired key now (also every `_SWEEP_EVERY` writes, and from the
+        runner's upkeep, so an idle worker gives the memory of expired logs back);
+        return how many were dropped."""
+        now = time.monotonic()
+        expired = [k for k, t in self._expires.items() if t <= now]
+        for key in expired:
+            self._data.pop(key, None)
+            self._expires.pop(key, None)
+        return len(expired)
 
     def _expire(self, key: str, ttl: int) -> None:
         if self._live(key) is not None:
