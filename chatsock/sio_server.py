@@ -157,6 +157,38 @@ class _GuardedWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
         await _drop(socket)
 
 
+class _LeanSocket(AsyncSocket):  # type: ignore[misc]
+    """Engine.IO's socket, its writer waiting for packets without a task per wait.
+
+    Engine.IO's `poll()` waits with `asyncio.wait_for`, which on Python 3.11
+    wraps the queue read in a new task for every packet a socket sends (every
+    `chat_token`), and keeps one alive per idle socket. Same behaviour here with
+    `asyncio.timeout`; the rest is Engine.IO's own. ChatsockServer gives every
+    new socket this class."""
+
+    async def poll(self) -> list[Any]:
+        queue = self.queue
+        try:
+            if queue.empty():
+                async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
+                    packets = [await queue.get()]
+            else:
+                packets = [queue.get_nowait()]
+            queue.task_done()
+        except (TimeoutError, asyncio.CancelledError):
+            raise eio_exceptions.QueueEmpty() from None
+        if packets == [None]:
+            return []
+        while not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is None:
+                queue.put_nowait(None)
+                break
+            packets.append(pkt)
+        return packets
+
+
 class _CheckedBody:
     """A long-polling POST body, read for Engine.IO and checked first."""
 
@@ -263,6 +295,9 @@ class ChatsockServer(socketio.AsyncServer):  # type: ignore[misc]
         self._drops: set[asyncio.Task[None]] = set()
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        socket = self.eio.sockets.get(eio_sid)
+        if type(socket) is AsyncSocket:
+            socket.__class__ = _LeanSocket  # before its writer first polls
         result = await super()._handle_eio_connect(eio_sid, environ)
         self._arm_deadline(eio_sid)
         return result
