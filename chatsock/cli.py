@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import socket
 import sys
 
 from aiohttp import web
@@ -13,6 +15,7 @@ from chatsock.auth import admin_claims, make_token, parse_ttl, refuse_exposed_an
 from chatsock.config import ConfigError, Settings, load_settings
 from chatsock.event_loop import new_event_loop
 from chatsock.logsafe import configure_logging
+from chatsock.store import StoreUnavailable
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,12 +107,33 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"chatsock: {exc}", file=sys.stderr)
         return 2
-    web.run_app(
-        app,
-        loop=loop,
-        host=settings.server.host,
-        port=settings.server.port,
-        shutdown_timeout=settings.server.shutdown_grace_s + 2,
-        print=lambda msg: print(msg, flush=True),
-    )
+    host, port = settings.server.host, settings.server.port
+    try:
+        # Bound here, before the app starts: a taken port is one line, never a
+        # "ready" followed by a traceback.
+        listener = socket.create_server((host, port), family=_family(host))
+    except OSError as exc:
+        loop.close()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(
+            f"chatsock: cannot listen on {host}:{port}: {reason}; "
+            "stop what holds it or choose another --port",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        web.run_app(
+            app,
+            loop=loop,
+            sock=listener,
+            shutdown_timeout=settings.server.shutdown_grace_s + 2,
+            print=lambda msg: print(msg, flush=True),
+        )
+    except StoreUnavailable as exc:  # at start-up: Redis unreachable, wrong password
+        print(f"chatsock: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -128,3 +129,47 @@ async def test_serve_starts_on_embedded_defaults_with_host_and_port_flags():
         assert "providers: demo" in worker.log()
     finally:
         worker.stop()
+
+
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chatsock", "serve", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+    )
+
+
+def _said(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """What the server told the operator: its own lines, not log records."""
+    return [line for line in result.stderr.splitlines() if line.startswith("chatsock: ")]
+
+
+def test_a_port_in_use_is_one_line_and_never_a_ready_worker():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _serve("--port", str(port))
+    assert result.returncode == 2
+    assert _said(result) == [
+        f"chatsock: cannot listen on 127.0.0.1:{port}: Address already in use; "
+        "stop what holds it or choose another --port"
+    ]
+    assert " ready (store: " not in result.stderr + result.stdout  # the worker's ready line
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_redis_is_one_line_that_says_what_to_do():
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: refused
+        result = _serve("--port", "0", env={"REDIS_URL": f"redis://:s3cret@127.0.0.1:{port}/0"})
+    assert result.returncode == 2
+    (line,) = _said(result)
+    assert f"Redis is not reachable at redis://***@127.0.0.1:{port}/0" in line
+    assert "start redis-server or unset REDIS_URL" in line
+    assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
