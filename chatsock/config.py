@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from pydantic_settings import (
     EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -303,6 +305,20 @@ class _PrefixedEnv(EnvSettingsSource):
         super().__init__(settings_cls)
         self.env_vars = {k: v for k, v in self.env_vars.items() if k.lower() not in self._RESERVED}
 
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
+        """JSON, as pydantic-settings reads it; a list of strings may also be
+        comma-separated (CHATSOCK_SERVER__CORS_ALLOWED_ORIGINS=http://a,http://b)."""
+        try:
+            return super().decode_complex_value(field_name, field, value)  # type: ignore[arg-type]
+        except ValueError:
+            if field is None or not isinstance(value, str) or not _is_str_list(field.annotation):
+                raise
+            return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _is_str_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list and typing.get_args(annotation) == (str,)
+
 
 class _FixedEnvNames(PydanticBaseSettingsSource):
     """The environment names users and deployment files rely on (README)."""
@@ -371,6 +387,11 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
 
     try:
         return _FromFile(**overrides)
+    except SettingsError as exc:
+        raise ConfigError(
+            f"an environment value could not be read ({exc}): a table or a list in a "
+            "CHATSOCK_* variable is JSON, e.g. CHATSOCK_SERVER__ALLOWED_HOSTS='[\"a.example\"]'"
+        ) from exc
     except ValidationError as exc:
         lines = "\n  ".join(_describe(err) for err in exc.errors())
         where = f" in {toml_path} or the environment" if toml_path else " in the environment"

@@ -173,3 +173,33 @@ def test_an_unreachable_redis_is_one_line_that_says_what_to_do():
     assert "start redis-server or unset REDIS_URL" in line
     assert "Traceback" not in result.stderr
     assert "s3cret" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("http://localhost:5173", ["http://localhost:5173"]),
+        (
+            "http://localhost:5173, https://app.example",
+            ["http://localhost:5173", "https://app.example"],
+        ),
+        ('["http://a.example", "http://b.example"]', ["http://a.example", "http://b.example"]),
+    ],
+)
+def test_a_list_in_the_environment_may_be_json_or_comma_separated(
+    tmp_path, monkeypatch, value, expected
+):
+    path = tmp_path / "c.toml"
+    path.write_text("[server]\nport = 9000\n")
+    monkeypatch.setenv("CHATSOCK_SERVER__CORS_ALLOWED_ORIGINS", value)
+    settings = load_settings(path)
+    assert settings.server.cors_allowed_origins == expected
+    assert settings.server.port == 9000  # the rest of the section still comes from the file
+
+
+def test_an_unreadable_environment_table_is_one_message_not_a_traceback():
+    result = _serve("--port", "0", env={"CHATSOCK_SERVER": "{not json"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (line,) = _said(result)
+    assert "is JSON" in line
