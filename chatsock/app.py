@@ -87,6 +87,8 @@ def create_app(
     )
     sio.attach(app)
     registry = build_registry(settings, providers)
+    for name, reason in registry.left_out.items():
+        log.warning("provider %s is configured but not in the chain: %s", name, reason)
     worker_id = _worker_id(settings)
     bus = SignalBus(store, worker_id)
     fanout = Fanout(sio, store)

@@ -67,6 +67,8 @@ def describe(registry: ProviderRegistry) -> list[str]:
     lines = [f"provider chain: {' -> '.join(registry.chain)}"]
     for provider in _ordered(registry):
         role = "chain" if provider.name in registry.chain else "named"
+        if provider.name in registry.left_out:
+            role = f"left out: {registry.left_out[provider.name]}"
         lines.append(
             f"  {provider.name:<14} [{role}] kind={provider.kind} base_url={_base_url(provider)} "
             f"model={provider.default_model} key={_key_present(provider)}"

@@ -112,3 +112,28 @@ async def test_ping_names_ollama_when_its_default_port_refuses() -> None:
     if code == 0:
         pytest.skip("something answers on 127.0.0.1:11434")
     assert "connection refused at http://127.0.0.1:11434/v1: is Ollama running?" in out.getvalue()
+
+
+async def test_a_keyless_local_server_joins_the_default_chain_a_keyless_cloud_one_is_left_out(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """Without a configured chain: an OpenAI-compatible server with a base_url and
+    no key (Ollama, vLLM...) is in it; a declared provider that needs a key and
+    has none is left out, and check says why instead of silently serving demo."""
+    settings = settings_for(
+        {
+            "ollama": {"kind": "openai", "base_url": fake_openai.base_url},
+            "openai": {"kind": "openai"},
+            "claude": {"kind": "anthropic"},
+        },
+        [],
+    )
+    out = io.StringIO()
+    assert await run_check(settings, ping=False, out=out) == 0
+    text = out.getvalue()
+    assert "provider chain: ollama\n" in text
+    openai_line = next(line for line in text.splitlines() if line.strip().startswith("openai "))
+    claude_line = next(line for line in text.splitlines() if line.strip().startswith("claude "))
+    assert "left out: no API key: set providers.openai.api_key or api_key_env" in openai_line
+    assert "(or OPENAI_API_KEY)" in openai_line
+    assert "left out: no API key: set providers.claude.api_key" in claude_line

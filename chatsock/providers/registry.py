@@ -74,7 +74,12 @@ def api_key_for(config: ProviderConfig) -> str | None:
 class ProviderRegistry:
     """The configured providers by name, and the default chain."""
 
-    def __init__(self, providers: dict[str, Provider], chain: list[str]) -> None:
+    def __init__(
+        self,
+        providers: dict[str, Provider],
+        chain: list[str],
+        left_out: dict[str, str] | None = None,
+    ) -> None:
         unknown = [name for name in chain if name not in providers]
         if unknown:
             raise ChatsockError(
@@ -84,6 +89,8 @@ class ProviderRegistry:
             )
         self.providers = providers
         self.chain = chain
+        # Configured providers the default chain left out, with the reason.
+        self.left_out = left_out or {}
 
     def chain_for(self, requested: str | None) -> list[Provider]:
         """The providers to try, in order: the requested one alone, else the chain."""
@@ -112,11 +119,26 @@ def configured_providers(settings: Settings) -> dict[str, ProviderConfig]:
     return configs
 
 
-def default_chain(configs: dict[str, ProviderConfig]) -> list[str]:
-    keyed = [
-        name for name, config in configs.items() if config.kind != "demo" and api_key_for(config)
-    ]
-    return keyed or ["demo"]
+def default_chain(configs: dict[str, ProviderConfig]) -> tuple[list[str], dict[str, str]]:
+    """The chain when none is configured, and why each configured provider left
+    out of it is (name -> reason). A provider joins it with a key, or, for the
+    openai kind, with a `base_url` alone: a local OpenAI-compatible server
+    (Ollama, vLLM, llama.cpp, LM Studio) needs no key."""
+    chain: list[str] = []
+    left_out: dict[str, str] = {}
+    for name, config in configs.items():
+        if config.kind == "demo":
+            continue
+        if api_key_for(config) or (config.kind == "openai" and config.base_url):
+            chain.append(name)
+        else:
+            env = BUILTIN_KEY_ENV.get(config.kind)
+            fallback = f" (or {env})" if env and not config.api_key_env else ""
+            left_out[name] = (
+                f"no API key: set providers.{name}.api_key or api_key_env{fallback}"
+                + (", or base_url for a keyless local server" if config.kind == "openai" else "")
+            )
+    return chain or ["demo"], left_out
 
 
 def build_registry(
@@ -135,5 +157,7 @@ def build_registry(
             )
         providers[name] = factory(name, config, settings)
     providers.update(extra or {})
-    chain = settings.chain or default_chain(configs)
-    return ProviderRegistry(providers, chain)
+    if settings.chain:
+        return ProviderRegistry(providers, settings.chain)
+    chain, left_out = default_chain(configs)
+    return ProviderRegistry(providers, chain, left_out)
