@@ -30,7 +30,7 @@ def outcome(stream: ActiveStream, text: str) -> tuple[MessageStatus, Terminal]:
             full_response=text,
             stopped=stopped,
             finish_reason="stopped" if stopped else (stream.finish_reason or "stop"),
-            tokens=stream.count,
+            deltas=stream.count,
             duration=time.monotonic() - stream.started,
             provider=stream.provider,
             model=stream.model,

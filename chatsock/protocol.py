@@ -117,13 +117,17 @@ def complete(
     full_response: str,
     stopped: bool,
     finish_reason: str | None,
-    tokens: int,
+    deltas: int,
     duration: float,
     provider: str | None,
     model: str | None,
     usage: Payload | None,
     persist_failed: bool,
 ) -> Payload:
+    # Tokens as the provider counted them when it reported usage; else the
+    # provider's text deltas, which are often but not always one token each.
+    output_tokens = usage.get("output_tokens") if usage else None
+    counted = output_tokens if isinstance(output_tokens, int) else deltas
     return {
         "stream_id": stream_id,
         "session_id": session_id,
@@ -131,9 +135,11 @@ def complete(
         "full_response": full_response,
         "stopped": stopped,
         "finish_reason": finish_reason,
-        "tokens": tokens,
+        "output_tokens": output_tokens,
+        "deltas": deltas,
+        "tokens": deltas,  # deprecated: the delta count, kept for existing clients
         "duration": round(duration, 4),
-        "tokens_per_second": round(tokens / duration, 2) if duration > 0 else 0.0,
+        "tokens_per_second": round(counted / duration, 2) if duration > 0 else 0.0,
         "provider": provider,
         "model": model,
         "usage": usage,

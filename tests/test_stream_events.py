@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from chatsock.app import STORE
 from chatsock.providers.base import (
     ProviderConnectionError,
     ProviderHTTPError,
     ProviderStreamError,
+    Usage,
 )
 from tests.fakes.provider import ScriptedProvider
 
@@ -30,6 +33,31 @@ async def test_tokens_are_coalesced_with_contiguous_seq(start_server, connect):
     assert len(tokens) < len(pieces)  # a burst of deltas is coalesced
     assert tokens[-1]["count"] == len(pieces) == done["tokens"]
     assert all("full_response" not in t for t in tokens)
+
+
+async def test_chat_complete_counts_tokens_as_the_provider_did_and_deltas_apart(
+    start_server, connect
+):
+    """With usage, `output_tokens` and `tokens_per_second` come from the provider's
+    count; `deltas` (and the deprecated `tokens`) count text deltas. Without usage,
+    the rate falls back to deltas and `output_tokens` is null."""
+    provider = ScriptedProvider("fake")
+    counted = provider.enqueue("Hello", " world", "!", usage=Usage(5, 30))
+    counted.sleep(0.2)
+    provider.enqueue("a", "b").sleep(0.2)
+    server = await start_server(chain=["fake"], providers={"fake": provider})
+    client = await connect(server)
+    first = await client.call("chat_stream", {"message": "one"})
+    _, done = await client.wait_terminal(first["stream_id"])
+    assert done["output_tokens"] == 30
+    assert done["deltas"] == done["tokens"] == 3
+    assert done["usage"] == {"input_tokens": 5, "output_tokens": 30}
+    assert done["tokens_per_second"] == pytest.approx(30 / done["duration"], rel=1e-3)
+    second = await client.call("chat_stream", {"message": "two", "session_id": first["session_id"]})
+    _, plain = await client.wait_terminal(second["stream_id"])
+    assert plain["output_tokens"] is None
+    assert plain["deltas"] == 2
+    assert plain["tokens_per_second"] == pytest.approx(2 / plain["duration"], rel=1e-2, abs=0.02)
 
 
 async def test_flush_max_chars_bounds_each_flush(start_server, connect):
