@@ -346,7 +346,10 @@ def _describe(error: Any) -> str:
     path = [str(part) for part in error["loc"]]
     got = error.get("input")
     shown = "" if isinstance(got, dict) else f" (got {_shown_input(path, got)})"
-    return f"{'.'.join(path) or '(root)'}: {error['msg']}{shown}"
+    line = f"{'.'.join(path) or '(root)'}: {error['msg']}{shown}"
+    if len(path) == 2 and path[1] == "chain":  # TOML: a key under [section] belongs to it
+        line += "; `chain` is a top-level key: put it above the first [section] of the file"
+    return line
 
 
 def _shown_input(path: list[str], value: object) -> str:

@@ -203,3 +203,13 @@ def test_an_unreadable_environment_table_is_one_message_not_a_traceback():
     assert "Traceback" not in result.stderr
     (line,) = _said(result)
     assert "is JSON" in line
+
+
+@pytest.mark.parametrize("section", ["server", "providers"])
+def test_a_chain_under_a_section_says_it_is_a_top_level_key(tmp_path, section):
+    path = tmp_path / "c.toml"
+    path.write_text(f'[{section}]\nchain = ["demo"]\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path)
+    assert f"{section}.chain:" in str(refused.value)
+    assert "`chain` is a top-level key: put it above the first [section]" in str(refused.value)
