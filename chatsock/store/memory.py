@@ -17,7 +17,7 @@ import orjson
 
 from chatsock.store.base import Store
 from chatsock.store.memory_limits import MemoryRateLimits
-from chatsock.store.primitives import KeepAliveKeys, RegisterStep
+from chatsock.store.primitives import KeepAliveKeys, LogAppend, RegisterStep
 
 _SWEEP_EVERY = 1000
 
@@ -277,15 +277,13 @@ class MemoryStore(MemoryRateLimits, Store):
             self._drop_if_empty(key)
 
     # -- token logs -------------------------------------------------------
-    async def _log_append(
-        self,
-        key: str,
-        seq: int,
-        data: bytes,
-        ttl: int,
-        cap: int,
-        *,
-        fence: tuple[str, bytes] | None = None,
+    async def _log_append_many(
+        self, appends: Sequence[LogAppend], ttl: int, cap: int
+    ) -> list[bool]:
+        return [self._log_append(a.key, a.seq, a.data, ttl, cap, a.fence) for a in appends]
+
+    def _log_append(
+        self, key: str, seq: int, data: bytes, ttl: int, cap: int, fence: tuple[str, bytes] | None
     ) -> bool:
         if fence is not None:
             holder = self._live(fence[0])

@@ -193,20 +193,6 @@ class Primitives(ABC):
     @abstractmethod
     async def _remove_member(self, key: str, *members: str) -> None: ...
 
-    @abstractmethod
-    async def _log_append(
-        self,
-        key: str,
-        seq: int,
-        data: bytes,
-        ttl: int,
-        cap: int,
-        *,
-        fence: tuple[str, bytes] | None = None,
-    ) -> bool:
-        """Append at `seq` (a seq at or below the last is ignored: True). With
-        `fence` = (key, value): refused (False) while that key holds another value."""
-
     async def _batch(self, ops: Sequence[Op]) -> list[object]:
         """Run `ops` in order, in one round trip where the backend can; one result
         each, as its primitive returns it. Not atomic as a whole: what must be
@@ -227,13 +213,14 @@ class Primitives(ABC):
                     )
         return results
 
+    @abstractmethod
     async def _log_append_many(
         self, appends: Sequence[LogAppend], ttl: int, cap: int
     ) -> list[bool]:
-        """`_log_append` for each, in order; a backend sends them in one round trip."""
-        return [
-            await self._log_append(a.key, a.seq, a.data, ttl, cap, fence=a.fence) for a in appends
-        ]
+        """Each append at its `seq` (a seq at or below the log's last is ignored:
+        True), in order, in one round trip where the backend can; one bool each.
+        With a `fence` = (key, value): refused (False) while that key holds
+        another value. Each append is atomic; the batch need not be."""
 
     @abstractmethod
     async def _log_read(self, key: str, after: int, limit: int | None) -> list[tuple[int, bytes]]:

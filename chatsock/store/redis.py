@@ -319,25 +319,6 @@ class RedisStore(RedisRateLimits, Store):
 
     # -- token logs -------------------------------------------------------
     @_mapped
-    async def _log_append(
-        self,
-        key: str,
-        seq: int,
-        data: bytes,
-        ttl: int,
-        cap: int,
-        *,
-        fence: tuple[str, bytes] | None = None,
-    ) -> bool:
-        if fence is None:
-            return bool(await self._log_append_script(keys=[key], args=[seq, data, cap, ttl]))
-        fence_key, holder = fence
-        added = await self._log_append_script(
-            keys=[key, fence_key], args=[seq, data, cap, ttl, holder]
-        )
-        return bool(added)
-
-    @_mapped
     async def _batch(self, ops: Sequence[Op]) -> list[object]:
         """Every op in one pipelined round trip."""
         async with self._client.pipeline(transaction=False) as pipe:
