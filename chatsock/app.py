@@ -14,6 +14,7 @@ from chatsock import jsoncodec, protocol
 from chatsock.auth import Authenticator
 from chatsock.config import Settings
 from chatsock.cors import socketio_cors
+from chatsock.drain import Drain
 from chatsock.fanout import Fanout
 from chatsock.gate import Gate
 from chatsock.guards import install_guards
@@ -52,6 +53,7 @@ METRICS = web.AppKey("metrics", Metrics)
 LOOPS = web.AppKey("loops", BackgroundLoops)
 GATE = web.AppKey("gate", Gate)
 NAMESPACE = web.AppKey("namespace", ChatNamespace)
+DRAIN = web.AppKey("drain", Drain)
 
 
 def _worker_id(settings: Settings) -> str:
@@ -127,8 +129,14 @@ def create_app(
     if manager is not None:
         app[MANAGER] = manager
 
+    drain = Drain(
+        runner, sessions, sio, shared=store.shared, timeout_s=settings.server.drain_timeout_s
+    )
+    app[DRAIN] = drain
+
     add_page_routes(app, settings.static_dir)
     install_guards(app, settings)
+    app.middlewares.append(drain.middleware)
     HttpApi(
         settings,
         store,
@@ -139,6 +147,7 @@ def create_app(
         listeners=_listeners(bus, manager),
         loops=loops,
         gate=gate,
+        draining=lambda: drain.reason,
     ).add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_shutdown_streams)

@@ -9,8 +9,6 @@ import os
 import socket
 import sys
 
-from aiohttp import web
-
 from chatsock.auth import admin_claims, make_token, parse_ttl, refuse_exposed_anonymous
 from chatsock.config import ConfigError, Settings, load_settings
 from chatsock.event_loop import new_event_loop
@@ -86,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         code: int = asyncio.run(run_check(settings, args.ping))
         return code
     from chatsock.app import create_app
+    from chatsock.serving import serve
 
     refusal = refuse_exposed_anonymous(settings)
     if refusal is not None:
@@ -122,17 +121,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        web.run_app(
-            app,
-            loop=loop,
-            sock=listener,
-            shutdown_timeout=settings.server.shutdown_grace_s + 2,
-            print=lambda msg: print(msg, flush=True),
-        )
+        loop.run_until_complete(serve(app, listener, lambda msg: print(msg, flush=True)))
     except StoreUnavailable as exc:  # at start-up: Redis unreachable, wrong password
         print(f"chatsock: {exc}", file=sys.stderr)
         return 2
+    finally:
+        listener.close()
+        _close_loop(loop)
     return 0
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left on `loop` (as aiohttp's run_app does), then close it."""
+    left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in left:
+        task.cancel()
+    if left:
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -54,7 +54,16 @@ class ServerConfig(_Section):
         description="Origins allowed for Socket.IO and the HTTP API; [] = same origin, ['*'] any.",
     )
     worker_id: str = Field("", description="Identifies this worker in stream ownership.")
-    shutdown_grace_s: float = Field(5.0, ge=0)
+    shutdown_grace_s: float = Field(
+        5.0, ge=0, description="After the drain: how long streams still running get to end."
+    )
+    drain_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        description="On SIGTERM: how long the worker keeps generating its streams (and, "
+        "with Redis, hands its clients to other workers) before ending the rest with "
+        "server_shutdown. It exits within drain_timeout_s + shutdown_grace_s + 1 s.",
+    )
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto", description="auto: uvloop when it is installed, else asyncio's own loop."
     )

@@ -77,11 +77,15 @@ CLIENT_IP = web.RequestKey("client_ip", str)
 
 
 def error_response(
-    status: int, code: str, message: str, retry_after: float | None = None
+    status: int,
+    code: str,
+    message: str,
+    retry_after: float | None = None,
+    *,
+    retryable: bool = False,
 ) -> web.Response:
-    response = web.json_response(
-        protocol.error_body(code, message, retry_after), status=status, dumps=jsoncodec.dumps
-    )
+    body = protocol.error_body(code, message, retry_after, retryable=retryable)
+    response = web.json_response(body, status=status, dumps=jsoncodec.dumps)
     if retry_after is not None:
         response.headers["Retry-After"] = str(protocol.retry_after_s(retry_after))
     if status == 401:
@@ -119,15 +123,18 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return await handler(request)
     except ChatsockError as exc:
         log.info("%s rejected: %s: %s", where, exc.code, exc.message)
+        status = STATUS_BY_CODE.get(exc.code, 500)
         return error_response(
-            STATUS_BY_CODE.get(exc.code, 500), exc.code, exc.message, exc.retry_after
+            status, exc.code, exc.message, exc.retry_after, retryable=exc.retryable
         )
     except HttpError as exc:
         log.info("%s rejected: %s %s: %s", where, exc.status, exc.code, exc.message)
         return error_response(exc.status, exc.code, exc.message)
     except StoreUnavailable as exc:
         log.warning("%s: store unavailable: %s", where, exc)
-        return error_response(503, "store_unavailable", "the store is unavailable; retry shortly")
+        return error_response(
+            503, "store_unavailable", "the store is unavailable; retry shortly", retryable=True
+        )
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(413, "invalid_request", f"body: {exc.text}")
     except web.HTTPNotFound:
@@ -218,8 +225,10 @@ class HttpApi:
         listeners: Callable[[], tuple[str | None, dict[str, float | None]]],
         loops: BackgroundLoops,
         gate: Gate,
+        draining: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.gate = gate
+        self.draining = draining
         self.store = store
         self.listener_problem = listeners
         self.loops = loops
@@ -371,12 +380,17 @@ class HttpApi:
     # -- health and metrics ---------------------------------------------------
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         """200 when the store answers a ping, no background loop keeps failing and the
-        pub/sub listeners hear, else 503; the body always lists the background loops."""
+        pub/sub listeners hear, else 503 (at once when the worker drains); the body
+        always lists the background loops."""
         statuses = self.loops.status()
         loops = {
             name: protocol.loop_status(s.state, s.failures, s.last_error)
             for name, s in statuses.items()
         }
+        draining = self.draining()
+        if draining is not None:  # a rolling deploy: the load balancer sends no one here
+            body = protocol.readiness(draining, loops=loops, status="draining")
+            return json_response(body, status=503)
         try:
             await self.store.ping()
         except StoreUnavailable as exc:

@@ -39,10 +39,12 @@ async def _answer(event: str, sid: str, work: Callable[[], Awaitable[protocol.Pa
         return await work()
     except ChatsockError as exc:
         log.info("%s from %s rejected: %s: %s", event, sid, exc.code, exc.message)
-        return protocol.ack_error(exc.code, exc.message, exc.retry_after)
+        return protocol.ack_error(exc.code, exc.message, exc.retry_after, retryable=exc.retryable)
     except StoreUnavailable as exc:
         log.warning("%s from %s: store unavailable: %s", event, sid, exc)
-        return protocol.ack_error("store_unavailable", "the store is unavailable; retry shortly")
+        return protocol.ack_error(
+            "store_unavailable", "the store is unavailable; retry shortly", retryable=True
+        )
     except Exception:
         log.exception("%s from %s failed", event, sid)
         return protocol.ack_error("internal", f"{event} failed on the server; see its log")

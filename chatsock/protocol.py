@@ -27,6 +27,7 @@ SESSION_DELETED: Final = "session_deleted"
 
 # Server -> one socket, just before the server disconnects it.
 AUTH_EXPIRED: Final = "auth_expired"
+SERVER_DRAINING: Final = "server_draining"
 
 Payload = dict[str, Any]
 
@@ -54,8 +55,14 @@ def ack_ok(**fields: Any) -> Payload:
     return {"ok": True, **fields}
 
 
-def _error(code: str, message: str, retry_after: float | None) -> Payload:
-    error: Payload = {"code": code, "message": message}
+def _error(code: str, message: str, retry_after: float | None, retryable: bool) -> Payload:
+    """An error: `retryable` says the same request may succeed later (after
+    `retry_after` s when given), e.g. on another worker during a deploy."""
+    error: Payload = {
+        "code": code,
+        "message": message,
+        "retryable": retryable or retry_after is not None,
+    }
     if retry_after is not None:
         error["retry_after"] = retry_after_s(retry_after)
     return error
@@ -66,19 +73,30 @@ def retry_after_s(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
-def ack_error(code: str, message: str, retry_after: float | None = None) -> Payload:
-    return {"ok": False, "error": _error(code, message, retry_after)}
+def ack_error(
+    code: str, message: str, retry_after: float | None = None, *, retryable: bool = False
+) -> Payload:
+    return {"ok": False, "error": _error(code, message, retry_after, retryable)}
 
 
-def error_body(code: str, message: str, retry_after: float | None = None) -> Payload:
+def error_body(
+    code: str, message: str, retry_after: float | None = None, *, retryable: bool = False
+) -> Payload:
     """The HTTP API's error body."""
-    return {"error": _error(code, message, retry_after)}
+    return {"error": _error(code, message, retry_after, retryable)}
 
 
 def auth_expired(reason: str) -> Payload:
     """Sent to a socket whose token expired, before it is disconnected: refresh the
     token, reconnect and `chat_resume`."""
     return {"code": "unauthorized", "reason": reason}
+
+
+def server_draining(reason: str) -> Payload:
+    """Sent to every socket of a worker that is draining (a rolling deploy), just
+    before it is disconnected: reconnect (to another worker) and `chat_resume`
+    each stream from the last seq received; the streams go on meanwhile."""
+    return {"code": "server_draining", "reason": reason, "reconnect": True}
 
 
 def stream_ack(stream_id: str, session_id: str, message_id: str) -> Payload:
@@ -216,7 +234,7 @@ def session_view(info: SessionInfo, messages: list[Message], active: Payload | N
 def stream_error_body(error: Payload) -> Payload:
     """The JSON reply of `POST /api/chat/stream` for a stream that ended in an error."""
     return {
-        **error_body(error["code"], error["error"]),
+        **error_body(error["code"], error["error"], retryable=error["retryable"]),
         "stream_id": error["stream_id"],
         "session_id": error["session_id"],
         "partial": error["partial"],
@@ -242,15 +260,17 @@ def readiness(
     heard: dict[str, float | None] | None = None,
     *,
     loops: dict[str, Payload],
+    status: str = "unavailable",
 ) -> Payload:
-    """`GET /readyz`: `reason` says why the worker is not ready (None when it is);
+    """`GET /readyz`: `reason` says why the worker is not ready (None when it is),
+    `status` what it is then (`unavailable`, or `draining` during a shutdown);
     `heard`: seconds since each pub/sub listener last heard a message (Redis only);
     `loops`: each background loop's state, failure count and last error."""
     body: Payload = (
         {"status": "ready"}
         if reason is None
         else {
-            "status": "unavailable",
+            "status": status,
             "reason": reason,
         }
     )

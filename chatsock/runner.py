@@ -385,8 +385,24 @@ class StreamRunner:
             stream.reader.cancel()
         stream.wake()
 
+    def refuse_new(self) -> None:
+        """Draining: every new stream is refused with `server_shutdown` (retryable);
+        the running ones go on."""
+        self._closing = True
+
+    async def idle(self) -> None:
+        """Return once no stream runs here (the caller bounds the wait)."""
+        while self.streams:
+            # A snapshot: streams end (and, until refuse_new, start) during the wait.
+            tasks = {s.task for s in self.streams.values() if s.task is not None}
+            if tasks:
+                await asyncio.wait(tasks)
+            else:  # registered, its task not spawned yet
+                await asyncio.sleep(0.05)
+
     async def shutdown(self) -> None:
-        """End every open stream with `server_shutdown`, persist them, and await all tasks.
+        """End every open stream with `server_shutdown`, persist them, and await all tasks
+        for up to `shutdown_grace_s` in all (then cancel what is left).
 
         A stream whose provider already finished ends as complete."""
         self._closing = True
@@ -394,11 +410,12 @@ class StreamRunner:
             self._end(stream, EndReason.SHUTDOWN)
         if self._tasks:
             grace = self._settings.server.shutdown_grace_s
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            # Most of the grace for ending well, the rest for the cancelled to unwind.
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace * 0.8)
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending, timeout=1.0)
+                await asyncio.wait(pending, timeout=max(grace * 0.2, 0.1))
         if self.ends.pending:
             try:
                 await self.ends.retry_pending()

@@ -218,6 +218,8 @@ class SessionService:
         worker = self.runner.worker_id
         while True:
             await asyncio.sleep(PRESENCE_REFRESH_S)
+            if not self.stop_on_disconnect:
+                continue  # draining: clients left only to follow from another worker
             try:
                 for session_id in self.fanout.followed_sessions():
                     await self.store.mark_present(session_id, worker, PRESENCE_TTL_S)

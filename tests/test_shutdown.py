@@ -54,7 +54,10 @@ async def test_app_shutdown_sends_server_shutdown_and_persists_partial(make_sett
 
 
 async def test_sigterm_on_a_real_worker_ends_streams_with_server_shutdown():
-    worker = Worker(env={"CHATSOCK_DEMO_TOKENS_PER_SECOND": "20"}).start()
+    # No drain: the stream is cut at once (tests/test_drain.py covers the drain).
+    worker = Worker(
+        env={"CHATSOCK_DEMO_TOKENS_PER_SECOND": "20", "CHATSOCK_SERVER__DRAIN_TIMEOUT_S": "0"}
+    ).start()
     client = RecordingClient()
     try:
         await client.connect(worker.url)
