@@ -46,7 +46,7 @@ async def serve(
         loop.add_signal_handler(sig, on_signal)
     # The worker's shutdown proper bounds each connection's handler by this
     # (then cancels it); our own deadline below bounds the whole.
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5, keepalive_timeout=75.0)
     await runner.setup()  # opens the store: StoreUnavailable leaves from here
     deadline = None
     try:
