@@ -150,6 +150,11 @@ class Flusher:
 
     async def _deliver(self, flush: _Flush) -> None:
         stream = flush.stream
+        if stream.feed.terminal is not None:
+            # Its end went out while this tick was in flight (a stream hard-cancelled
+            # at shutdown, waiting on a stalled store): nothing may follow a terminal,
+            # and the partial it carried is what the followers hold.
+            return
         stream.seq = flush.seq
         stream.parts.append(flush.text)
         await self._fanout.emit(stream.feed, protocol.TOKEN, flush.payload, flush.seq)

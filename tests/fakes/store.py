@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from chatsock.store.base import StoreUnavailable
 from chatsock.store.memory import MemoryStore
+from chatsock.store.primitives import LogAppend
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -18,9 +19,9 @@ class FlakyStore(MemoryStore):
       fail and write nothing.
     - `lose_assistant_replies`: every assistant-message append lands, then fails
       as if its reply was lost; `lose_next_assistant_replies = N` does that N times.
-    - `before_assistant_message`, `before_user_message`, `before_end_claim`: run
-      once before the next such write, so a test can act in the middle of a
-      stream's persist, start or end.
+    - `before_assistant_message`, `before_user_message`, `before_end_claim`,
+      `before_log_append`: run once before the next such write, so a test can act
+      in the middle of a stream's persist, start, end or flush.
     """
 
     def __init__(self, **options: Any) -> None:
@@ -32,6 +33,15 @@ class FlakyStore(MemoryStore):
         self.before_assistant_message: Hook | None = None
         self.before_user_message: Hook | None = None
         self.before_end_claim: Hook | None = None
+        self.before_log_append: Hook | None = None
+
+    async def _log_append_many(
+        self, appends: Sequence[LogAppend], ttl: int, cap: int
+    ) -> list[Any]:
+        hook, self.before_log_append = self.before_log_append, None
+        if hook is not None:
+            await hook()
+        return await super()._log_append_many(appends, ttl, cap)
 
     async def _push_once(
         self, key: str, ids: str, item_id: str, value: bytes, ttl: int | None, cap: int
