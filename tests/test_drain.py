@@ -166,10 +166,18 @@ async def test_sigterm_hands_clients_off_and_every_reply_arrives_whole_exactly_o
     a, b = _pair(private_redis_server, tps=30)
     await _start(a, b)
     movers = [Mover(a, b) for _ in range(STREAMS)]
+    tabs: list[RecordingClient] = []
     try:
         await asyncio.gather(*(m.start("a long demo reply please") for m in movers))
         for mover in movers:
             await mover.a.wait_for(lambda _, m=mover: len(m.a.tokens(m.stream_id)) >= 2)
+        # A second tab of each conversation on the worker that stays: the stream's
+        # owner restarts under it.
+        tabs += [await RecordingClient().connect(b.url) for _ in movers]
+        for tab, mover in zip(tabs, movers, strict=True):
+            joined = await tab.call("session_join", {"session_id": mover.ack["session_id"]})
+            assert joined["active_stream"]["stream_id"] == mover.stream_id
+            assert (await tab.call("chat_resume", {"stream_id": mover.stream_id}))["ok"]
         t0 = time.monotonic()
         a.signal(signal.SIGTERM)
         moving = asyncio.gather(*(m.move() for m in movers))
@@ -196,13 +204,22 @@ async def test_sigterm_hands_clients_off_and_every_reply_arrives_whole_exactly_o
             m.ack["session_id"]: await _session(http, b, m.ack["session_id"]) for m in movers
         }
         problems = _check_moved(movers, sessions, "chat_complete")
+        for tab, mover in zip(tabs, movers, strict=True):
+            await tab.wait_terminal(mover.stream_id, within=30)
+            view = seen(tab.events, mover.stream_id)
+            tokens, _ = merge_tokens(mover.stream_id, [view])
+            problems += check_follower(
+                f"second tab of {mover.stream_id}", view, start=1, must_end=True, tokens=tokens
+            )
+            if view.terminals != seen(mover.events(), mover.stream_id).terminals:
+                problems.append(f"{mover.stream_id}: the two tabs got different ends")
         problems += await worker_problems(http, b.url)
         problems += log_problems("worker-a", a.log())
         problems += log_problems("worker-b", b.log())
         assert_none(problems)
         assert "drained: every stream ended" in a.log()
     finally:
-        await asyncio.gather(*(m.close() for m in movers))
+        await asyncio.gather(*(m.close() for m in movers), *(t.close() for t in tabs))
         await _stop(a, b)
 
 
