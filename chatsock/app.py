@@ -21,6 +21,7 @@ from chatsock.guards import install_guards
 from chatsock.http_api import HttpApi
 from chatsock.http_log import RequestErrors, hide_server_version
 from chatsock.ids import new_id
+from chatsock.logsafe import name_worker
 from chatsock.loops import BackgroundLoops
 from chatsock.metrics import Metrics
 from chatsock.namespace import ChatNamespace
@@ -92,6 +93,7 @@ def create_app(
     for name, reason in registry.left_out.items():
         log.warning("provider %s is configured but not in the chain: %s", name, reason)
     worker_id = _worker_id(settings)
+    name_worker(worker_id)
     bus = SignalBus(store, worker_id)
     fanout = Fanout(sio, store)
     runner = StreamRunner(settings, store, registry, fanout, worker_id=worker_id, bus=bus)

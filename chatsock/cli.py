@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "token":
         return _print_token(settings, args)
-    configure_logging(settings.server.log_level)
+    server = settings.server
+    configure_logging(server.log_level, server.log_format, server.worker_id)
     if args.command == "check":
         from chatsock.check import run_check
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        loop.run_until_complete(serve(app, listener, lambda msg: print(msg, flush=True)))
+        loop.run_until_complete(serve(app, listener))
     except StoreUnavailable as exc:  # at start-up: Redis unreachable, wrong password
         print(f"chatsock: {exc}", file=sys.stderr)
         return 2

@@ -68,6 +68,11 @@ class ServerConfig(_Section):
         "auto", description="auto: uvloop when it is installed, else asyncio's own loop."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: one escaped line per record; json: one JSON object per line with "
+        "time, level, worker, event, stream_id, session_id and message (docs/operations.md).",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host header values served (DNS rebinding); [] = loopback names when "
@@ -271,7 +276,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Provider order; CHATSOCK_PROVIDERS. Empty: those with keys, else demo.",
     )
-    static_dir: Path | None = None
+    static_dir: Path | None = Field(
+        None, description="The page's files; None = those shipped in the package."
+    )
 
     @field_validator("chain", mode="before")
     @classmethod

@@ -127,11 +127,11 @@ class Drain:
         """While draining with a shared store, a new Engine.IO handshake is refused
         with 503, so the client (or nginx's proxy_next_upstream) tries another worker;
         requests of sockets already connected go on."""
-        if (
-            self.reason is not None
-            and self.shared
-            and request.path == ENGINEIO_PATH
-            and "sid" not in request.query
-        ):
-            return error_response(503, "server_shutdown", DRAINING, retry_after=1.0)
+        if self.reason is not None and self.shared and request.path == ENGINEIO_PATH:
+            sid = request.query.get("sid")
+            # A new handshake, or a poll of a socket this worker already handed off
+            # (it would get "Invalid session" here): the load balancer retries
+            # either on another worker.
+            if sid is None or sid not in self._sio.eio.sockets:
+                return error_response(503, "server_shutdown", DRAINING, retry_after=1.0)
         return await handler(request)

@@ -34,6 +34,7 @@ from chatsock.flushing import Flusher
 from chatsock.identity import ANONYMOUS, ANONYMOUS_USER, Identity
 from chatsock.ids import derived_id, new_id
 from chatsock.lifecycle import EndReason, Phase
+from chatsock.logsafe import bind_stream
 from chatsock.outcome import error_terminal, outcome
 from chatsock.policy import prompt_chars, trim_history
 from chatsock.providers.base import ChatMessage, ChatRequest, ProviderError
@@ -471,6 +472,7 @@ class StreamRunner:
     # -- the stream task ----------------------------------------------------
     async def _run(self, stream: ActiveStream) -> None:
         record = stream.record
+        bind_stream(record.stream_id, record.session_id)  # named in every JSON log line
         try:
             start = protocol.stream_start(
                 record.stream_id,

@@ -18,7 +18,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 
 from aiohttp import web
 
@@ -31,9 +30,7 @@ log = logging.getLogger(__name__)
 EXIT_MARGIN_S = 0.5
 
 
-async def serve(
-    app: web.Application, listener: socket.socket, announce: Callable[[str], None]
-) -> None:
+async def serve(app: web.Application, listener: socket.socket) -> None:
     """Serve `app` on the bound `listener` until a signal, then drain and shut down."""
     settings = app[SETTINGS].server
     loop = asyncio.get_running_loop()
@@ -52,7 +49,7 @@ async def serve(
     try:
         await web.SockSite(runner, listener).start()
         host, port = listener.getsockname()[:2]
-        announce(f"======== Running on http://{_url_host(host)}:{port} ========")
+        log.info("listening on http://%s:%s", _url_host(host), port)
         await signalled.wait()
         bound = settings.drain_timeout_s + settings.shutdown_grace_s + 1.0
         deadline = loop.time() + bound - EXIT_MARGIN_S

@@ -1,4 +1,8 @@
-"""Plain HTTP routes: liveness, the demo page and its static files."""
+"""Plain HTTP routes: liveness, the demo page and its static files.
+
+The page's files ship inside the package (`chatsock/static/`), so a worker
+installed from a wheel serves them whatever its working directory.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,14 @@ from aiohttp import web
 # Liveness and readiness: open to probes whatever the Host (guards.py).
 PROBES: Final = frozenset({"/healthz", "/readyz"})
 STATIC_PREFIX: Final = "/static/"
+PACKAGE_STATIC: Final = Path(__file__).resolve().parent / "static"
+# The checkout, when chatsock runs from one (an editable install): its node_modules.
+_CHECKOUT: Final = PACKAGE_STATIC.parent.parent
 
-
-def _root() -> Path:
-    """The checkout (editable install), else the working directory (installed package)."""
-    checkout = Path(__file__).resolve().parent.parent
-    return checkout if (checkout / "static").is_dir() else Path.cwd()
-
-
-VENDOR = {"socket.io.min.js": Path("node_modules/socket.io-client/dist/socket.io.min.js")}
+# Third-party client files, by the name the page asks for: under node_modules
+# (`npm ci`), or copied into `<static>/vendor/` before a wheel is built (the
+# Dockerfile does), since they are not kept in the repository.
+VENDOR: Final = {"socket.io.min.js": Path("socket.io-client/dist/socket.io.min.js")}
 
 
 def is_page(path: str) -> bool:
@@ -26,24 +29,37 @@ def is_page(path: str) -> bool:
     return path == "/" or path.startswith(STATIC_PREFIX)
 
 
+def vendor_file(static: Path, name: str) -> Path | None:
+    """Where the vendored client file `name` is: shipped beside the page's files,
+    else in the checkout's node_modules, else in the working directory's."""
+    relative = VENDOR.get(name)
+    if relative is None:
+        return None
+    candidates = (
+        static / "vendor" / name,
+        _CHECKOUT / "node_modules" / relative,
+        Path.cwd() / "node_modules" / relative,
+    )
+    return next((path for path in candidates if path.is_file()), None)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 def add_page_routes(app: web.Application, static_dir: Path | None) -> None:
-    root = _root()
-    static = static_dir or root / "static"
+    """`/`, `/static/...` and `/healthz`; `static_dir` None = the package's own files."""
+    static = static_dir or PACKAGE_STATIC
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(static / "index.html")
 
     async def vendor(request: web.Request) -> web.StreamResponse:
-        relative = VENDOR.get(request.match_info["name"])
-        path = root / relative if relative else None
-        if path is None or not path.is_file():
+        path = vendor_file(static, request.match_info["name"])
+        if path is None:
             raise web.HTTPNotFound(
-                text="vendor file missing: run `npm ci` (`make run` does it) "
-                "to install socket.io-client"
+                text="vendor file missing: run `npm ci` (`make run` does it) to install "
+                "socket.io-client, or build the package as the Dockerfile does"
             )
         return web.FileResponse(path)
 

@@ -35,9 +35,7 @@ class FlakyStore(MemoryStore):
         self.before_end_claim: Hook | None = None
         self.before_log_append: Hook | None = None
 
-    async def _log_append_many(
-        self, appends: Sequence[LogAppend], ttl: int, cap: int
-    ) -> list[Any]:
+    async def _log_append_many(self, appends: Sequence[LogAppend], ttl: int, cap: int) -> list[Any]:
         hook, self.before_log_append = self.before_log_append, None
         if hook is not None:
             await hook()
