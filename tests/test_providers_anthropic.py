@@ -135,27 +135,79 @@ async def test_stop_reasons_map_into_the_chatsock_vocabulary(
 # -- activity and parts that are not text ----------------------------------
 
 
-async def test_thinking_block_and_its_deltas_are_activity_without_text(
+async def test_thinking_streams_as_reasoning_and_its_signed_block_comes_back_whole(
     upstream: FakeAnthropic, provider: AnthropicProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="chatsock.providers")
     upstream.enqueue(Reply(prelude=[thinking("Let me", " think.")], pieces=["Hi"]))
     deltas = await collect(provider)
-    # content_block_start, two thinking_deltas, one signature_delta; then the text.
-    assert [d.text for d in deltas] == ["", "", "", "", "Hi", ""]
-    assert all(is_activity(d) for d in deltas[:4])
+    # content_block_start (activity), two thinking_deltas, one signature_delta; the text.
+    assert [(d.reasoning, d.text) for d in deltas] == [
+        ("", ""),
+        ("Let me", ""),
+        (" think.", ""),
+        ("", ""),
+        ("", "Hi"),
+        ("", ""),
+    ]
     assert deltas[-1].finish_reason == "stop"
+    assert deltas[-1].signed == (
+        {"type": "thinking", "thinking": "Let me think.", "signature": "c2lnbmF0dXJl"},
+    )
     assert ignored_notes(caplog.records) == []  # reasoning is expected, not worth a line
 
 
-async def test_redacted_thinking_block_is_activity_without_text(
+async def test_redacted_thinking_is_kept_for_the_next_turn_and_shows_nothing(
     upstream: FakeAnthropic, provider: AnthropicProvider
 ) -> None:
     redacted = Block({"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"})
-    upstream.enqueue(Reply(prelude=[redacted], pieces=["Hi"]))
+    upstream.enqueue(Reply(prelude=[thinking("a"), redacted], pieces=["Hi"]))
     deltas = await collect(provider)
-    assert [d.text for d in deltas] == ["", "Hi", ""]
-    assert is_activity(deltas[0])
+    assert text_of(deltas) == "Hi"
+    assert "".join(d.reasoning for d in deltas) == "a"
+    assert [b["type"] for b in deltas[-1].signed] == ["thinking", "redacted_thinking"]
+    assert deltas[-1].signed[1]["data"] == "EmwKAhgBEgy3va3pzix/LafPsn4a"
+
+
+async def test_a_thinking_budget_is_sent_and_signed_thinking_goes_back_in_the_next_turn(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    """A multi-turn conversation with extended thinking, through the SDK."""
+    upstream.enqueue(Reply(prelude=[thinking("First, ", "think.")], pieces=["Four."]))
+    first = ChatRequest([ChatMessage("user", "2+2?")], max_tokens=500, thinking_budget=2000)
+    deltas = await collect(provider, first)
+    body = upstream.requests[-1].body
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2000}
+    assert body["max_tokens"] == 2500  # the budget on top of what the reply may use
+    signed = deltas[-1].signed
+    upstream.enqueue(Reply(pieces=["Eight."]))
+    second = ChatRequest(
+        [
+            ChatMessage("user", "2+2?"),
+            ChatMessage("assistant", text_of(deltas), signed=signed),
+            ChatMessage("user", "and 4+4?"),
+        ],
+        thinking_budget=500,  # raised to the API's floor
+    )
+    assert text_of(await collect(provider, second)) == "Eight."
+    body = upstream.requests[-1].body
+    assert body["thinking"]["budget_tokens"] == 1024
+    assert body["messages"][1] == {
+        "role": "assistant",
+        "content": [
+            {"type": "thinking", "thinking": "First, think.", "signature": "c2lnbmF0dXJl"},
+            {"type": "text", "text": "Four."},
+        ],
+    }
+    assert body["messages"][0] == {"role": "user", "content": "2+2?"}
+
+
+async def test_without_a_budget_no_thinking_is_asked(
+    upstream: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    upstream.enqueue(Reply(pieces=["ok"]))
+    await collect(provider)
+    assert "thinking" not in upstream.requests[-1].body
 
 
 TOOL_INPUT = [

@@ -225,17 +225,79 @@ async def test_non_string_content_is_logged_once_per_stream_not_once_per_process
 
 
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
-async def test_reasoning_deltas_are_bare_activity_deltas_without_text(
+async def test_reasoning_deltas_stream_as_reasoning_before_the_text(
     upstream: FakeOpenAI, provider: OpenAIProvider, field: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="chatsock.providers")
     upstream.enqueue(Reply(prelude=reasoning("Let me", " think.", field=field), pieces=["Hi"]))
     deltas = await collect(provider)
-    assert [d.text for d in deltas] == ["", "", "Hi", ""]
-    assert is_activity(deltas[0])
-    assert is_activity(deltas[1])
+    assert [(d.reasoning, d.text) for d in deltas] == [
+        ("Let me", ""),
+        (" think.", ""),
+        ("", "Hi"),
+        ("", ""),
+    ]
     assert deltas[-1].finish_reason == "stop"
     assert ignored_notes(caplog.records) == []  # reasoning is expected, not worth a line
+
+
+async def test_a_server_sending_reasoning_twice_streams_it_once(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    """OpenRouter repeats each thought in `reasoning` and `reasoning_details`."""
+    both = {
+        "role": "assistant",
+        "content": None,
+        "reasoning": "Hmm.",
+        "reasoning_details": [{"type": "reasoning.text", "text": "Hmm.", "format": "x"}],
+    }
+    details_only = {
+        "content": None,
+        "reasoning_details": [
+            {"type": "reasoning.encrypted", "data": "b3BhcXVl"},
+            {"type": "reasoning.summary", "summary": " Done."},
+        ],
+    }
+    upstream.enqueue(Reply(prelude=[both, details_only], pieces=["Hi"]))
+    deltas = await collect(provider)
+    assert "".join(d.reasoning for d in deltas) == "Hmm. Done."
+    assert text_of(deltas) == "Hi"
+
+
+async def test_reasoning_mixed_into_a_content_chunk_comes_first(
+    upstream: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    upstream.enqueue(Reply(prelude=[{"content": "A", "reasoning_content": "why A"}], pieces=["B"]))
+    deltas = await collect(provider)
+    assert [(d.reasoning, d.text) for d in deltas[:3]] == [("why A", ""), ("", "A"), ("", "B")]
+
+
+async def test_reasoning_that_is_not_text_is_logged_once_and_dropped(
+    upstream: FakeOpenAI, provider: OpenAIProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatsock.providers")
+    odd = [{"content": None, "reasoning_content": {"x": 1}}] * 2
+    upstream.enqueue(Reply(prelude=odd, pieces=["Hi"]))
+    deltas = await collect(provider)
+    assert "".join(d.reasoning for d in deltas) == ""
+    assert text_of(deltas) == "Hi"
+    notes = ignored_notes(caplog.records)
+    assert len(notes) == 1, notes
+    assert notes[0][0] == logging.WARNING
+
+
+async def test_usage_reports_reasoning_tokens_and_reasoning_effort_passes_through(
+    upstream: FakeOpenAI, make_provider: ProviderMaker[OpenAIProvider]
+) -> None:
+    provider = make_provider()
+    upstream.enqueue(Reply(pieces=["ok"], usage=(12, 40), reasoning_tokens=32))
+    request = ChatRequest([ChatMessage("user", "hi")], reasoning_effort="high")
+    deltas = await collect(provider, request)
+    assert deltas[-1].usage == Usage(12, 40, 32)
+    assert upstream.requests[-1].body["reasoning_effort"] == "high"
+    upstream.enqueue(Reply(pieces=["ok"]))
+    await collect(provider)
+    assert "reasoning_effort" not in upstream.requests[-1].body
 
 
 TOOL_CALL = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f"}}

@@ -6,10 +6,16 @@ orjson) instead of through the SDK's typed events (56-150 µs per token).
 
 Events used: `message_start` (usage.input_tokens), `content_block_delta`
 with a `text_delta`, `message_delta` (stop_reason, usage.output_tokens),
-`message_stop`; `event: error` after HTTP 200 is a stream failure. Thinking
-and tool-use blocks and their deltas are activity (the model is alive) with
-no text; `ping` is not. Unsupported and unknown types are dropped and logged
-once per stream.
+`message_stop`; `event: error` after HTTP 200 is a stream failure.
+
+Extended thinking (a request's `thinking_budget`): a `thinking` block's
+`thinking_delta`s are reasoning; its `signature_delta` and any
+`redacted_thinking` block are kept whole and returned with the final delta
+(`Delta.signed`), since the API requires them back, unchanged, in the
+assistant turn of the next request (`request_body` sends them). Tool-use
+blocks and their deltas are activity (the model is alive) with no text;
+`ping` is not. Unsupported and unknown types are dropped and logged once per
+stream.
 
 Stop reasons map into base.FINISH_REASONS:
 
@@ -29,7 +35,7 @@ from typing import Any
 import anthropic
 import orjson
 
-from chatsock.providers.base import ChatRequest, Delta, Usage
+from chatsock.providers.base import ChatMessage, ChatRequest, Delta, Signed, Usage
 from chatsock.providers.errors import MALFORMED, UpstreamEventError, upstream_message
 from chatsock.providers.streaming import IgnoredParts, SSEStreamProvider, type_name
 
@@ -37,6 +43,8 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-5-5"
 # Anthropic requires max_tokens on every request.
 DEFAULT_MAX_TOKENS = 1024
+# The smallest thinking budget the API takes; max_tokens must exceed the budget.
+MIN_THINKING_BUDGET = 1024
 # In-stream error types worth retrying later.
 RETRYABLE_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error"})
 
@@ -70,9 +78,20 @@ def map_stop_reason(reason: str | None) -> str:
 class _EventReader:
     """The state of one Anthropic stream: turns each named event into text or activity."""
 
-    __slots__ = ("finished", "ignored", "input_tokens", "output_tokens", "stop_reason")
+    __slots__ = (
+        "finished",
+        "ignored",
+        "input_tokens",
+        "output_tokens",
+        "signed",
+        "stop_reason",
+        "thought",
+    )
 
     def __init__(self, provider: str) -> None:
+        self.thought = ""
+        # The reply's thinking and redacted_thinking blocks, by content index.
+        self.signed: dict[int, Signed] = {}
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
         self.stop_reason: str | None = None
@@ -83,7 +102,8 @@ class _EventReader:
         """Text, "" for activity, or None for one event; UpstreamEventError for errors."""
         try:
             if event == "content_block_delta":
-                delta = orjson.loads(data)["delta"]
+                payload = orjson.loads(data)
+                delta = payload["delta"]
                 kind = delta.get("type")
                 if kind == "text_delta":
                     text = delta.get("text")
@@ -91,12 +111,22 @@ class _EventReader:
                         return text or None
                     self.ignored.note(NON_TEXT, f"of type {type(text).__name__}", level=WARNING)
                     return None
+                if type(kind) is str and kind in THINKING_DELTAS:
+                    return self._thinking(payload.get("index"), kind, delta)
                 return self._activity("delta", kind, THINKING_DELTAS, UNSUPPORTED_DELTAS)
             if event == "content_block_start":
-                block = orjson.loads(data).get("content_block")
+                payload = orjson.loads(data)
+                block = payload.get("content_block")
                 kind = block.get("type") if isinstance(block, dict) else None
                 if kind == "text":
                     return None
+                if (
+                    type(kind) is str
+                    and kind in THINKING_BLOCKS
+                    and type(payload.get("index")) is int
+                ):
+                    assert isinstance(block, dict)
+                    return self._thinking_block(payload["index"], kind, block)
                 return self._activity("content block", kind, THINKING_BLOCKS, UNSUPPORTED_BLOCKS)
             if event == "message_start":
                 usage = orjson.loads(data)["message"].get("usage") or {}
@@ -124,6 +154,38 @@ class _EventReader:
             raise UpstreamEventError(f"malformed {event} event: {exc}", retryable=True) from exc
         return None
 
+    def _thinking_block(self, index: int, kind: str, block: dict[str, Any]) -> str:
+        """A thinking or redacted_thinking block starts: keep it, as the API wants it back."""
+        if kind == "redacted_thinking":
+            self.signed[index] = {"type": kind, "data": block.get("data")}
+            return ""
+        start = block.get("thinking")
+        self.signed[index] = {
+            "type": kind,
+            "thinking": start if isinstance(start, str) else "",
+            "signature": block.get("signature") or "",
+        }
+        if isinstance(start, str) and start:
+            self.thought += start
+        return ""
+
+    def _thinking(self, index: object, kind: str, delta: dict[str, Any]) -> str:
+        """A thinking_delta (reasoning to stream) or a signature_delta (kept)."""
+        block = self.signed.get(index) if isinstance(index, int) else None
+        if kind == "signature_delta":
+            signature = delta.get("signature")
+            if block is not None and isinstance(signature, str):
+                block["signature"] = block.get("signature", "") + signature
+            return ""
+        thought = delta.get("thinking")
+        if not isinstance(thought, str):
+            self.ignored.note(NON_TEXT, f"thinking of type {type(thought).__name__}", level=WARNING)
+            return ""
+        self.thought += thought
+        if block is not None and block.get("type") == "thinking":
+            block["thinking"] += thought
+        return ""
+
     def _activity(
         self, what: str, kind: object, thinking: frozenset[str], unsupported: frozenset[str]
     ) -> str | None:
@@ -143,7 +205,17 @@ class _EventReader:
         return Delta(
             finish_reason=map_stop_reason(self.stop_reason),
             usage=Usage(self.input_tokens, self.output_tokens),
+            signed=tuple(self.signed[i] for i in sorted(self.signed)),
         )
+
+
+def _turn(message: ChatMessage) -> dict[str, Any]:
+    """One message of the request; an assistant turn with signed thinking sends the
+    blocks first, unchanged, as the API requires when thinking is on."""
+    if not message.signed:
+        return {"role": message.role, "content": message.content}
+    text = [{"type": "text", "text": message.content}] if message.content else []
+    return {"role": message.role, "content": [*message.signed, *text]}
 
 
 class AnthropicProvider(SSEStreamProvider):
@@ -175,11 +247,18 @@ class AnthropicProvider(SSEStreamProvider):
         `temperature` is not sent: the Messages API of anthropic SDK 2.x has no
         such parameter, and the SDK rejects it.
         """
+        max_tokens = request.max_tokens or self.default_max_tokens
         body: dict[str, Any] = {
             "model": self.model_for(request),
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "max_tokens": request.max_tokens or self.default_max_tokens,
+            "messages": [_turn(m) for m in request.messages],
+            "max_tokens": max_tokens,
         }
+        budget = request.thinking_budget
+        if budget:
+            budget = max(budget, MIN_THINKING_BUDGET)
+            body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+            # The budget is part of max_tokens: the reply's text keeps what was asked.
+            body["max_tokens"] = budget + max_tokens
         if request.system_prompt:
             body["system"] = request.system_prompt
         return body

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 Role = Literal["user", "assistant"]
 
@@ -19,12 +19,20 @@ Role = Literal["user", "assistant"]
 FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls", "error"})
 
 
+# A provider's own record of its reasoning that must go back with the turn it
+# belongs to (Anthropic's signed `thinking` and `redacted_thinking` blocks), as
+# the provider sent it. chatsock stores it and never shows it to clients.
+Signed = dict[str, Any]
+
+
 @dataclass(slots=True, frozen=True)
 class ChatMessage:
-    """One turn of the conversation sent to a provider."""
+    """One turn of the conversation sent to a provider; an assistant turn may carry
+    the signed reasoning blocks its provider asked to get back."""
 
     role: Role
     content: str
+    signed: tuple[Signed, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)
@@ -33,6 +41,7 @@ class Usage:
 
     input_tokens: int | None
     output_tokens: int | None
+    reasoning_tokens: int | None = None  # part of output_tokens, when reported apart
 
 
 @dataclass(slots=True, frozen=True)
@@ -44,25 +53,35 @@ class ChatRequest:
     system_prompt: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
+    # Reasoning controls, sent only to the providers that take them: OpenAI's
+    # reasoning models (`reasoning_effort`), Anthropic's extended thinking
+    # (`thinking_budget` tokens, at least 1024).
+    reasoning_effort: str | None = None
+    thinking_budget: int | None = None
 
 
 @dataclass(slots=True)
 class Delta:
-    """A piece of a streamed reply, in one of three shapes.
+    """A piece of a streamed reply, in one of four shapes.
 
     - text: `text` is non-empty, nothing else is set;
-    - activity: all fields empty (`Delta()`): the model is alive but sent no
-      text (reasoning, a tool call), so a consumer resets its idle deadline
-      and shows nothing;
-    - final: the last delta may carry `finish_reason` and/or `usage`, with
-      `text == ""`.
+    - reasoning: `reasoning` is non-empty (the model thinking aloud: Anthropic's
+      thinking, `reasoning_content` / `reasoning` of OpenAI-compatible servers),
+      nothing else is set;
+    - activity: all fields empty (`Delta()`): the model is alive but sent
+      nothing to show (a tool call, a signature), so a consumer resets its idle
+      deadline and shows nothing;
+    - final: the last delta may carry `finish_reason`, `usage` and the `signed`
+      reasoning blocks the provider wants back with this turn, with `text == ""`.
 
-    `text` is always a `str`: providers drop content of any other type.
+    `text` and `reasoning` are always `str`: providers drop content of any other type.
     """
 
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    reasoning: str = ""
+    signed: tuple[Signed, ...] = ()
 
 
 class ProviderError(Exception):

@@ -8,10 +8,13 @@ this path ~15 µs (shared/FACTS.md, bench/micro_providers.py), and the
 aiohttp transport (transport.py) cuts the body read further (bench/micro_upstream.py).
 
 Each chunk gives text (`delta.content`: a string, or a list whose `text`
-parts are joined), activity (reasoning in `reasoning_content`, `reasoning` or
-`reasoning_details`; `tool_calls`, `function_call`, `refusal`) or nothing.
-Content of any other type, and every field chatsock does not stream, is
-dropped and logged once per stream.
+parts are joined), reasoning (`reasoning_content` from DeepSeek and vLLM,
+`reasoning` from Ollama and OpenRouter, else the text entries of
+OpenRouter's `reasoning_details`), activity (`tool_calls`, `function_call`,
+`refusal`) or nothing. Content of any other type, and every field chatsock
+does not stream, is dropped and logged once per stream. Usage reports
+`completion_tokens_details.reasoning_tokens` when the server counts them, and
+a request's `reasoning_effort` is passed through (OpenAI's reasoning models).
 
 Finish reasons map into base.FINISH_REASONS:
 
@@ -56,10 +59,14 @@ def map_finish_reason(reason: str | None) -> str:
     return FINISH_REASON_MAP.get(reason or "stop", "stop")
 
 
-# Delta fields that show the model is working on something other than text.
-# Reasoning text is dropped silently (a later protocol version may forward it);
-# the others are parts chatsock does not support, logged once per stream.
-REASONING_FIELDS = frozenset({"reasoning_content", "reasoning", "reasoning_details"})
+# Delta fields that carry reasoning, in order of preference: a server that
+# sends several (OpenRouter: `reasoning` and `reasoning_details`) repeats the
+# same thought in each. The others are parts chatsock does not support, logged
+# once per stream.
+REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
+# The entries of `reasoning_details` that hold readable text, and where.
+REASONING_DETAIL_TEXT = {"reasoning.text": "text", "reasoning.summary": "summary"}
+NON_TEXT_REASONING = "non-text reasoning"
 UNSUPPORTED_ACTIVITY_FIELDS = frozenset({"tool_calls", "refusal", "function_call"})
 # Fields with nothing to do or to log: the role, and content (read separately).
 PLAIN_FIELDS = frozenset({"role", "content"})
@@ -69,10 +76,11 @@ NON_TEXT = "non-text delta.content"
 class _ChunkReader:
     """The state of one OpenAI stream: turns each `data:` payload into text or activity."""
 
-    __slots__ = ("finish_reason", "finished", "ignored", "usage")
+    __slots__ = ("finish_reason", "finished", "ignored", "thought", "usage")
 
     def __init__(self, provider: str) -> None:
         self.finished = False
+        self.thought = ""
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.ignored = IgnoredParts(provider)
@@ -96,7 +104,12 @@ class _ChunkReader:
                     self.finish_reason = reason
             usage = chunk.get("usage")
             if usage:
-                self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+                details = usage.get("completion_tokens_details") or {}
+                self.usage = Usage(
+                    usage.get("prompt_tokens"),
+                    usage.get("completion_tokens"),
+                    details.get("reasoning_tokens") if isinstance(details, dict) else None,
+                )
             error = chunk.get("error")
         except MALFORMED as exc:
             raise UpstreamEventError(f"malformed chunk: {exc}", retryable=True) from exc
@@ -111,20 +124,50 @@ class _ChunkReader:
         if type(content) is str and len(delta) == 1:
             return content or None  # The common case, kept short: one text piece.
         text = self._content(content)
-        active = False
+        active = thinking = False
         for field, value in delta.items():
             if not value or field in PLAIN_FIELDS:
                 continue
             if field in REASONING_FIELDS:
-                active = True
+                active = thinking = True
             elif field in UNSUPPORTED_ACTIVITY_FIELDS:
                 active = True
                 self.ignored.note(f"delta.{field}")
             else:
                 self.ignored.note(f"delta field {type_name(field)}")
+        if thinking:
+            self._think(delta)
         if text:
             return text
         return "" if active else None
+
+    def _think(self, delta: dict[str, Any]) -> None:
+        """Take the reasoning of `delta` from its preferred field."""
+        for field in REASONING_FIELDS:
+            value = delta.get(field)
+            if value:
+                thought = self._reasoning(field, value)
+                if thought is not None:
+                    self.thought += thought
+                    return
+
+    def _reasoning(self, field: str, value: object) -> str | None:
+        """The readable text of one reasoning field (None: none here, or not text)."""
+        if isinstance(value, str):
+            return value
+        if field == "reasoning_details" and isinstance(value, list):
+            texts = [
+                part[REASONING_DETAIL_TEXT[part["type"]]]
+                for part in value
+                if isinstance(part, dict)
+                and part.get("type") in REASONING_DETAIL_TEXT
+                and isinstance(part.get(REASONING_DETAIL_TEXT[part["type"]]), str)
+            ]
+            return "".join(texts) or None  # encrypted entries: activity, nothing to show
+        self.ignored.note(
+            NON_TEXT_REASONING, f"{field} of type {type(value).__name__}", level=logging.WARNING
+        )
+        return None
 
     def _content(self, content: object) -> str | None:
         """`delta.content` as text: a str, or the text parts of a list joined."""
@@ -190,6 +233,8 @@ class OpenAIProvider(SSEStreamProvider):
             body[self._max_tokens_field] = request.max_tokens
         if request.temperature is not None:
             body["temperature"] = request.temperature
+        if request.reasoning_effort is not None:
+            body["reasoning_effort"] = request.reasoning_effort
         return body
 
     def _open(self, body: dict[str, Any]) -> AbstractAsyncContextManager[Any]:

@@ -59,10 +59,14 @@ class EventReader(Protocol):
     """The state of one streamed reply in one provider's event format."""
 
     finished: bool  # the upstream said the reply is over ([DONE], message_stop)
+    # Reasoning read by the last `read` and not yet taken ("" when none): the
+    # stream yields it, before that event's text, as a reasoning delta.
+    thought: str
 
     def read(self, event: str, data: str) -> str | None:
         """One event: its text (non-empty), "" for activity without text (reasoning,
-        tool calls), or None for nothing; UpstreamEventError for errors."""
+        whose text goes to `thought`; tool calls), or None for nothing;
+        UpstreamEventError for errors."""
 
     def final(self) -> Delta | None:
         """The closing delta (finish reason, usage); None when the reply was cut short."""
@@ -207,6 +211,11 @@ class SSEStreamProvider(Provider):
                     for event, data in parser.feed(raw):
                         text = reader.read(event, data)
                         if text is not None:
+                            if reader.thought:
+                                yield Delta(reasoning=reader.thought)
+                                reader.thought = ""
+                                if not text:
+                                    continue
                             # "" is an activity delta: the runner's idle deadline moves.
                             started = started or bool(text)
                             yield Delta(text)
@@ -218,6 +227,11 @@ class SSEStreamProvider(Provider):
                     for event, data in parser.close():
                         text = reader.read(event, data)
                         if text is not None:
+                            if reader.thought:
+                                yield Delta(reasoning=reader.thought)
+                                reader.thought = ""
+                                if not text:
+                                    continue
                             started = started or bool(text)
                             yield Delta(text)
                 if reader.finished:

@@ -78,6 +78,9 @@ class Reply:
     prelude: Sequence[dict[str, Any] | Block] = ()
     finish_reason: str | None = None
     usage: tuple[int, int] | None = (11, 7)
+    # Of the output tokens, how many were reasoning (OpenAI's
+    # completion_tokens_details.reasoning_tokens); None: not reported.
+    reasoning_tokens: int | None = None
     # An HTTP error instead of a stream: status, JSON error body, Retry-After.
     status: int = 200
     error_message: str = "scripted failure"
@@ -320,6 +323,15 @@ class FakeOpenAI(_FakeUpstream):
                             "prompt_tokens": prompt,
                             "completion_tokens": completion,
                             "total_tokens": prompt + completion,
+                            **(
+                                {}
+                                if reply.reasoning_tokens is None
+                                else {
+                                    "completion_tokens_details": {
+                                        "reasoning_tokens": reply.reasoning_tokens
+                                    }
+                                }
+                            ),
                         },
                     }
                 )
