@@ -32,7 +32,7 @@ from chatsock.quotas import Quotas
 from chatsock.runner import StreamRunner
 from chatsock.sessions import SessionService
 from chatsock.signals import SignalBus
-from chatsock.sio_manager import WatchedRedisManager
+from chatsock.sio_manager import WatchedRedisManager, manager_options
 from chatsock.sio_server import ChatsockServer
 from chatsock.store import Store, create_store
 from chatsock.timing import LISTENER_DEAF_S
@@ -78,8 +78,9 @@ def create_app(
     if store.shared and settings.store.redis_url:
         # Carries session control to every worker's room members (session_deleted,
         # closing the room); stream tokens do not go through it (see tailer.py).
+        url, redis_options = manager_options(settings.store)
         manager = WatchedRedisManager(
-            settings.store.redis_url, channel=f"{settings.store.key_prefix}:socketio"
+            url, channel=f"{settings.store.key_prefix}:socketio", redis_options=redis_options
         )
     sio = ChatsockServer(
         async_mode="aiohttp",

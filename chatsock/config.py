@@ -13,6 +13,7 @@ import tomllib
 import typing
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -107,6 +108,67 @@ class StoreConfig(_Section):
         description="Redis connections per worker for commands; under load a command "
         "waits for a free one (up to op_timeout_s) instead of opening more.",
     )
+    redis_sentinels: list[str] = Field(
+        default_factory=list,
+        description="Redis Sentinel addresses, `host:port`. REDIS_URL then gives the "
+        "master's password, database and TLS (rediss://), not its host.",
+    )
+    redis_sentinel_master: str = Field(
+        "", description="With redis_sentinels: the master's name (`sentinel monitor <name>`)."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="The sentinels' own password (their requirepass), if they have one."
+    )
+    redis_cluster: bool = Field(
+        False,
+        description="REDIS_URL names one node of a Redis Cluster. Every key carries the "
+        "hash tag {key_prefix}, so chatsock's keys live on one shard.",
+    )
+
+    @model_validator(mode="after")
+    def _topology_agrees(self) -> StoreConfig:
+        for address in self.redis_sentinels:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"store.redis_sentinels: {address!r} is not host:port (e.g. 10.0.0.5:26379)"
+                )
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError(
+                "store.redis_sentinel_master: needed with store.redis_sentinels "
+                "(the name in the sentinels' `sentinel monitor <name> ...`)"
+            )
+        if self.redis_sentinel_master and not self.redis_sentinels:
+            raise ValueError(
+                "store.redis_sentinels: needed with store.redis_sentinel_master "
+                "(the sentinels' host:port list)"
+            )
+        if self.redis_cluster and self.redis_sentinels:
+            raise ValueError(
+                "store.redis_cluster: cannot be combined with store.redis_sentinels "
+                "(a cluster fails over by itself); set one of them"
+            )
+        mode = "redis_cluster" if self.redis_cluster else "redis_sentinels"
+        if (self.redis_cluster or self.redis_sentinels) and not self.redis_url:
+            raise ValueError(
+                f"store.redis_url (REDIS_URL): needed with store.{mode}, for the password, "
+                "database and TLS, e.g. redis://:password@redis/0 or rediss://..."
+            )
+        if self.redis_cluster or self.redis_sentinels:
+            parts = urlsplit(self.redis_url)
+            if parts.scheme not in ("redis", "rediss"):
+                raise ValueError(
+                    f"store.redis_url (REDIS_URL): store.{mode} needs a redis:// or "
+                    f"rediss:// URL, not {parts.scheme or 'no scheme'}"
+                )
+            if self.redis_cluster and parts.path.strip("/") not in ("", "0"):
+                raise ValueError("store.redis_url (REDIS_URL): a Redis Cluster has only database 0")
+        return self
+
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """`redis_sentinels` as (host, port) pairs."""
+        pairs = (address.rpartition(":") for address in self.redis_sentinels)
+        return tuple((host.strip("[]"), int(port)) for host, _, port in pairs)
 
 
 class StreamConfig(_Section):
@@ -226,6 +288,14 @@ class DemoConfig(_Section):
 class HttpConfig(_Section):
     sse_heartbeat_s: float = Field(15.0, gt=0)
     client_max_size: int = Field(1024 * 1024, ge=1024)
+    aisdk_resume_grace_s: float = Field(
+        2.0,
+        ge=0,
+        le=600,
+        description="A useChat response (/api/aisdk/chat) whose client went away before the "
+        "end (stop(), a closed tab, a dropped connection) stops its stream this long "
+        "after, unless the chat was resumed meanwhile on any worker; 0 stops at once.",
+    )
 
 
 class ProviderConfig(_Section):

@@ -18,6 +18,7 @@ ERROR_CODES: Final = frozenset(
         "store_unavailable",
         "internal",
         "log_unavailable",
+        "stream_lost",
         "rate_limited",
         "unauthorized",
     }
@@ -53,3 +54,12 @@ def no_session(session_id: str) -> ChatsockError:
 def no_stream(stream_id: str) -> ChatsockError:
     """A stream that does not exist, or is not the caller's (as `no_session`)."""
     return ChatsockError("not_found", f"stream_id: no stream {stream_id!r}")
+
+
+def stream_lost(stream_id: str) -> ChatsockError:
+    """The store lost the stream's token log or record (a Redis failover to a replica
+    that lagged, a flush): what was sent cannot be resumed. Reload the session."""
+    return ChatsockError(
+        "stream_lost",
+        f"stream {stream_id}: the store lost its token log; reload the session",
+    )

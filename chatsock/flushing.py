@@ -16,14 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chatsock import protocol
-from chatsock.errors import ChatsockError
+from chatsock.errors import ChatsockError, stream_lost
 from chatsock.fanout import Fanout
 from chatsock.flush_clock import FlushClock
 from chatsock.lifecycle import EndReason
 from chatsock.protocol import Payload
 from chatsock.retry import retrying
 from chatsock.store import Store, StoreUnavailable
-from chatsock.store.models import TokenAppend
+from chatsock.store.models import Appended, TokenAppend
 from chatsock.stream import ActiveStream, StreamHooks, resolve
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class Flusher:
         self._end = end
         self._undelivered = undelivered
         self.clock: FlushClock[ActiveStream] = FlushClock(interval_s, self.tick)
+        # Flushes whose append timed out, by stream id: they may still land (see `settled`).
+        self._unsure: dict[str, _Flush] = {}
 
     async def tick(self, batch: list[ActiveStream]) -> None:
         """Flush every stream of `batch` that still streams and holds text."""
@@ -93,6 +95,7 @@ class Flusher:
         except StoreUnavailable as exc:
             log.error("the token log stayed unreachable for %d streams: %s", len(flushes), exc)
             for flush in flushes:
+                self._unsure[flush.stream.record.stream_id] = flush
                 self._undelivered(flush.stream, exc)
             return
         except Exception as exc:
@@ -106,6 +109,9 @@ class Flusher:
             return
         for flush, ok in zip(flushes, appended, strict=True):
             stream = flush.stream
+            if ok is Appended.LOST:
+                self._lost(stream)
+                continue
             if not ok:
                 log.warning(
                     "stream %s: taken for lost by another worker; relaying",
@@ -126,6 +132,38 @@ class Flusher:
         inflight = stream.inflight
         if inflight is not None:
             await asyncio.wait({inflight})
+        await self._reconcile(stream)
+
+    async def _reconcile(self, stream: ActiveStream) -> None:
+        """A flush whose append timed out may still land: a stalled Redis runs the
+        queued command when it resumes. Append it again (idempotent by seq) and, once
+        logged, deliver it, so that followers, log and recorded partial agree. While
+        the store stays away it is left out (the stream ends store_unavailable)."""
+        flush = self._unsure.pop(stream.record.stream_id, None)
+        if flush is None:
+            return
+        try:
+            (appended,) = await self._append([flush])
+        except StoreUnavailable:
+            return
+        if appended is Appended.OK:
+            await self._deliver(flush)
+        elif appended is Appended.LOST:
+            self._lost(stream)
+
+    def _lost(self, stream: ActiveStream) -> None:
+        """The store lost the stream's log (a failover to a replica that lagged, a
+        flush): end it with `stream_lost` and the text sent so far, whatever end was
+        decided before; nothing more is appended (the log would have a hole)."""
+        log.warning(
+            "stream %s: the store lost its token log (a Redis failover or flush?); ending it",
+            stream.record.stream_id,
+        )
+        stream.life.undelivered(stream_lost(stream.record.stream_id))
+        stream.buffer.clear()
+        if stream.reader is not None:
+            stream.reader.cancel()
+        stream.wake()
 
     async def final(self, stream: ActiveStream) -> None:
         """Flush what `stream` holds after its end was claimed; Taken if refused."""
@@ -134,16 +172,22 @@ class Flusher:
             return
         flush = _take(stream)
         (appended,) = await self._append([flush])
+        if appended is Appended.LOST:
+            self._lost(stream)
+            return
         if not appended:
             raise Taken(stream.record.stream_id)
         await self._deliver(flush)
 
-    async def _append(self, flushes: list[_Flush]) -> list[bool]:
+    async def _append(self, flushes: list[_Flush]) -> list[Appended]:
         # Logged before it is sent, so a resume can never skip ahead. Refused once
         # another worker has taken the stream for lost: nothing goes past its partial.
+        # Refused too when the log is not the stream's epoch's (the store lost it).
         # Idempotent by seq, so the whole batch may be retried.
         appends = [
-            TokenAppend(f.stream.record.stream_id, f.seq, f.payload, self._worker_id)
+            TokenAppend(
+                f.stream.record.stream_id, f.seq, f.payload, self._worker_id, f.stream.record.epoch
+            )
             for f in flushes
         ]
         return await retrying(lambda: self._store.append_many(appends))

@@ -46,6 +46,7 @@ STATUS_BY_CODE: Final = {
     "invalid_request": 400,
     "not_found": 404,
     "log_unavailable": 410,
+    "stream_lost": 410,
     "too_many_streams": 429,
     "rate_limited": 429,
     "unauthorized": 401,
@@ -304,15 +305,17 @@ class HttpApi:
 
     async def follow_stream(self, request: web.Request) -> web.StreamResponse:
         """`GET /api/chat/stream/{stream_id}`: replay after a seq, then follow live (SSE)."""
-        resume = parse(
-            ResumeRequest,
-            {"stream_id": request.match_info["stream_id"], "after": resume_point(request)},
-        )
+        asked = {"stream_id": request.match_info["stream_id"], "after": resume_point(request)}
+        if "epoch" in request.query:
+            asked["epoch"] = request.query["epoch"]
+        resume = parse(ResumeRequest, asked)
         who = request[IDENTITY]
         record = await self.sessions.stream(resume.stream_id, who)
         listener = Listener()
         try:
-            await self.sessions.resume_listener(listener, resume.stream_id, resume.after, who)
+            await self.sessions.resume_listener(
+                listener, resume.stream_id, resume.after, who, resume.epoch
+            )
         except BaseException:
             self.fanout.detach(listener)
             raise

@@ -200,7 +200,9 @@ class ChatNamespace(socketio.AsyncNamespace):
         async def work() -> protocol.Payload:
             who = self._who(sid)
             request = parse(ResumeRequest, data)
-            status = await self.sessions.resume_socket(sid, request.stream_id, request.after, who)
+            status = await self.sessions.resume_socket(
+                sid, request.stream_id, request.after, who, request.epoch
+            )
             return protocol.ack_ok(status=status)
 
         return await _answer("chat_resume", sid, work)

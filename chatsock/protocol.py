@@ -99,8 +99,15 @@ def server_draining(reason: str) -> Payload:
     return {"code": "server_draining", "reason": reason, "reconnect": True}
 
 
-def stream_ack(stream_id: str, session_id: str, message_id: str) -> Payload:
-    return ack_ok(stream_id=stream_id, session_id=session_id, message_id=message_id)
+def stream_ack(
+    stream_id: str, session_id: str, message_id: str, epoch: str | None = None
+) -> Payload:
+    """`epoch` names the stream's token log: a resume that passes it back is told
+    `stream_lost` if the store lost that log meanwhile."""
+    ack = ack_ok(stream_id=stream_id, session_id=session_id, message_id=message_id)
+    if epoch:
+        ack["epoch"] = epoch
+    return ack
 
 
 # -- stream events ---------------------------------------------------------
@@ -197,7 +204,11 @@ def message_view(message: Message) -> Payload:
 def active_stream_view(record: StreamRecord | None, seq: int | None = None) -> Payload | None:
     if record is None:
         return None
-    return {"stream_id": record.stream_id, "seq": record.last_seq if seq is None else seq}
+    return {
+        "stream_id": record.stream_id,
+        "seq": record.last_seq if seq is None else seq,
+        "epoch": record.epoch,
+    }
 
 
 def stream_summary(record: StreamRecord) -> Payload:
@@ -206,6 +217,7 @@ def stream_summary(record: StreamRecord) -> Payload:
         "session_id": record.session_id,
         "started_at": record.started_at,
         "seq": record.last_seq,
+        "epoch": record.epoch,
         "provider": record.provider,
         "model": record.model,
     }

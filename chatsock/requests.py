@@ -52,6 +52,9 @@ class JoinRequest(_Request):
 class ResumeRequest(_Request):
     stream_id: StreamId
     after: Annotated[int, Field(ge=0, le=MAX_SEQ)] = 0
+    # The stream's epoch as the client got it (chat_stream's ack, session_join):
+    # a resume across a loss of the stream's log is told `stream_lost`.
+    epoch: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
 
 
 R = TypeVar("R", bound=_Request)

@@ -163,7 +163,6 @@ class StreamRunner:
 
         cmid = request.client_message_id
         stream_id, message_id = new_id("st"), new_id("msg")
-        ack = protocol.stream_ack(stream_id, session_id, message_id)
         first = chain[0]
         record = StreamRecord(
             stream_id=stream_id,
@@ -176,6 +175,7 @@ class StreamRunner:
             client_message_id=cmid,
             user=who.user,
         )
+        ack = protocol.stream_ack(stream_id, session_id, message_id, record.epoch)
         earlier = await self._register(record, ack, per_user=not who.anonymous)
         if earlier is not None:  # the same client_message_id was sent before
             _admit(admit)

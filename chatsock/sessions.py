@@ -9,20 +9,21 @@ from typing import Any
 
 from chatsock import protocol
 from chatsock.ending import ended_elsewhere, owner_lost
-from chatsock.errors import no_session, no_stream
+from chatsock.errors import no_session, no_stream, stream_lost
 from chatsock.fanout import Fanout, Listener
 from chatsock.identity import Identity
 from chatsock.protocol import Payload
 from chatsock.runner import StreamRunner
 from chatsock.signals import SignalBus
 from chatsock.store import Store, StoreUnavailable
-from chatsock.store.models import Message, SessionInfo, StreamRecord
+from chatsock.store.models import Message, SessionInfo, StreamRecord, Terminal
 from chatsock.tailer import Tailers
 from chatsock.timing import (
     DELETE_WAIT_S,
     PRESENCE_REFRESH_S,
     PRESENCE_TTL_S,
     STOP_ACK_WAIT_S,
+    STOP_SIGNAL_REPEAT_S,
 )
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,13 @@ class SessionService:
         return info
 
     async def stream(self, stream_id: str, who: Identity) -> StreamRecord:
-        """The stream's record; `not_found` when it is missing or not `who`'s."""
+        """The stream's record; `not_found` when it is missing or not `who`'s, and
+        `stream_lost` when the store lost it mid-stream (its end says so)."""
         record = await self.store.get_stream(stream_id)
+        if record is None:
+            end = await self.store.recorded_end(stream_id)
+            if end is not None and end[0].payload.get("code") == "stream_lost" and who.owns(end[1]):
+                raise stream_lost(stream_id)
         if record is None or not who.owns(record.user):
             raise no_stream(stream_id)
         return record
@@ -79,8 +85,27 @@ class SessionService:
         # Owned by another worker: wait briefly for its end, so the answer says
         # how it ended rather than what was asked.
         await self._stop_elsewhere(stream_id)
-        terminal = await ended_elsewhere(self.store, stream_id, STOP_ACK_WAIT_S)
+        terminal = await self._stopped_elsewhere(stream_id)
         return terminal is None or terminal.status == "stopped"
+
+    async def _stopped_elsewhere(self, stream_id: str) -> Terminal | None:
+        """The end of a stream stopped on another worker (None after STOP_ACK_WAIT_S),
+        sending the stop signal again every STOP_SIGNAL_REPEAT_S meanwhile: an owner
+        whose listener was resubscribing (Redis just restarted) hears a repeat, rather
+        than find the stop flag at its next upkeep tick (up to UPKEEP_S later)."""
+        waiting = asyncio.ensure_future(ended_elsewhere(self.store, stream_id, STOP_ACK_WAIT_S))
+        try:
+            while True:
+                await asyncio.wait({waiting}, timeout=STOP_SIGNAL_REPEAT_S)
+                if waiting.done():
+                    return waiting.result()
+                if self.bus is not None:
+                    try:
+                        await self.bus.stop(stream_id)
+                    except StoreUnavailable:
+                        pass  # the flag is set; the owner's upkeep finds it
+        finally:
+            waiting.cancel()
 
     async def _stop_elsewhere(self, stream_id: str) -> None:
         """Ask the worker that owns `stream_id` to stop it: a signal for speed, and
@@ -121,18 +146,50 @@ class SessionService:
         messages = await self.store.get_messages(session_id)
         return messages, active
 
-    async def resume_socket(self, sid: str, stream_id: str, after: int, who: Identity) -> str:
-        record = await self._follow(stream_id, who)
+    async def resume_socket(
+        self, sid: str, stream_id: str, after: int, who: Identity, epoch: str | None = None
+    ) -> str:
+        """chat_resume; `stream_lost` when the store lost what the client had (see
+        `_follow`)."""
+        record = await self._follow(stream_id, who, after, epoch)
         return await self.fanout.resume_socket(sid, record, after)
 
     async def resume_listener(
-        self, listener: Listener, stream_id: str, after: int, who: Identity
+        self,
+        listener: Listener,
+        stream_id: str,
+        after: int,
+        who: Identity,
+        epoch: str | None = None,
     ) -> str:
-        record = await self._follow(stream_id, who)
+        record = await self._follow(stream_id, who, after, epoch)
         return await self.fanout.resume_listener(listener, record, after)
 
-    async def _follow(self, stream_id: str, who: Identity) -> StreamRecord:
+    async def _follow(
+        self, stream_id: str, who: Identity, after: int = 0, epoch: str | None = None
+    ) -> StreamRecord:
+        """The record of a stream `who` resumes after seq `after`. `stream_lost` when
+        the stream ended so, or the client's `epoch` is not the stream's, or the
+        client names its epoch and the log ends before `after` (every seq a client
+        got was logged first, so the store lost entries): a resume never serves a
+        log with a hole as whole. Without an epoch, a seq past the end is a client
+        skipping ahead, as before epochs: it gets what follows."""
         record = await self.stream(stream_id, who)
+        stale = epoch is not None and bool(record.epoch) and epoch != record.epoch
+        if record.status == "error" and not stale:
+            # Ended because the store lost its log: there is nothing to replay.
+            end = await self.store.get_terminal(stream_id)
+            stale = end is not None and end.payload.get("code") == "stream_lost"
+        if stale or (epoch is not None and after > record.last_seq):
+            log.warning(
+                "stream %s: resume after seq %d refused: the store lost its log "
+                "(it ends at seq %d%s)",
+                stream_id,
+                after,
+                record.last_seq,
+                ", another epoch" if stale else "",
+            )
+            raise stream_lost(stream_id)
         await self._present(record.session_id)
         return await self._follow_elsewhere(record)
 

@@ -19,11 +19,37 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import socketio
+from socketio.redis_manager import parse_redis_sentinel_url
 
+from chatsock.config import StoreConfig
+from chatsock.store.topology import master_options
 from chatsock.timing import MANAGER_DEAF_AFTER_S as DEAF_AFTER_S
 from chatsock.timing import MANAGER_HEARTBEAT_S as HEARTBEAT_S
 
 log = logging.getLogger(__name__)
+
+SENTINEL_SCHEMES = ("redis+sentinel://", "valkey+sentinel://")
+
+
+def manager_options(store: StoreConfig) -> tuple[str, dict[str, Any]]:
+    """The URL and `redis_options` of the manager for the store's Redis topology.
+
+    One server, and a Cluster: REDIS_URL (a PUBLISH on any node of a cluster
+    reaches the subscribers on every node). Sentinel: python-socketio's
+    `redis+sentinel://` URL, with the master's password and TLS in the options
+    rather than in the URL, and the sentinels' own password and TLS.
+    """
+    if not store.redis_sentinels:
+        return store.redis_url, {}
+    options = master_options(store.redis_url)
+    db = options.pop("db", 0)
+    sentinel_kwargs = {k: v for k, v in options.items() if k == "ssl" or k.startswith("ssl_")}
+    if store.redis_sentinel_password is not None:
+        sentinel_kwargs["password"] = store.redis_sentinel_password.get_secret_value()
+    if sentinel_kwargs:
+        options["sentinel_kwargs"] = sentinel_kwargs
+    hosts = ",".join(store.redis_sentinels)
+    return f"redis+sentinel://{hosts}/{db}/{store.redis_sentinel_master}", options
 
 
 class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
@@ -32,8 +58,8 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     redis: Any
     pubsub: Any
 
-    def __init__(self, url: str, channel: str) -> None:
-        super().__init__(url, channel=channel)
+    def __init__(self, url: str, channel: str, redis_options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, channel=channel, redis_options=redis_options)
         self.last_heard: float | None = None
         self.restarts = 0  # listeners the watchdog replaced
         self.replaced = 0  # listener clients replaced by a reconnect (ours or the base class's)
@@ -43,6 +69,7 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         # Emits go through a client of their own: the base class reconnects
         # (replacing the listener's client) when a publish fails.
         self._publisher: Any = None
+        self._sentinels: dict[int, Any] = {}  # by id of the master client
 
     async def _publish(self, data: Any) -> Any:
         """Publish with our own client, which redis-py reconnects by itself, so a
@@ -50,18 +77,32 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         base class does."""
         try:
             if self._publisher is None:
-                module = self._get_redis_module()
-                self._publisher = module.Redis.from_url(self.redis_url, **self.redis_options)
+                self._publisher = self._new_client()
             return await self._publisher.publish(self.channel, self.json.dumps(data))
         except Exception as exc:
             log.error("socket.io Redis publish failed: %s", exc)
             return None
 
+    def _new_client(self) -> Any:
+        """A Redis client as the base class makes one (a Sentinel master for a
+        `redis+sentinel://` URL), whose sentinel connections close with it."""
+        module = self._get_redis_module()
+        if not self.redis_url.startswith(SENTINEL_SCHEMES):
+            return module.Redis.from_url(self.redis_url, **self.redis_options)
+        sentinels, service_name, options = parse_redis_sentinel_url(self.redis_url)
+        sentinel = module.sentinel.Sentinel(sentinels, **{**self.redis_options, **options})
+        client = sentinel.master_for(service_name or self.channel)
+        self._sentinels[id(client)] = sentinel
+        return client
+
     def _redis_connect(self) -> None:
         if self.redis is not None:
             self.replaced += 1
         self._retire_listener_client()
-        super()._redis_connect()
+        # As the base class does, with our client (its Sentinel would leak sockets).
+        self.redis = self._new_client()
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.connected = True
 
     def _retire_listener_client(self) -> None:
         if self.redis is not None:
@@ -70,7 +111,9 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     async def _close_retired(self) -> None:
         retired, self._retired = self._retired, []
         for pubsub, redis in retired:
-            for resource in (pubsub, redis):
+            sentinel = self._sentinels.pop(id(redis), None)
+            closing = [] if sentinel is None else sentinel.sentinels
+            for resource in (pubsub, redis, *closing):
                 if resource is None:
                     continue
                 try:

@@ -22,7 +22,7 @@ from typing import Any
 
 from chatsock import protocol
 from chatsock.ending import declare_lost
-from chatsock.errors import ChatsockError
+from chatsock.errors import ChatsockError, stream_lost
 from chatsock.fanout import Fanout, Feed, log_unavailable
 from chatsock.outcome import error_terminal
 from chatsock.store import Store, StoreUnavailable
@@ -40,6 +40,9 @@ class _Tail:
         self.record = record
         self.start = start  # chat_stream_start, until it is sent
         self.start_at = feed.last_seq
+        # The text of seq 1..start_at, read at the first step: a log the store loses
+        # later cannot give it any more.
+        self.head: str | None = None if self.start_at else ""
         self.texts: list[str] = []
 
 
@@ -99,7 +102,7 @@ class Tailers:
                     log.warning("tailing %s: %s; retrying", stream_id, exc)
                     await asyncio.sleep(2 * TAIL_POLL_MS / 1000)
                     continue
-                except ChatsockError as exc:  # the log lost entries: nothing to resume here
+                except ChatsockError as exc:  # the store lost entries: nothing to resume
                     log.warning("tailing %s: %s", stream_id, exc.message)
                     await self._end_here(tail, exc.code, exc.message, retryable=False)
                     return
@@ -130,16 +133,30 @@ class Tailers:
         if tail.start is not None:
             await self.fanout.emit(tail.feed, protocol.STREAM_START, tail.start)
             tail.start = None
+        if tail.head is None:
+            tail.head = await self._head(tail)
         entries = await store.wait_tokens(record.stream_id, tail.feed.last_seq, TAIL_POLL_MS)
         if entries:
             await self._relay(tail, entries)
             return False
         terminal = await store.get_terminal(record.stream_id)
         if terminal is None and not await store.lease_alive(record.stream_id):
+            if await store.get_stream(record.stream_id) is None:
+                # The store lost the stream (a failover, a flush), not its owner: its
+                # log cannot give a partial, so this worker ends its feed alone.
+                raise stream_lost(record.stream_id)
             terminal = await declare_lost(store, record)
         if terminal is None:
             return False
         await self._relay(tail, await store.read_tokens(record.stream_id, tail.feed.last_seq))
+        if terminal.payload.get("code") == "stream_lost":
+            partial = await self._sent_text(tail)
+            if partial != terminal.payload.get("partial"):
+                # The store lost entries this worker had not relayed yet: its followers
+                # are told what they got, never a partial their tokens do not spell.
+                message = str(terminal.payload.get("error", ""))
+                await self._end_here(tail, "stream_lost", message, retryable=False)
+                return True
         await self.fanout.end(tail.feed, terminal)
         return True
 
@@ -159,13 +176,16 @@ class Tailers:
         terminal = error_terminal(tail.record, code, message, partial, retryable=retryable)
         await self.fanout.end(tail.feed, terminal, recorded=False)
 
+    async def _head(self, tail: _Tail) -> str:
+        entries = await self.store.read_tokens(tail.record.stream_id, 0, tail.start_at)
+        return "".join(str(e.payload.get("token", "")) for e in entries)
+
     async def _sent_text(self, tail: _Tail) -> str:
         """The text of seq 1..the feed's last: the log's start, then what this tailer sent."""
-        head = ""
-        if tail.start_at:
+        head = tail.head or ""
+        if tail.head is None:
             try:
-                entries = await self.store.read_tokens(tail.record.stream_id, 0, tail.start_at)
-                head = "".join(str(e.payload.get("token", "")) for e in entries)
+                head = await self._head(tail)
             except Exception:
                 log.exception("tailing %s: cannot read its start", tail.record.stream_id)
         return head + "".join(tail.texts)

@@ -31,6 +31,9 @@ DELETE_WAIT_S: Final = 10.0
 # A chat_stop for a stream on another worker waits this long for its end, so
 # its ack can say whether it ended as stopped.
 STOP_ACK_WAIT_S: Final = 2.0  # a DELETE waits this long for a stopped stream's end
+# Meanwhile the stop signal is sent again this often, so an owner whose listener
+# was resubscribing (Redis just restarted) hears it within the 100 ms promise.
+STOP_SIGNAL_REPEAT_S: Final = 0.025
 
 # -- following a stream generated elsewhere ------------------------------------
 TAIL_POLL_MS: Final = 250

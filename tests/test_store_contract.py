@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from chatsock.store import Registration, StoreRequestError
 from chatsock.store.base import MAX_SEQ, Store, StoreUnavailable
 from chatsock.store.memory import MemoryStore
 from chatsock.store.models import (
+    Appended,
     LogEntry,
     Message,
     SessionInfo,
@@ -31,6 +33,7 @@ from chatsock.store.redis import RedisStore, mask_url
 from tests.fakes.store import FlakyStore
 from tests.support.fixtures import private_redis_server, redis_server, redis_url  # noqa: F401
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.redis_topology import TOPOLOGIES, Topologies, Topology, redis_topologies  # noqa: F401
 
 StoreFactory = Callable[..., Awaitable[Store]]
 
@@ -71,10 +74,16 @@ async def register(
     )
 
 
+# The deployment each store of a topology test runs on (TLS, Sentinel, Cluster).
+_TOPOLOGY_OF: weakref.WeakKeyDictionary[Store, Topology] = weakref.WeakKeyDictionary()
+
+
 async def stored_keys(store: Store) -> set[str]:
     """Every key the store holds now (each Redis test has a database of its own)."""
     if isinstance(store, MemoryStore):
         return set(store.live_keys())
+    if store in _TOPOLOGY_OF:
+        return await asyncio.to_thread(_TOPOLOGY_OF[store].keys)
     assert isinstance(store, RedisStore)
     client = aioredis.Redis.from_url(store.url)  # test servers have no password to mask
     try:
@@ -87,6 +96,8 @@ async def redis_pings(store: Store) -> int:
     """How many PINGs the Redis server has answered (0 for other stores)."""
     if not isinstance(store, RedisStore):
         return 0
+    if store in _TOPOLOGY_OF:
+        return await asyncio.to_thread(_TOPOLOGY_OF[store].pings)
     client = aioredis.Redis.from_url(store.url)
     try:
         stats = await client.info("commandstats")
@@ -99,14 +110,29 @@ def terminal(status: str = "complete") -> Terminal:
     return Terminal(status, "chat_done", {"stream_id": "x", "status": status})  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        *(pytest.param(name, marks=pytest.mark.redis) for name in ("redis", *TOPOLOGIES)),
+    ]
+)
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
-    """Build stores of one backend with any Store options; all closed after the test."""
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    """Build stores of one backend with any Store options; all closed after the test.
+    Redis runs as one server, and as TLS with a password, Sentinel and Cluster."""
+    topology: Topology | None = None
+    where: dict[str, Any] = {}
+    if request.param == "redis":
+        where = {"url": request.getfixturevalue("redis_url")}
+    elif request.param != "memory":
+        topologies: Topologies = request.getfixturevalue("redis_topologies")
+        topology = await asyncio.to_thread(topologies.get, request.param)
+        where = topology.store_options()
     stores: list[Store] = []
 
     async def make(**options: Any) -> Store:
-        store: Store = RedisStore(url, **options) if url else MemoryStore(**options)
+        store: Store = RedisStore(**where, **options) if where else MemoryStore(**options)
+        if topology is not None:
+            _TOPOLOGY_OF[store] = topology
         await store.open()
         stores.append(store)
         return store
@@ -1037,3 +1063,50 @@ async def test_appends_of_many_streams_in_one_batch_land_in_each_log(store: Stor
     assert await store.append_many([]) == []
     for n in range(20):
         assert [e.seq for e in await store.read_tokens(f"st{n}", 0)] == [1, 2]
+
+
+# -- stream epochs: a log that lost entries is never appended to -------------------
+async def test_a_stream_record_keeps_the_epoch_it_was_registered_with(store: Store) -> None:
+    record = stream("ep")
+    assert record.epoch
+    assert (await register(store, record)).accepted
+    found = await store.get_stream("ep")
+    assert found is not None
+    assert found.epoch == record.epoch
+    assert stream("other").epoch != record.epoch
+
+
+async def test_an_epoch_checked_append_refuses_a_log_that_lost_entries(store: Store) -> None:
+    record = stream("ep")
+    await register(store, record)
+    epoch = record.epoch
+    for seq in (1, 2, 3):
+        assert await store.append_token("ep", seq, {"seq": seq}, epoch=epoch) == Appended.OK
+    assert await store.append_token("ep", 2, {"seq": 2}, epoch=epoch) == Appended.OK  # a retry
+    # A seq past the next one would leave a hole (the log lost seq 4).
+    assert await store.append_token("ep", 5, {"seq": 5}, epoch=epoch) == Appended.LOST
+    # The whole log vanished (a failover to a replica that never had it).
+    await store._delete(store._tk("ep", "log"))
+    assert await store.append_token("ep", 4, {"seq": 4}, epoch=epoch) == Appended.LOST
+    assert await store.read_tokens("ep", 0) == []
+
+
+async def test_an_epoch_checked_append_refuses_another_epochs_log(store: Store) -> None:
+    record = stream("ep")
+    await register(store, record)
+    assert await store.append_token("ep", 1, {"seq": 1}, epoch="another") == Appended.OK
+    assert await store.append_token("ep", 2, {"seq": 2}, epoch=record.epoch) == Appended.LOST
+    assert [e.seq for e in await store.read_tokens("ep", 0)] == [1]
+
+
+async def test_an_epoch_checked_append_is_lost_once_the_record_is_gone(store: Store) -> None:
+    record = stream("ep")
+    await register(store, record)
+    assert await store.append_token("ep", 1, {"seq": 1}, epoch=record.epoch) == Appended.OK
+    await store._delete(store._tk("ep"))
+    assert await store.append_token("ep", 2, {"seq": 2}, epoch=record.epoch) == Appended.LOST
+    # The fence still comes first: a stream taken for lost is TAKEN, not LOST.
+    await register(store, stream("taken"))
+    assert await store.claim_end("taken", "elsewhere")
+    taken = await store.append_token("taken", 1, {"seq": 1}, writer="owner", epoch="e")
+    assert taken == Appended.TAKEN

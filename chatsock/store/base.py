@@ -14,6 +14,7 @@ import orjson
 from chatsock.store.keys import SESSION_KEYS, STREAM_KEYS
 from chatsock.store.limits import RateLimits
 from chatsock.store.models import (
+    Appended,
     LogEntry,
     Message,
     Registration,
@@ -355,15 +356,24 @@ class Store(RateLimits):
         return {r.stream_id for r, stop in zip(records, stopped, strict=True) if stop}
 
     async def append_token(
-        self, stream_id: str, seq: int, payload: dict[str, Any], *, writer: str = ""
-    ) -> bool:
+        self,
+        stream_id: str,
+        seq: int,
+        payload: dict[str, Any],
+        *,
+        writer: str = "",
+        epoch: str = "",
+    ) -> Appended:
         """Append one flushed `chat_token` payload to the stream's log.
 
-        With `writer` (the owner's claimant name), the append is refused (False)
-        once anyone else has claimed the stream's end: after a worker took the
-        stream for lost and read its partial, nothing more lands in the log, so
-        no follower ever sees text beyond the recorded partial."""
-        (added,) = await self.append_many([TokenAppend(stream_id, seq, payload, writer)])
+        With `writer` (the owner's claimant name), the append is refused (TAKEN,
+        falsy) once anyone else has claimed the stream's end: after a worker took
+        the stream for lost and read its partial, nothing more lands in the log, so
+        no follower ever sees text beyond the recorded partial. With `epoch` (the
+        record's), LOST when the log is not that epoch's or lacks seq - 1: the
+        store lost entries (a failover to a replica that lagged), and the stream
+        must end rather than leave a log with a hole."""
+        (added,) = await self.append_many([TokenAppend(stream_id, seq, payload, writer, epoch)])
         return added
 
     def forget_expired(self) -> int:
@@ -371,9 +381,9 @@ class Store(RateLimits):
         Redis expires keys by itself); return how many."""
         return 0
 
-    async def append_many(self, appends: Sequence[TokenAppend]) -> list[bool]:
+    async def append_many(self, appends: Sequence[TokenAppend]) -> list[Appended]:
         """`append_token` for a batch of streams, in one round trip where the backend
-        can (the flush clock's tick): one bool per append, in order."""
+        can (the flush clock's tick): one answer per append, in order."""
         if not appends:
             return []
         return await self._log_append_many(
@@ -383,6 +393,7 @@ class Store(RateLimits):
                     a.seq,
                     _dumps(a.payload),
                     (self._tk(a.stream_id, "closer"), a.writer.encode()) if a.writer else None,
+                    (self._tk(a.stream_id), a.epoch.encode()) if a.epoch else None,
                 )
                 for a in appends
             ],
@@ -424,7 +435,12 @@ class Store(RateLimits):
     async def finish_stream(self, record: StreamRecord, terminal: Terminal) -> bool:
         """Mark the stream ended with `terminal` and free its slot and index entry,
         in one step. Only the first caller's terminal is kept (it gets True)."""
-        end = {"status": terminal.status, "event": terminal.event, "payload": terminal.payload}
+        end = {
+            "status": terminal.status,
+            "event": terminal.event,
+            "payload": terminal.payload,
+            "user": record.user,  # who may be told how it ended once its record is gone
+        }
         return await self._finish(
             self._tk(record.stream_id, "end"),
             _dumps(end),
@@ -435,12 +451,18 @@ class Store(RateLimits):
         )
 
     async def get_terminal(self, stream_id: str) -> Terminal | None:
+        found = await self.recorded_end(stream_id)
+        return None if found is None else found[0]
+
+    async def recorded_end(self, stream_id: str) -> tuple[Terminal, str | None] | None:
+        """The stream's recorded end and the user who started the stream (None for
+        ends recorded before users were), even when its record is gone."""
         raw = await self._get(self._tk(stream_id, "end"))
         if raw is None:
             return None
         data = orjson.loads(raw)
         status: StreamStatus = data["status"]
-        return Terminal(status, data["event"], data["payload"])
+        return Terminal(status, data["event"], data["payload"]), data.get("user")
 
     # -- stop flags -------------------------------------------------------
     async def request_stop(self, stream_id: str) -> None:

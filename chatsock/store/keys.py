@@ -23,8 +23,13 @@ class Keyspace(Primitives):
         max_log_entries: int = 20000,
         max_messages: int = 1000,
         max_sessions: int | None = None,
+        hash_tag: bool = False,
     ) -> None:
+        """`hash_tag` (Redis Cluster): every key starts with `{prefix}`, so all of
+        them hash to one slot and each script, transaction and multi-key read
+        stays on one node."""
         self.prefix = prefix
+        self._head = f"{{{prefix}}}" if hash_tag else prefix
         self.session_ttl = session_ttl or None
         self.log_ttl = log_ttl
         self.max_log_entries = max_log_entries
@@ -32,7 +37,7 @@ class Keyspace(Primitives):
         self.max_sessions = max_sessions
 
     def _k(self, *parts: str) -> str:
-        return ":".join((self.prefix, *parts))
+        return ":".join((self._head, *parts))
 
     def _sk(self, session_id: str, *parts: str) -> str:
         return self._k("session", session_id, *parts)

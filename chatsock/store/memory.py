@@ -17,6 +17,7 @@ import orjson
 
 from chatsock.store.base import Store
 from chatsock.store.memory_limits import MemoryRateLimits
+from chatsock.store.models import Appended
 from chatsock.store.primitives import KeepAliveKeys, LogAppend, RegisterStep
 
 _SWEEP_EVERY = 1000
@@ -279,36 +280,42 @@ class MemoryStore(MemoryRateLimits, Store):
     # -- token logs -------------------------------------------------------
     async def _log_append_many(
         self, appends: Sequence[LogAppend], ttl: int, cap: int
-    ) -> list[bool]:
-        return [self._log_append(a.key, a.seq, a.data, ttl, cap, a.fence) for a in appends]
+    ) -> list[Appended]:
+        return [self._log_append(a, ttl, cap) for a in appends]
 
-    def _log_append(
-        self, key: str, seq: int, data: bytes, ttl: int, cap: int, fence: tuple[str, bytes] | None
-    ) -> bool:
-        if fence is not None:
-            holder = self._live(fence[0])
-            if holder is not None and holder != fence[1]:
-                return False
-        log = self._live(key)
+    def _log_append(self, a: LogAppend, ttl: int, cap: int) -> Appended:
+        if a.fence is not None:
+            holder = self._live(a.fence[0])
+            if holder is not None and holder != a.fence[1]:
+                return Appended.TAKEN
+        log = self._live(a.key)
+        epoch = None if a.epoch is None else a.epoch[1]
+        if a.epoch is not None:
+            # The Redis script's epoch check; the epoch outlives trimming here.
+            if self._live(a.epoch[0]) is None:
+                return Appended.LOST
+            lost = a.seq != 1 if log is None else (log[2] != epoch or a.seq > log[0][-1] + 1)
+            if lost:
+                return Appended.LOST
         if log is None:
-            log = self._data[key] = ([], [])
-        seqs, items = log
-        if seqs and seq <= seqs[-1]:  # a retried write; Redis ignores it the same way
-            self._touch(key, ttl)
-            return True
-        seqs.append(seq)
-        items.append(data)
+            log = self._data[a.key] = ([], [], epoch)
+        seqs, items, _ = log
+        if seqs and a.seq <= seqs[-1]:  # a retried write; Redis ignores it the same way
+            self._touch(a.key, ttl)
+            return Appended.OK
+        seqs.append(a.seq)
+        items.append(a.data)
         if len(seqs) > cap:
             del seqs[: len(seqs) - cap]
             del items[: len(items) - cap]
-        self._touch(key, ttl)
-        return True
+        self._touch(a.key, ttl)
+        return Appended.OK
 
     async def _log_read(self, key: str, after: int, limit: int | None) -> list[tuple[int, bytes]]:
         log = self._live(key)
         if log is None:
             return []
-        seqs, items = log
+        seqs, items, _ = log
         start = bisect.bisect_right(seqs, after)
         end = len(seqs) if limit is None else start + max(limit, 0)
         return list(zip(seqs[start:end], items[start:end], strict=True))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import enum
+import secrets
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 MessageStatus = Literal["complete", "stopped", "error"]
@@ -50,6 +52,13 @@ class SessionInfo:
         return cls(**data)
 
 
+def new_epoch() -> str:
+    """A random stream epoch. A log that lost entries (a Redis failover to a replica
+    that lagged, a flush) is never served as this epoch's (Centrifugo's stream epoch,
+    Durable Streams' producer epoch)."""
+    return secrets.token_urlsafe(6)
+
+
 @dataclass(slots=True)
 class StreamRecord:
     """The registry entry of one stream. `status` and `last_seq` are filled on read."""
@@ -65,13 +74,16 @@ class StreamRecord:
     user: str | None = None  # who started it (the session's owner); None: before owners
     status: StreamStatus = "streaming"
     last_seq: int = 0
+    # Names this incarnation of the stream's token log (see `new_epoch`); "" for
+    # records written before epochs, whose logs are not checked.
+    epoch: str = field(default_factory=new_epoch)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StreamRecord:
-        return cls(**data)
+        return cls(**{"epoch": "", **data})
 
 
 @dataclass(slots=True, frozen=True)
@@ -116,3 +128,13 @@ class TokenAppend:
     seq: int
     payload: dict[str, Any]
     writer: str = ""
+    # With an epoch the append is checked (`Appended.LOST`); "" appends unchecked.
+    epoch: str = ""
+
+
+class Appended(enum.IntEnum):
+    """The answer to one token-log append. TAKEN is falsy, as the bool it replaces."""
+
+    TAKEN = 0  # refused: another worker claimed the stream's end
+    OK = 1  # logged (or already logged at that seq: a retry)
+    LOST = 2  # refused: the log is not this epoch's, or lacks the seqs before it

@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from chatsock.store.models import Appended
+
 
 @dataclass(frozen=True, slots=True)
 class RegisterStep:
@@ -75,6 +77,7 @@ class LogAppend:
     seq: int
     data: bytes
     fence: tuple[str, bytes] | None = None  # (key, value): refused while key holds another
+    epoch: tuple[str, bytes] | None = None  # (record key, epoch): checked when given
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,11 +219,14 @@ class Primitives(ABC):
     @abstractmethod
     async def _log_append_many(
         self, appends: Sequence[LogAppend], ttl: int, cap: int
-    ) -> list[bool]:
+    ) -> list[Appended]:
         """Each append at its `seq` (a seq at or below the log's last is ignored:
-        True), in order, in one round trip where the backend can; one bool each.
-        With a `fence` = (key, value): refused (False) while that key holds
-        another value. Each append is atomic; the batch need not be."""
+        OK), in order, in one round trip where the backend can; one answer each.
+        With a `fence` = (key, value): TAKEN while that key holds another value.
+        With an `epoch` = (record key, epoch): LOST unless the record exists and
+        the log is this epoch's (its seq 1 carries the epoch) and holds every seq
+        before `seq`, so that a log that lost entries never gets a hole. Each
+        append is atomic; the batch need not be."""
 
     @abstractmethod
     async def _log_read(self, key: str, after: int, limit: int | None) -> list[tuple[int, bytes]]:

@@ -11,20 +11,23 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     NoScriptError,
+    RedisClusterException,
     RedisError,
     ResponseError,
 )
 
 from chatsock.store import scripts
+from chatsock.store.backoff import RetryAtOnce
 from chatsock.store.base import Store, StoreRequestError, StoreUnavailable, check_seq
 from chatsock.store.log_watch import LogWatch
-from chatsock.store.models import LogEntry
+from chatsock.store.models import Appended, LogEntry
 from chatsock.store.primitives import (
     GetOp,
     IndexAddOp,
@@ -37,7 +40,8 @@ from chatsock.store.primitives import (
 )
 from chatsock.store.redis_limits import RedisRateLimits
 from chatsock.store.subscription import Subscription
-from chatsock.store.urls import mask_url, password_forms
+from chatsock.store.topology import RedisConnections, RedisTopology
+from chatsock.store.urls import mask_url
 
 __all__ = ["RedisStore", "Subscription", "mask_url"]
 
@@ -63,7 +67,7 @@ def _mapped(
     async def wrapper(self: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(self, *args, **kwargs)
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             if _rejected(exc):
                 raise StoreRequestError(
                     f"Redis at {self.url} rejected the request: {self._masked(exc)}"
@@ -106,48 +110,58 @@ class RedisStore(RedisRateLimits, Store):
 
     def __init__(self, url: str, **options: Any) -> None:
         """`options` are the Store's, plus `socket_timeout` (s, default 5), `retries`
-        (per command, default 3), `health_check_interval` (s, default 10) and
-        `max_connections` (for commands, default 64)."""
+        (per command, default 3), `health_check_interval` (s, default 10),
+        `max_connections` (for commands, default 64) and the topology's
+        (topology.py): `sentinels` ((host, port) pairs) with `sentinel_master` and
+        `sentinel_password`, or `cluster=True`."""
         socket_timeout = float(options.pop("socket_timeout", 5.0))
         max_connections = int(options.pop("max_connections", 64))
         retries = int(options.pop("retries", 3))
         health_check_interval = int(options.pop("health_check_interval", 10))
-        super().__init__(**options)
-        self.url = mask_url(url)
-        self._secrets = password_forms(url)
+        self.topology = RedisTopology(
+            url,
+            sentinels=tuple(options.pop("sentinels", ())),
+            sentinel_master=options.pop("sentinel_master", ""),
+            sentinel_password=options.pop("sentinel_password", None),
+            cluster=bool(options.pop("cluster", False)),
+        )
+        # Cluster: one hash tag on every key, so each script, transaction and
+        # multi-key read stays in one slot (keys.py).
+        super().__init__(hash_tag=self.topology.cluster, **options)
+        self.url = self.topology.describe()
+        self._secrets = self.topology.secrets()
         self.socket_timeout = socket_timeout
         self.health_check_interval = health_check_interval
         common: dict[str, Any] = {
             "decode_responses": False,
             "socket_connect_timeout": socket_timeout,
             "health_check_interval": health_check_interval,
-            "retry": Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries),
+            # One more, immediate, retry: for a pooled connection a restart killed.
+            "retry": Retry(RetryAtOnce(cap=0.5, base=0.05), retries + 1),
         }
+        self._connections = RedisConnections(self.topology)
         # A bounded pool that makes a command wait for a free connection: load
         # never opens connections without limit, nor fails with "Too many
         # connections" (redis-py's default pool) while Redis is healthy.
-        self._client = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=max_connections,
-                timeout=socket_timeout,
-                socket_timeout=socket_timeout,
-                **common,
-            )
+        self._client = self._connections.client(
+            max_connections=max_connections,
+            pool_timeout=socket_timeout,
+            socket_timeout=socket_timeout,
+            **common,
         )
         # No socket timeout: a blocking read is bounded by its own BLOCK argument.
         # One read at a time serves every tailer (log_watch.py).
-        self._blocking = aioredis.Redis.from_url(url, socket_timeout=None, **common)
+        self._blocking = self._connections.client(socket_timeout=None, **common)
         self._watch = LogWatch(self._watch_read)
         # Subscriptions recover in `Subscription`, which logs every attempt; a
         # silent reconnect inside redis-py would hide an outage from the logs.
-        self._listening = aioredis.Redis.from_url(
-            url,
+        self._listening = self._connections.client(
             decode_responses=False,
             socket_timeout=None,
             socket_connect_timeout=socket_timeout,
             retry=Retry(NoBackoff(), 0),
         )
+        self._subscribed_before = False
         script = self._client.register_script
         self._index_trim_script = script(scripts.INDEX_TRIM)
         self._log_append_script = script(scripts.LOG_APPEND)
@@ -187,9 +201,7 @@ class RedisStore(RedisRateLimits, Store):
 
     async def close(self) -> None:
         await self._watch.close()
-        await self._client.aclose()
-        await self._blocking.aclose()
-        await self._listening.aclose()
+        await self._connections.aclose()
 
     @_mapped
     async def ping(self) -> None:
@@ -332,7 +344,9 @@ class RedisStore(RedisRateLimits, Store):
                         pipe.zadd(op.key, {op.member: op.score})
                     case PushOnceOp():
                         args = (op.item_id, op.value, op.ttl or 0, op.cap)
-                        pipe.evalsha(self._push_once_script.sha, 2, op.key, op.ids, *args)
+                        pipe.execute_command(
+                            "EVALSHA", self._push_once_script.sha, 2, op.key, op.ids, *args
+                        )
             replies = await pipe.execute(raise_on_error=False)
         results: list[object] = []
         for op, reply in zip(ops, replies, strict=True):
@@ -356,20 +370,27 @@ class RedisStore(RedisRateLimits, Store):
     @_mapped
     async def _log_append_many(
         self, appends: Sequence[LogAppend], ttl: int, cap: int
-    ) -> list[bool]:
+    ) -> list[Appended]:
         """Every append in one pipelined round trip (EVALSHA each: a Script in a
         pipeline costs a SCRIPT EXISTS round trip per execute)."""
         sha = self._log_append_script.sha
         for attempt in (1, 2):
             async with self._client.pipeline(transaction=False) as pipe:
                 for a in appends:
-                    if a.fence is None:
-                        pipe.evalsha(sha, 1, a.key, a.seq, a.data, cap, ttl)
-                    else:
-                        fence_key, holder = a.fence
-                        pipe.evalsha(sha, 2, a.key, fence_key, a.seq, a.data, cap, ttl, holder)
+                    keys = [a.key]
+                    check: tuple[bytes, bytes] = (b"0", b"")
+                    if a.epoch is not None:
+                        keys.append(a.epoch[0])
+                        check = (b"1", a.epoch[1])
+                    holder = b""
+                    if a.fence is not None:
+                        keys.append(a.fence[0])
+                        holder = a.fence[1]
+                    pipe.execute_command(
+                        "EVALSHA", sha, len(keys), *keys, a.seq, a.data, cap, ttl, holder, *check
+                    )
                 try:
-                    return [bool(added) for added in await pipe.execute()]
+                    return [Appended(int(added)) for added in await pipe.execute()]
                 except NoScriptError:
                     if attempt == 2:
                         raise
@@ -439,7 +460,8 @@ class RedisStore(RedisRateLimits, Store):
 
     @_mapped
     async def publish(self, channel: str, data: bytes) -> int:
-        """Publish `data` on the prefixed `channel`; return how many subscribers got it."""
+        """Publish `data` on the prefixed `channel`; return how many subscribers got it
+        (on a Cluster: those on the node it reached; the others get it too)."""
         return int(await self._client.publish(self._k(channel), data))
 
     def subscribe(self, *channels: str) -> Subscription:
@@ -450,5 +472,15 @@ class RedisStore(RedisRateLimits, Store):
         """
         return Subscription(self, channels)
 
-    def _new_pubsub(self) -> PubSub:
+    async def _new_pubsub(self) -> PubSub:
+        """A pub/sub connection. On a Cluster, to any node (PUBLISH reaches the
+        subscribers on every node), from a fresh view of the nodes: this runs on
+        every reconnect, when the node it had may have gone."""
+        if isinstance(self._listening, RedisCluster):
+            if self._subscribed_before:
+                await self._listening.nodes_manager.initialize()
+            else:
+                await self._listening.initialize()
+            self._subscribed_before = True
+            return self._listening.pubsub(node=self._listening.get_random_node())
         return self._listening.pubsub()

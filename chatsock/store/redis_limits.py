@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, NamedTuple, ParamSpec, TypeV
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from chatsock.store.base import StoreRequestError, StoreUnavailable
 from chatsock.store.limits import RateLimits
@@ -98,7 +98,7 @@ def _mapped(
     async def wrapper(self: RedisRateLimits, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(self, *args, **kwargs)
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise self._store_error(exc) from exc
 
     functools.update_wrapper(wrapper, method)

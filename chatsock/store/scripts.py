@@ -142,14 +142,35 @@ return 0
 """
 
 # XADD at ID 0-<seq>; a seq at or below the last one is ignored, so a write
-# retried after a lost reply cannot fail or duplicate. With a fence (KEYS[2],
-# ARGV[5]): refused while KEYS[2] holds a value other than ARGV[5].
+# retried after a lost reply cannot fail or duplicate. With a fence (ARGV[5]):
+# 0 while the fence key holds a value other than ARGV[5]. With ARGV[6] == '1',
+# the epoch check: 2 (lost) unless the stream's record exists and the log is
+# epoch ARGV[7]'s (seq 1, while not trimmed away, carries it as field 'e') and
+# holds seq - 1 (an absent log only takes seq 1): a log that lost entries never
+# gets a hole. KEYS: log, [record if checked], [fence if fenced]
+# ARGV: seq, data, maxlen, ttl, holder ('' = no fence), check, epoch
 LOG_APPEND = """
-if KEYS[2] then
-  local holder = redis.call('GET', KEYS[2])
+local fence = KEYS[2]
+if ARGV[6] == '1' then fence = KEYS[3] end
+if ARGV[5] ~= '' then
+  local holder = redis.call('GET', fence)
   if holder and holder ~= ARGV[5] then return 0 end
 end
-local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[3], '0-' .. ARGV[1], 'd', ARGV[2])
+local fields = {'d', ARGV[2]}
+if ARGV[6] == '1' then
+  local seq = tonumber(ARGV[1])
+  if redis.call('EXISTS', KEYS[2]) == 0 then return 2 end
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  if not last then
+    if seq ~= 1 then return 2 end
+    fields = {'d', ARGV[2], 'e', ARGV[7]}
+  else
+    local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+    if first[1] == '0-1' and first[2][4] ~= ARGV[7] then return 2 end
+    if seq > tonumber(string.match(last[1], '%d+$')) + 1 then return 2 end
+  end
+end
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[3], '0-' .. ARGV[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller') then
   return added

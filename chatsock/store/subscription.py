@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 if TYPE_CHECKING:
     from chatsock.store.redis import RedisStore
@@ -21,14 +21,19 @@ log = logging.getLogger("chatsock.store.redis")
 class Subscription:
     """An async iterator of `(channel, data)` that reconnects and re-subscribes by itself.
 
-    A lost connection is logged at WARNING on each reconnect attempt and at
-    INFO once subscribed again; it never ends the iteration. A connection
-    that stops answering the periodic PING is treated as lost too, so a
-    listener cannot hang silently on a half-open socket.
+    A lost connection is retried every `_RETRY_S`, not after a growing backoff:
+    a signal published just after Redis comes back (a cross-worker stop) must
+    find the listener subscribed again. It is logged at WARNING on the first
+    failed attempt and then every `_LOG_EVERY_S`, and at INFO once subscribed
+    again; it never ends the iteration. A connection that stops answering the
+    periodic PING is treated as lost too, so a listener cannot hang silently on
+    a half-open socket.
     """
 
-    _BACKOFF_BASE = 0.1
-    _BACKOFF_CAP = 2.0
+    # A refused connect costs a fraction of a millisecond; one to an unreachable
+    # host is bounded by socket_connect_timeout. So polling this often is cheap.
+    _RETRY_S = 0.025
+    _LOG_EVERY_S = 5.0
     _PING = b"chatsock-liveness"
 
     def __init__(self, store: RedisStore, channels: Sequence[str]) -> None:
@@ -68,7 +73,7 @@ class Subscription:
                         self._last_ping = now
                         await self._pubsub.ping(self._PING)
                     continue
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 log.warning(
                     "Redis subscription at %s lost (%s); reconnecting", self._store.url, exc
                 )
@@ -81,23 +86,27 @@ class Subscription:
                 return name, bytes(message["data"])
 
     async def _connect(self) -> None:
-        """Subscribe, retrying with backoff until Redis confirms every channel."""
+        """Subscribe, retrying every `_RETRY_S` until Redis confirms every channel."""
+        loop = asyncio.get_running_loop()
         attempt = 0
+        logged = -self._LOG_EVERY_S
         while True:
             try:
                 await self._subscribe_once()
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 await self._drop()
                 attempt += 1
-                delay = min(self._BACKOFF_CAP, self._BACKOFF_BASE * 2**attempt)
-                log.warning(
-                    "Redis subscription at %s: reconnect attempt %d failed (%s); retrying in %.1fs",
-                    self._store.url,
-                    attempt,
-                    self._store.unavailable(exc),
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                if loop.time() - logged >= self._LOG_EVERY_S:
+                    logged = loop.time()
+                    log.warning(
+                        "Redis subscription at %s: reconnect attempt %d failed (%s); "
+                        "retrying every %gs",
+                        self._store.url,
+                        attempt,
+                        self._store.unavailable(exc),
+                        self._RETRY_S,
+                    )
+                await asyncio.sleep(self._RETRY_S)
                 continue
             if attempt or self._lost:
                 self._lost = False
@@ -109,7 +118,7 @@ class Subscription:
             return
 
     async def _subscribe_once(self) -> None:
-        pubsub = self._pubsub = self._store._new_pubsub()
+        pubsub = self._pubsub = await self._store._new_pubsub()
         await pubsub.subscribe(*self._names)
         pending = set(self._names)
         async with asyncio.timeout(self._store.socket_timeout):
@@ -124,5 +133,5 @@ class Subscription:
         if pubsub is not None:
             try:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
-            except (RedisError, OSError):
+            except (RedisError, RedisClusterException, OSError):
                 log.debug("closing a lost subscription failed", exc_info=True)
