@@ -30,6 +30,7 @@ from chatsock.providers.base import Provider
 from chatsock.providers.registry import ProviderRegistry, build_registry
 from chatsock.quotas import Quotas
 from chatsock.runner import StreamRunner
+from chatsock.send_queue import SendLimits
 from chatsock.sessions import SessionService
 from chatsock.signals import SignalBus
 from chatsock.sio_manager import WatchedRedisManager, manager_options
@@ -88,6 +89,7 @@ def create_app(
         client_manager=manager,
         **socketio_cors(settings),
         max_http_buffer_size=settings.http.client_max_size,
+        send_limits=SendLimits.from_settings(settings),
     )
     sio.attach(app)
     registry = build_registry(settings, providers)
@@ -112,6 +114,7 @@ def create_app(
     sio.register_namespace(namespace)
     sessions.on_deleted = _session_closer(sio)
     metrics = Metrics(runner, sessions)
+    sio.on_not_reading(metrics.slow_clients_dropped.labels("socketio").inc)
     runner.hooks = metrics.stream_hooks()
     if settings.limits.daily_output_tokens:
         runner.charge = quotas.charge

@@ -89,6 +89,24 @@ class ServerConfig(_Section):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Serve /metrics on this port only (not on `port`)."
     )
+    max_send_queue: int = Field(
+        1000,
+        ge=1,
+        description="Packets queued for one Socket.IO connection whose peer does not read "
+        "(past the socket buffers); one more and it is disconnected (it may reconnect and "
+        "resume).",
+    )
+    max_send_queue_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="The same bound in bytes (text plus ~160 bytes per packet).",
+    )
+    send_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="The longest one WebSocket write or close may wait for a peer that does "
+        "not read; then the connection is dropped.",
+    )
 
 
 class StoreConfig(_Section):
@@ -288,6 +306,12 @@ class DemoConfig(_Section):
 class HttpConfig(_Section):
     sse_heartbeat_s: float = Field(15.0, gt=0)
     client_max_size: int = Field(1024 * 1024, ge=1024)
+    sse_write_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="The longest one SSE write may wait for a client that does not read; "
+        "then the response is closed (the client resumes with Last-Event-ID).",
+    )
     aisdk_resume_grace_s: float = Field(
         2.0,
         ge=0,

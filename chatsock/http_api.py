@@ -36,7 +36,7 @@ from chatsock.requests import (
 )
 from chatsock.runner import StreamRunner
 from chatsock.sessions import SessionService
-from chatsock.sse import SSE_HEADERS, ClientGone, wait_terminal, write_events
+from chatsock.sse import SSE_HEADERS, ClientGone, ClientNotReading, wait_terminal, write_events
 from chatsock.store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,7 @@ class HttpApi:
         self.metrics = metrics
         self.max_size = settings.http.client_max_size
         self.heartbeat_s = settings.http.sse_heartbeat_s
+        self.write_timeout_s = settings.http.sse_write_timeout_s
         self.stop_on_disconnect = settings.stream.stop_on_disconnect
         self.cors_origins = settings.server.cors_allowed_origins
 
@@ -433,8 +434,14 @@ class HttpApi:
                 listener,
                 heartbeat_s=self.heartbeat_s,
                 watch_disconnect=self.stop_on_disconnect,
+                write_timeout_s=self.write_timeout_s,
             )
             finished = True
+        except ClientNotReading:
+            log.info("stream follower on %s does not read: a write waited over %g s "
+                     "(http.sse_write_timeout_s); closed", shown(session_id),
+                     self.write_timeout_s)  # fmt: skip
+            self.metrics.slow_clients_dropped.labels("sse").inc()
         except ClientGone:
             log.info("stream follower on %s disconnected", session_id)
         except Exception:

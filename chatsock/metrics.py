@@ -9,6 +9,8 @@ metric over all workers counts every stream once.
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
@@ -18,6 +20,14 @@ from chatsock.store.models import StreamRecord
 
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+
+def _loop_task_count() -> int:
+    """Tasks of the running loop; 0 when rendered outside one (a test's sync call)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0
 
 
 class Metrics:
@@ -88,10 +98,23 @@ class Metrics:
             registry=r,
         )
         self.stream_tasks.set_function(lambda: runner.task_count)
+        self.asyncio_tasks = Gauge(
+            "chatsock_asyncio_tasks",
+            "All asyncio tasks of this worker's event loop (a leak shows as a rising floor).",
+            registry=r,
+        )
+        self.asyncio_tasks.set_function(_loop_task_count)
         self.loop_restarts = Counter(
             "chatsock_background_loop_restarts",
             "Background loops restarted after failing with an unexpected exception.",
             ["loop"],
+            registry=r,
+        )
+        self.slow_clients_dropped = Counter(
+            "chatsock_slow_clients_dropped",
+            "Clients disconnected for not reading: a Socket.IO send queue over "
+            "server.max_send_queue(_bytes) or a write over its timeout.",
+            ["transport"],
             registry=r,
         )
 

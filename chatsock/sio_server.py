@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any, Final, NoReturn
 from urllib.parse import parse_qs
 
@@ -25,12 +26,16 @@ from engineio.payload import Payload
 from socketio import packet as sio_packet
 
 from chatsock.logsafe import shown
+from chatsock.send_queue import SendLimits, SendQueue
 
 log = logging.getLogger(__name__)
 
 BINARY = "binary packets are not accepted"
 TOO_LARGE = "too large"
 MAX_NAMESPACE_CHARS = 128
+# The close a peer that does not read gets, if it ever reads again: 1013 "try
+# again later", so socket.io-client reconnects (and the app resumes).
+NOT_READING = "not reading: send queue full"
 _SHOWN_PACKET_CHARS = 64
 # Engine.IO packet types a client sends: CLOSE, PING (the upgrade probe), PONG,
 # MESSAGE, UPGRADE. Polling takes no PING or UPGRADE: Engine.IO answers those
@@ -130,6 +135,44 @@ class _GuardedWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
         await self.handler(self)
         return self._sock
 
+    async def send(self, message: str | bytes) -> None:
+        """Engine.IO's write, bounded: a peer that does not read is dropped after
+        `server.send_timeout_s`, so its writer never waits forever on a drain."""
+        try:
+            async with asyncio.timeout(self.server.send_limits.timeout_s):
+                await super().send(message)
+        except TimeoutError:
+            socket = self._socket()
+            if socket is not None:
+                timeout = self.server.send_limits.timeout_s
+                self.server.not_reading(socket, f"a write waited over {timeout:g} s "
+                                        "(server.send_timeout_s)")  # fmt: skip
+            self._abort()
+            raise OSError("the peer does not read") from None
+
+    async def close(self) -> None:
+        """Engine.IO's close, bounded by `server.send_timeout_s` (then the transport is
+        aborted): it never awaits an unresponsive peer. A peer dropped for not reading
+        gets 1013, should it read again."""
+        socket = self._socket()
+        slow = socket is not None and socket.not_reading
+        code = WSCloseCode.TRY_AGAIN_LATER if slow else WSCloseCode.OK
+        try:
+            async with asyncio.timeout(self.server.send_limits.timeout_s):
+                await self._sock.close(code=code, message=NOT_READING.encode() if slow else b"")
+        except TimeoutError:
+            self._abort()
+
+    def _socket(self) -> _LeanSocket | None:
+        socket = getattr(self.handler, "__self__", None)  # the bound `_websocket_handler`
+        return socket if isinstance(socket, _LeanSocket) else None
+
+    def _abort(self) -> None:
+        """Drop the connection now, whatever is still buffered for it."""
+        transport = self.environ["aiohttp.request"].transport
+        if transport is not None:
+            transport.abort()
+
     async def wait(self) -> str:
         msg = await self._sock.receive()
         if msg.type == WSMsgType.TEXT:
@@ -158,13 +201,44 @@ class _GuardedWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
 
 
 class _LeanSocket(AsyncSocket):  # type: ignore[misc]
-    """Engine.IO's socket, its writer waiting for packets without a task per wait.
+    """Engine.IO's socket, its writer waiting for packets without a task per wait,
+    and its send queue bounded.
 
     Engine.IO's `poll()` waits with `asyncio.wait_for`, which on Python 3.11
     wraps the queue read in a new task for every packet a socket sends (every
     `chat_token`), and keeps one alive per idle socket. Same behaviour here with
     `asyncio.timeout`; the rest is Engine.IO's own. ChatsockServer gives every
-    new socket this class."""
+    new socket this class.
+
+    A packet that finds `server.max_send_queue` packets (or
+    `max_send_queue_bytes`) already queued disconnects the socket instead: the
+    queue is emptied and nothing more is queued (send_queue.py)."""
+
+    # Set once the socket is dropped for not reading (a class default: Engine.IO
+    # builds the socket as an AsyncSocket and ChatsockServer swaps its class).
+    not_reading = False
+
+    async def send(self, pkt: Any) -> None:
+        if self.not_reading:
+            return  # being disconnected: the packet would only wait in memory
+        queue = self.queue
+        limits = self.server.send_limits
+        if isinstance(queue, SendQueue) and queue.over(limits):
+            self.server.not_reading(
+                self,
+                f"{queue.qsize()} packets ({queue.bytes} bytes) queued, the most "
+                f"server.max_send_queue ({limits.packets}) and "
+                f"server.max_send_queue_bytes ({limits.bytes}) allow",
+            )
+            queue.discard()
+            self.server.spawn(self._drop_not_reading())
+            return
+        await super().send(pkt)
+
+    async def _drop_not_reading(self) -> None:
+        # No CLOSE packet (abort=True): it would wait behind what the peer does not read.
+        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR)
+        await self.queue.put(None)  # ends the writer (or the pending poll)
 
     async def poll(self) -> list[Any]:
         queue = self.queue
@@ -240,10 +314,16 @@ class _CheckedBody:
 
 
 class ChatsockEngine(engineio.AsyncServer):  # type: ignore[misc]
-    """Engine.IO's server, its aiohttp driver guarded (`_GuardedWebSocket`, `_CheckedBody`)."""
+    """Engine.IO's server, its aiohttp driver guarded (`_GuardedWebSocket`, `_CheckedBody`),
+    each socket's send queue bounded by `send_limits`."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        self.send_limits = SendLimits()
+        # Set by ChatsockServer: names a connection in a log line; counts a drop.
+        self.describe: Callable[[str], str] = lambda eio_sid: f"connection {eio_sid}"
+        self.on_not_reading: Callable[[], None] = lambda: None
+        self._tasks: set[asyncio.Task[None]] = set()
         if self.async_mode != "aiohttp":
             raise ValueError("chatsock's Socket.IO server runs on aiohttp only")
         # The driver is a shared module-level dict: replace it, never update it.
@@ -253,6 +333,25 @@ class ChatsockEngine(engineio.AsyncServer):  # type: ignore[misc]
             "websocket": _GuardedWebSocket,
             "translate_request": self._translate_request,
         }
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
+        if args or kwargs:
+            return super().create_queue(*args, **kwargs)  # type: ignore[no-any-return]
+        return SendQueue()  # every socket's send queue (Engine.IO's BaseSocket)
+
+    def not_reading(self, socket: _LeanSocket, problem: str) -> None:
+        """One log line and one count per connection dropped for not reading."""
+        if socket.not_reading:
+            return
+        socket.not_reading = True
+        log.info("%s does not read: %s; disconnected", self.describe(socket.sid), problem)
+        self.on_not_reading()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task this server keeps until it is done."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _translate_request(self, request: web.BaseRequest) -> dict[str, Any]:
         environ: dict[str, Any] = eio_aiohttp.translate_request(request)
@@ -286,10 +385,12 @@ class ChatsockServer(socketio.AsyncServer):  # type: ignore[misc]
     """python-socketio's AsyncServer, refusing binary and malformed packets (module
     docstring), and closing connections that never connect the namespace."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, send_limits: SendLimits | None = None, **options: Any) -> None:
         options.setdefault("logger", _library_logger("socketio.server"))
         options.setdefault("engineio_logger", _library_logger("engineio.server"))
         super().__init__(**options)
+        self.eio.send_limits = send_limits or SendLimits()
+        self.eio.describe = self._describe
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self.namespace_connect_s = NAMESPACE_CONNECT_S
         self._drops: set[asyncio.Task[None]] = set()
@@ -327,6 +428,15 @@ class ChatsockServer(socketio.AsyncServer):  # type: ignore[misc]
         # socket without a token: it gets the same deadline as a new one.
         if self._open(eio_sid) and self.manager.sid_from_eio_sid(eio_sid, "/") is None:
             self._arm_deadline(eio_sid)
+
+    def on_not_reading(self, count: Callable[[], None]) -> None:
+        """Call `count` for each connection dropped for not reading (a metric)."""
+        self.eio.on_not_reading = count
+
+    def _describe(self, eio_sid: str) -> str:
+        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+        who = f"socket {sid}" if sid else f"connection {eio_sid}"
+        return f"{who} from {_peer(self.environ.get(eio_sid))}"
 
     def _open(self, eio_sid: str) -> bool:
         socket = self.eio.sockets.get(eio_sid)

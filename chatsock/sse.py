@@ -4,6 +4,12 @@ Both read a fanout `Listener`'s queue until the stream's terminal event. Each
 event is encoded once (one `orjson.dumps`); whatever is queued when the
 writer wakes goes out in one write. `orjson` never emits a raw newline, so
 every `data:` is one line.
+
+Every write is bounded by a write timeout: aiohttp's `write` awaits a drain
+once the transport holds 64 KiB, which a client that stops reading never
+allows. Past the timeout the connection is dropped (`ClientNotReading`), so
+neither the response nor the listener's queue outlives it; the client
+reconnects with Last-Event-ID.
 """
 
 from __future__ import annotations
@@ -48,6 +54,23 @@ class ClientGone(Exception):
     """The HTTP client went away before the stream's terminal event."""
 
 
+class ClientNotReading(ClientGone):
+    """A write waited past the write timeout: the connection was dropped."""
+
+
+async def _write(
+    request: web.Request, response: web.StreamResponse, data: bytes, timeout_s: float
+) -> None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            await response.write(data)
+    except TimeoutError:
+        transport = request.transport
+        if transport is not None:
+            transport.abort()  # what it still buffers is dropped with it
+        raise ClientNotReading from None
+
+
 async def write_events(
     request: web.Request,
     response: web.StreamResponse,
@@ -55,10 +78,12 @@ async def write_events(
     *,
     heartbeat_s: float,
     watch_disconnect: bool,
+    write_timeout_s: float,
 ) -> None:
     """Write the listener's events until the terminal one; `: ping` after `heartbeat_s` idle.
 
-    Raises ClientGone when the client disconnects first.
+    Raises ClientGone when the client disconnects first, ClientNotReading when one
+    write waits over `write_timeout_s`.
     """
     queue = listener.queue
     loop = asyncio.get_running_loop()
@@ -74,7 +99,7 @@ async def write_events(
                     if client_gone(request):
                         raise ClientGone from None
                     if loop.time() >= next_ping:
-                        await response.write(HEARTBEAT)
+                        await _write(request, response, HEARTBEAT, write_timeout_s)
                         next_ping = loop.time() + heartbeat_s
                     continue
             else:
@@ -85,7 +110,8 @@ async def write_events(
                 event, payload = queue.get_nowait()
                 chunks.append(encode_event(event, payload))
                 done = event in TERMINAL_EVENTS
-            await response.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            await _write(request, response, data, write_timeout_s)
             if done:
                 return
             next_ping = loop.time() + heartbeat_s
