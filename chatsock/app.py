@@ -11,6 +11,7 @@ import socketio
 from aiohttp import web
 
 from chatsock import jsoncodec, protocol
+from chatsock.aisdk import AiSdkChat
 from chatsock.auth import Authenticator
 from chatsock.config import Settings
 from chatsock.cors import socketio_cors
@@ -143,6 +144,7 @@ def create_app(
     add_page_routes(app, settings.static_dir)
     install_guards(app, settings)
     app.middlewares.append(drain.middleware)
+    aisdk = AiSdkChat(settings, store, runner, fanout, sessions, gate, metrics)
     HttpApi(
         settings,
         store,
@@ -154,7 +156,7 @@ def create_app(
         loops=loops,
         gate=gate,
         draining=lambda: drain.reason,
-    ).add_routes(app)
+    ).add_routes(app, aisdk.add_routes)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_shutdown_streams)
     return app

@@ -243,11 +243,17 @@ class HttpApi:
         self.stop_on_disconnect = settings.stream.stop_on_disconnect
         self.cors_origins = settings.server.cors_allowed_origins
 
-    def add_routes(self, app: web.Application) -> None:
+    def add_routes(
+        self,
+        app: web.Application,
+        extra: Callable[[web.UrlDispatcher], list[web.AbstractRoute]] | None = None,
+    ) -> None:
+        """The /api/ routes, with `extra`'s (the AI SDK adapter's): errors, auth, CORS."""
         app.middlewares.append(api_errors)
         app.middlewares.append(self._authenticate)
         router = app.router
         api = [
+            *(extra(router) if extra is not None else []),
             router.add_post("/api/chat/stream", self.start_stream),
             router.add_post("/api/chat/stream/stop", self.stop_stream),
             # Before /{stream_id}, which would otherwise match "active".
@@ -288,13 +294,22 @@ class HttpApi:
         self.gate.policy.check(body)
         await self.gate.may_start(who, request[CLIENT_IP] or None)
         session_id = body.session_id or new_id("ses")
+        # Read before the start, so a bad header starts nothing.
+        last_id = request.headers.get("Last-Event-ID", "").strip()
+        after = _non_negative("Last-Event-ID", last_id) if last_id else 0
         listener = Listener()
-        ack = await self.runner.start(body, session_id, who)
+        repeated: list[bool] = []
+        ack = await self.runner.start(body, session_id, who, repeated=lambda: repeated.append(True))
         stream_id = ack["stream_id"]
-        # No await since start(): the listener sees the stream from chat_stream_start on.
-        if not self.fanout.attach(stream_id, listener):
-            # A repeated client_message_id answers with the earlier stream: replay it.
-            await self.sessions.resume_listener(listener, stream_id, 0, who)
+        # No await since start(): the listener sees a new stream from chat_stream_start on.
+        if repeated or not self.fanout.attach(stream_id, listener):
+            # A retry (same client_message_id) gets the earlier stream, maybe midway:
+            # replay it from seq 1, or after its Last-Event-ID, then follow it live.
+            try:
+                await self.sessions.resume_listener(listener, stream_id, after, who)
+            except BaseException:
+                self.fanout.detach(listener)
+                raise
         headers = {
             "X-Stream-Id": stream_id,
             "X-Session-Id": ack["session_id"],

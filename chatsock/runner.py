@@ -141,6 +141,7 @@ class StreamRunner:
         session_id: str,
         who: Identity = ANONYMOUS,
         admit: Admit | None = None,
+        repeated: Admit | None = None,
     ) -> protocol.Payload:
         """Start a stream for `request` in `session_id` on behalf of `who`; return
         the `chat_stream` ack. A session that does not exist is created, owned by
@@ -148,7 +149,9 @@ class StreamRunner:
 
         `admit` runs once the request is accepted (a new stream, or the earlier
         stream of a repeated `client_message_id`), before any of its events is
-        sent: the caller joins the session's room there, never before."""
+        sent: the caller joins the session's room there, never before. `repeated`
+        runs after it when the ack is that earlier stream's, which may be midway:
+        an HTTP retry replays it rather than join it live."""
         self._refuse_if_closing()
         chain = self._registry.chain_for(request.provider)
         now = protocol.now_iso()
@@ -179,6 +182,7 @@ class StreamRunner:
         earlier = await self._register(record, ack, per_user=not who.anonymous)
         if earlier is not None:  # the same client_message_id was sent before
             _admit(admit)
+            _admit(repeated)
             return earlier
         # Registered: from here on a failure ends the stream, never leaves it held.
         stream = ActiveStream(
