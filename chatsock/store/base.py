@@ -94,8 +94,10 @@ class Store(RateLimits):
                 score = _score(session.created_at)
                 await self._batch(
                     [
-                        IndexAddOp(self._k("sessions"), session_id, score),
-                        IndexAddOp(self._uk(session.owner, "sessions"), session_id, score),
+                        IndexAddOp(self._k("sessions"), session_id, score, self.session_ttl),
+                        IndexAddOp(
+                            self._uk(session.owner, "sessions"), session_id, score, self.session_ttl
+                        ),
                     ]
                 )
                 await self._evict_sessions(session.owner)
@@ -168,8 +170,10 @@ class Store(RateLimits):
                     self.max_messages,
                 ),
                 SetOp(self._sk(session_id), _dumps(info.to_dict()), self.session_ttl),
-                IndexAddOp(self._k("sessions"), session_id, score),
-                IndexAddOp(self._uk(info.owner, "sessions"), session_id, score),
+                # Sessions expire session_ttl after their last write; so do their
+                # entries in the indexes, and the indexes once all have.
+                IndexAddOp(self._k("sessions"), session_id, score, self.session_ttl),
+                IndexAddOp(self._uk(info.owner, "sessions"), session_id, score, self.session_ttl),
             ]
         )
         return bool(stored)

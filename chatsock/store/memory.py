@@ -161,8 +161,13 @@ class MemoryStore(MemoryRateLimits, Store):
         return len(self._live(key) or ())
 
     # -- ordered index ----------------------------------------------------
-    async def _index_add(self, key: str, member: str, score: float) -> None:
-        self._container(key, dict)[member] = score
+    async def _index_add(self, key: str, member: str, score: float, ttl: int | None = None) -> None:
+        index = self._container(key, dict)
+        index[member] = score
+        if ttl:
+            for old in [m for m, s in index.items() if s < score - ttl]:
+                del index[old]
+            self._touch(key, ttl)
 
     def _index_drop(self, key: str, members: Sequence[str]) -> None:
         index = self._live(key) or {}

@@ -50,9 +50,14 @@ class SetOp:
 
 @dataclass(frozen=True, slots=True)
 class IndexAddOp:
+    """Add or rescore `member`. With `ttl`, the index forgets members scored more
+    than `ttl` below this one and lives `ttl` past this add: an index of things
+    that expire (sessions) forgets them too, and goes once they all have."""
+
     key: str
     member: str
     score: float
+    ttl: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +145,8 @@ class Primitives(ABC):
     async def _length(self, key: str) -> int: ...
 
     @abstractmethod
-    async def _index_add(self, key: str, member: str, score: float) -> None:
-        """Add/update a member of an index ordered by `score`."""
+    async def _index_add(self, key: str, member: str, score: float, ttl: int | None = None) -> None:
+        """Add/update a member of an index ordered by `score` (`ttl`: see IndexAddOp)."""
 
     @abstractmethod
     async def _index_remove(self, key: str, *members: str) -> None: ...
@@ -208,7 +213,7 @@ class Primitives(ABC):
                 case SetOp():
                     results.append(await self._set(op.key, op.value, op.ttl, nx=op.nx))
                 case IndexAddOp():
-                    await self._index_add(op.key, op.member, op.score)
+                    await self._index_add(op.key, op.member, op.score, op.ttl)
                     results.append(None)
                 case PushOnceOp():
                     results.append(

@@ -164,6 +164,7 @@ class RedisStore(RedisRateLimits, Store):
         self._subscribed_before = False
         script = self._client.register_script
         self._index_trim_script = script(scripts.INDEX_TRIM)
+        self._index_add_script = script(scripts.INDEX_ADD)
         self._log_append_script = script(scripts.LOG_APPEND)
         self._register_script = script(scripts.HELPERS + scripts.REGISTER)
         self._push_once_script = script(scripts.HELPERS + scripts.PUSH_ONCE)
@@ -253,8 +254,11 @@ class RedisStore(RedisRateLimits, Store):
 
     # -- ordered index ----------------------------------------------------
     @_mapped
-    async def _index_add(self, key: str, member: str, score: float) -> None:
-        await self._client.zadd(key, {member: score})
+    async def _index_add(self, key: str, member: str, score: float, ttl: int | None = None) -> None:
+        if ttl:
+            await self._index_add_script(keys=[key], args=[member, score, ttl])
+        else:
+            await self._client.zadd(key, {member: score})
 
     @_mapped
     async def _index_remove(self, key: str, *members: str) -> None:
@@ -340,6 +344,9 @@ class RedisStore(RedisRateLimits, Store):
                         pipe.get(op.key)
                     case SetOp():
                         pipe.set(op.key, op.value, ex=op.ttl or None, nx=op.nx)
+                    case IndexAddOp() if op.ttl:
+                        sha = self._index_add_script.sha
+                        pipe.execute_command("EVALSHA", sha, 1, op.key, op.member, op.score, op.ttl)
                     case IndexAddOp():
                         pipe.zadd(op.key, {op.member: op.score})
                     case PushOnceOp():
@@ -350,12 +357,17 @@ class RedisStore(RedisRateLimits, Store):
             replies = await pipe.execute(raise_on_error=False)
         results: list[object] = []
         for op, reply in zip(ops, replies, strict=True):
-            if isinstance(reply, NoScriptError) and isinstance(op, PushOnceOp):
+            if isinstance(reply, NoScriptError):
                 # A restarted Redis forgot the script: this op alone runs again
                 # (its script loads on the way), the others stand.
-                reply = await self._push_once_script(
-                    keys=[op.key, op.ids], args=[op.item_id, op.value, op.ttl or 0, op.cap]
-                )
+                if isinstance(op, PushOnceOp):
+                    reply = await self._push_once_script(
+                        keys=[op.key, op.ids], args=[op.item_id, op.value, op.ttl or 0, op.cap]
+                    )
+                elif isinstance(op, IndexAddOp):
+                    reply = await self._index_add_script(
+                        keys=[op.key], args=[op.member, op.score, op.ttl or 0]
+                    )
             if isinstance(reply, Exception):
                 raise reply
             match op:

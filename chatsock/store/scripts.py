@@ -12,6 +12,17 @@ redis.call('ZREMRANGEBYRANK', KEYS[1], 0, excess - 1)
 return dropped
 """
 
+# KEYS: index; ARGV: member, score, ttl. Add or rescore the member, forget members
+# scored more than ttl below it, and keep the index ttl past this add.
+INDEX_ADD = """
+local score = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], score, ARGV[1])
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (score - ttl))
+redis.call('EXPIRE', KEYS[1], ttl)
+return 1
+"""
+
 # Prepended to the scripts that use them. `keep` sets a TTL, or none for 0.
 # `append` adds a member last to an ordered set (score: the last one's + 1, so
 # the order is the order of writes whatever the workers' clocks say), keeps
