@@ -54,7 +54,9 @@ async def test_metrics_exports_every_family_before_any_stream(server, http):
         ("chatsock_stream_duration_seconds", "histogram"),
         ("chatsock_provider_failovers_total", "counter"),
         ("chatsock_stream_tasks", "gauge"),
+        ("chatsock_asyncio_tasks", "gauge"),
         ("chatsock_background_loop_restarts_total", "counter"),
+        ("chatsock_slow_clients_dropped_total", "counter"),
     ):
         assert f"# TYPE {name} {kind}\n" in text, name
     # Nothing of prometheus-client's global default registry (process/GC collectors).
