@@ -2,9 +2,10 @@
 
 aiohttp refuses a request it cannot parse (bytes that are not HTTP, a bad
 header, invalid UTF-8 in the request line) before any handler or middleware
-runs, and logs it at ERROR with a full traceback. That is the client's
-fault, not the server's: one INFO line says what was refused; real server
-errors still get their traceback.
+runs, and logs it at ERROR with a full traceback; so is a response the
+client left before it could be written. That is the client's doing, not the
+server's: one INFO line says what happened; real server errors still get
+their traceback.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ class RequestErrors(logging.LoggerAdapter):  # type: ignore[type-arg]
                 exc_info.code,
                 shown(exc_info.message, 120),
             )
+            return
+        if isinstance(exc_info, ConnectionResetError):
+            # The client left before its response could be written: a WebSocket
+            # handshake abandoned after a connect timeout, a closed tab. Its doing,
+            # and routine on a busy server: one line, no traceback.
+            self.logger.info("a client left before its response was written: %s", exc_info)
             return
         self.logger.error(msg, *args, exc_info=exc_info, **kw)
 
