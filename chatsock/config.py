@@ -58,6 +58,12 @@ class ServerConfig(_Section):
     shutdown_grace_s: float = Field(
         5.0, ge=0, description="After the drain: how long streams still running get to end."
     )
+    backlog: int = Field(
+        1024,
+        ge=1,
+        description="Connections the kernel queues before the worker accepts them "
+        "(capped by net.core.somaxconn); aiohttp's 128 overflows under a reconnect storm.",
+    )
     drain_timeout_s: float = Field(
         60.0,
         ge=0,

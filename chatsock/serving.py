@@ -47,7 +47,7 @@ async def serve(app: web.Application, listener: socket.socket) -> None:
     await runner.setup()  # opens the store: StoreUnavailable leaves from here
     deadline = None
     try:
-        await web.SockSite(runner, listener).start()
+        await web.SockSite(runner, listener, backlog=settings.backlog).start()
         host, port = listener.getsockname()[:2]
         log.info("listening on http://%s:%s", _url_host(host), port)
         await signalled.wait()
