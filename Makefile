@@ -37,7 +37,16 @@ lock:
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 
-deps: $(STAMP) node_modules/.package-lock.json
+# chatsock-client (clients/js): its npm dependencies, then its build (tsc to dist/).
+JS_CLIENT := clients/js
+$(JS_CLIENT)/node_modules/.package-lock.json: $(JS_CLIENT)/package.json $(JS_CLIENT)/package-lock.json
+	cd $(JS_CLIENT) && npm ci --no-audit --no-fund --loglevel=error --ignore-scripts
+
+$(JS_CLIENT)/dist/index.js: $(JS_CLIENT)/node_modules/.package-lock.json $(JS_CLIENT)/tsconfig*.json $(wildcard $(JS_CLIENT)/src/*.ts $(JS_CLIENT)/test/components/*)
+	cd $(JS_CLIENT) && npm run --silent build && npm run --silent build:tests
+	touch $@
+
+deps: $(STAMP) node_modules/.package-lock.json $(JS_CLIENT)/dist/index.js
 
 run: deps
 	$(BIN)/chatsock serve
@@ -56,4 +65,4 @@ bench: deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) node_modules
+	rm -rf $(VENV) node_modules $(JS_CLIENT)/node_modules $(JS_CLIENT)/dist $(JS_CLIENT)/test-dist
