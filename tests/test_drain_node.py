@@ -66,7 +66,7 @@ async def test_sigterm_behind_nginx_loses_nothing_for_node_clients(
 ) -> None:
     common = {
         "REDIS_URL": private_redis_server.url,
-        "CHATSOCK_DEMO_TOKENS_PER_SECOND": "30",
+        "CHATSOCK_DEMO_TOKENS_PER_SECOND": "20",
         "CHATSOCK_LIMITS__MAX_STREAMS_PER_USER": "100",
         "CHATSOCK_SERVER__TRUSTED_PROXIES": '["127.0.0.1"]',
     }
@@ -113,7 +113,9 @@ async def test_sigterm_behind_nginx_loses_nothing_for_node_clients(
                 problems += check_follower(stream_id, view, start=1, must_end=True, tokens=tokens)
                 if not tab["drained"]:
                     problems.append(f"{stream_id}: no server_draining")
-                if not tab["resumes"] or not all(r["reply"].get("ok") for r in tab["resumes"]):
+                if not all(r["reply"].get("ok") for r in tab["resumes"]) or not (
+                    tab["resumes"] or tab["endedBeforeDrain"]
+                ):
                     problems.append(f"{stream_id}: resumes {tab['resumes']}")
                 terminal = view.terminals[0] if view.terminals else None
                 if terminal is None:

@@ -21,7 +21,11 @@ const tab = () => {
   for (const name of ["chat_token", "chat_complete", "chat_stream_error"]) {
     socket.on(name, (data) => state.events.push([name, data]));
   }
-  socket.on("server_draining", (data) => state.drained.push(data));
+  socket.on("server_draining", (data) => {
+    // A reply that ended before the hand-off has nothing to resume.
+    state.endedBeforeDrain = state.endedBeforeDrain ?? ended(state);
+    state.drained.push(data);
+  });
   socket.on("connect", async () => {
     state.connects += 1;
     if (state.connects === 1 || state.streamId === null) return;
@@ -46,7 +50,7 @@ setTimeout(() => {
 }, args.timeoutMs ?? 60000);
 
 const view = (s) => ({ streamId: s.streamId, ack: s.ack, events: s.events, drained: s.drained,
-  resumes: s.resumes, connects: s.connects });
+  resumes: s.resumes, connects: s.connects, endedBeforeDrain: s.endedBeforeDrain ?? false });
 
 await Promise.all(tabs.map(async (s) => {
   while (!s.socket.connected) await wait(5);
