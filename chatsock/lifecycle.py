@@ -7,9 +7,9 @@
 callers are told they lost. The one exception is `undelivered()`: text that
 could not be logged turns any end into STORE_UNAVAILABLE. The provider finishing is itself an end
 (`COMPLETE`), so a stop or a shutdown that arrives after the provider has
-finished changes nothing: the reply is complete and the stop is answered
-`stopped: false`. A stop before the task first runs ends the stream before
-it reads anything.
+finished (or has sent its finish reason: runner.py `_stop`) changes nothing:
+the reply is complete and the stop is answered `stopped: false`. A stop
+before the task first runs ends the stream before it reads anything.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from chatsock.signals import SignalBus
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, SessionInfo, StreamRecord, Terminal
 from chatsock.stream import ActiveStream, StreamHooks
-from chatsock.timing import READER_CLOSE_S, UPKEEP_S
+from chatsock.timing import END_POLL_S, READER_CLOSE_S, STOP_ACK_WAIT_S, UPKEEP_S
 
 __all__ = ["ActiveStream", "StreamHooks", "StreamRunner"]
 
@@ -363,7 +363,50 @@ class StreamRunner:
         """Stop a stream this worker owns. False when it is not running here or its
         end was already decided (the provider finished: the reply is complete)."""
         stream = self.streams.get(stream_id)
-        return stream is not None and self._end(stream, EndReason.STOPPED)
+        return stream is not None and self._stop(stream)
+
+    def _stop(self, stream: ActiveStream) -> bool:
+        """End `stream` as stopped, unless the provider already sent its finish
+        reason: then only the tail of its reply stream (usage, EOF) is left, and the
+        reply is complete, not stopped."""
+        if stream.finish_reason is not None:
+            self._end(stream, EndReason.COMPLETE)
+            return False
+        return self._end(stream, EndReason.STOPPED)
+
+    async def stop_for_ack(self, stream_id: str) -> bool:
+        """Stop a stream this worker owns and answer how it really ended: True only
+        when its recorded end (else the end it sent) is stopped. A stop decided here
+        can still end otherwise: the final flush could not be logged
+        (store_unavailable), or another worker took the stream for lost. Waits for
+        the end at most STOP_ACK_WAIT_S (it takes milliseconds unless the store is
+        failing); past that the decision stands."""
+        stream = self.streams.get(stream_id)
+        if stream is None or not self._stop(stream):
+            return False
+        await self._until_finished(stream, STOP_ACK_WAIT_S)
+        if self.streams.get(stream_id) is stream:
+            return stream.life.reason is EndReason.STOPPED  # still finishing
+        try:
+            terminal = await self._store.get_terminal(stream_id)
+        except StoreUnavailable:
+            terminal = None
+        if terminal is None and stream_id in self.ends.pending:
+            terminal = self.ends.pending[stream_id].terminal  # owed to the store
+        if terminal is None:
+            return stream.life.reason is EndReason.STOPPED
+        return terminal.status == "stopped"
+
+    async def _until_finished(self, stream: ActiveStream, within: float) -> None:
+        """Wait (at most `within`) until `stream` has sent its end and left the registry."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self.streams.get(stream.record.stream_id) is stream and loop.time() < deadline:
+            if stream.task is not None:
+                # asyncio.wait: cancelling this waiter never cancels the stream.
+                await asyncio.wait({stream.task}, timeout=deadline - loop.time())
+                return
+            await asyncio.sleep(END_POLL_S)  # stopped before its task was spawned
 
     def _end(
         self, stream: ActiveStream, reason: EndReason, failure: ChatsockError | None = None
@@ -412,7 +455,9 @@ class StreamRunner:
         A stream whose provider already finished ends as complete."""
         self._closing = True
         for stream in list(self.streams.values()):
-            self._end(stream, EndReason.SHUTDOWN)
+            # A provider that sent its finish reason gave the whole reply.
+            done = stream.finish_reason is not None
+            self._end(stream, EndReason.COMPLETE if done else EndReason.SHUTDOWN)
         if self._tasks:
             grace = self._settings.server.shutdown_grace_s
             # Most of the grace for ending well, the rest for the cancelled to unwind.
@@ -465,7 +510,7 @@ class StreamRunner:
     def _honour_stops(self, stopped: set[str]) -> None:
         for stream_id in stopped:
             stream = self.streams.get(stream_id)
-            if stream is not None and self._end(stream, EndReason.STOPPED):
+            if stream is not None and self._stop(stream):
                 log.info("stream %s: stop flag seen", stream_id)
 
     async def _reap_lapsed(self) -> None:

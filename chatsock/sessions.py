@@ -9,7 +9,7 @@ from typing import Any
 
 from chatsock import protocol
 from chatsock.ending import ended_elsewhere, owner_lost
-from chatsock.errors import no_session, no_stream, stream_lost
+from chatsock.errors import ChatsockError, no_session, no_stream, stream_lost
 from chatsock.fanout import Fanout, Listener
 from chatsock.identity import Identity
 from chatsock.protocol import Payload
@@ -20,6 +20,7 @@ from chatsock.store.models import Message, SessionInfo, StreamRecord, Terminal
 from chatsock.tailer import Tailers
 from chatsock.timing import (
     DELETE_WAIT_S,
+    END_WAIT_S,
     PRESENCE_REFRESH_S,
     PRESENCE_TTL_S,
     STOP_ACK_WAIT_S,
@@ -71,41 +72,62 @@ class SessionService:
         return record
 
     async def stop(self, stream_id: str, who: Identity) -> bool:
-        """Stop a stream; True when it ends as stopped because of this call (or is
-        still ending after it), False when its end was already decided (complete,
-        failed, or its owner died). Unknown ids, and other users' streams, are
-        `not_found`."""
+        """Stop a stream; True when it ended as stopped, False when its end was
+        decided otherwise (complete, failed, or its owner died) or already recorded.
+        The answer is the recorded end, never a guess. Unknown ids, and other users'
+        streams, are `not_found`; `store_unavailable` when a stream on another
+        worker recorded no end within END_WAIT_S (the stop stays requested)."""
         record = await self.stream(stream_id, who)
         if stream_id in self.runner.streams:
-            return await self.runner.stop(stream_id)
+            return await self.runner.stop_for_ack(stream_id)
         if record.status != "streaming":
             return False
-        if await owner_lost(self.store, record, local=False):
+        if await owner_lost(self.store, record, local=self.runner.owns(stream_id)):
             return False  # nobody runs it: it is recorded as worker_lost instead
-        # Owned by another worker: wait briefly for its end, so the answer says
-        # how it ended rather than what was asked.
+        # Owned by another worker: wait for its recorded end, so the answer says
+        # how it ended rather than what was asked. A stop that lands after the
+        # provider finished leaves the reply complete, and the answer says so.
         await self._stop_elsewhere(stream_id)
-        terminal = await self._stopped_elsewhere(stream_id)
-        return terminal is None or terminal.status == "stopped"
+        terminal = await self._stopped_elsewhere(record)
+        return terminal.status == "stopped"
 
-    async def _stopped_elsewhere(self, stream_id: str) -> Terminal | None:
-        """The end of a stream stopped on another worker (None after STOP_ACK_WAIT_S),
-        sending the stop signal again every STOP_SIGNAL_REPEAT_S meanwhile: an owner
-        whose listener was resubscribing (Redis just restarted) hears a repeat, rather
-        than find the stop flag at its next upkeep tick (up to UPKEEP_S later)."""
-        waiting = asyncio.ensure_future(ended_elsewhere(self.store, stream_id, STOP_ACK_WAIT_S))
+    async def _stopped_elsewhere(self, record: StreamRecord) -> Terminal:
+        """The recorded end of a stream stopped on another worker, waiting up to
+        END_WAIT_S (an owner under load may take seconds to flush, persist and
+        record it). Its owner records it; if its owner died meanwhile, it is
+        recorded here as worker_lost. For the first STOP_ACK_WAIT_S the stop signal
+        is repeated every STOP_SIGNAL_REPEAT_S: an owner whose listener was
+        resubscribing (Redis just restarted) hears a repeat, rather than find the
+        stop flag at its next upkeep tick (up to UPKEEP_S later)."""
+        stream_id = record.stream_id
+        loop = asyncio.get_running_loop()
+        repeat_until = loop.time() + STOP_ACK_WAIT_S
+        waiting = asyncio.ensure_future(
+            ended_elsewhere(self.store, stream_id, END_WAIT_S, until_owner_gone=True)
+        )
         try:
-            while True:
+            while self.bus is not None and loop.time() < repeat_until:
                 await asyncio.wait({waiting}, timeout=STOP_SIGNAL_REPEAT_S)
                 if waiting.done():
-                    return waiting.result()
-                if self.bus is not None:
-                    try:
-                        await self.bus.stop(stream_id)
-                    except StoreUnavailable:
-                        pass  # the flag is set; the owner's upkeep finds it
+                    break
+                try:
+                    await self.bus.stop(stream_id)
+                except StoreUnavailable:
+                    pass  # the flag is set; the owner's upkeep finds it
+            terminal = await waiting
         finally:
             waiting.cancel()
+        local = self.runner.owns(stream_id)
+        if terminal is None and await owner_lost(self.store, record, local=local):
+            terminal = await self.store.get_terminal(stream_id)
+        if terminal is None:
+            raise ChatsockError(
+                "store_unavailable",
+                f"the stop was sent, but the stream's end was not recorded within "
+                f"{END_WAIT_S:g}s; its end event says how it ended",
+                retryable=False,
+            )
+        return terminal
 
     async def _stop_elsewhere(self, stream_id: str) -> None:
         """Ask the worker that owns `stream_id` to stop it: a signal for speed, and

@@ -28,9 +28,11 @@ WRITES_AFTER_CLAIM: Final = 3
 END_WAIT_S: Final = 10.0
 END_POLL_S: Final = 0.02
 DELETE_WAIT_S: Final = 10.0
-# A chat_stop for a stream on another worker waits this long for its end, so
-# its ack can say whether it ended as stopped.
-STOP_ACK_WAIT_S: Final = 2.0  # a DELETE waits this long for a stopped stream's end
+# A local chat_stop waits this long for its stream's end (milliseconds unless the
+# store fails), and a stop sent to another worker repeats its signal this long;
+# a DELETE waits this long for a stopped stream's end. (A stop on another worker
+# waits up to END_WAIT_S for the recorded end its ack reports.)
+STOP_ACK_WAIT_S: Final = 2.0
 # Meanwhile the stop signal is sent again this often, so an owner whose listener
 # was resubscribing (Redis just restarted) hears it within the 100 ms promise.
 STOP_SIGNAL_REPEAT_S: Final = 0.025
