@@ -57,10 +57,6 @@ class Drain:
         self.reason: str | None = None
         self.handed_off = 0
 
-    @property
-    def draining(self) -> bool:
-        return self.reason is not None
-
     def begin(self) -> None:
         """Refuse new streams and say so on /readyz; idempotent."""
         if self.reason is None:
