@@ -35,7 +35,7 @@ from pydantic import Field, StringConstraints
 from chatsock import protocol
 from chatsock.config import Settings
 from chatsock.errors import ChatsockError
-from chatsock.fanout import Fanout, Listener
+from chatsock.fanout import Cursor, Fanout, Listener
 from chatsock.gate import Gate
 from chatsock.http_api import CLIENT_IP, IDENTITY, read_json
 from chatsock.identity import Identity
@@ -151,37 +151,72 @@ def _chunk(chunk: Payload) -> bytes:
     return b"data: %s\n\n" % orjson.dumps(chunk)
 
 
-def _text_id(message_id: str) -> str:
-    return f"{message_id}-text"
+# useChat shows reasoning as the AI SDK streams it (its `sendReasoning` default):
+# every reply is followed from its start, reasoning included.
+EVERYTHING = Cursor(reasoning=True)
 
 
 def start_chunks(record_ids: Payload) -> bytes:
-    """`start` (with chatsock's message id, so a resume replaces the same message)
-    and the text part's `text-start`."""
+    """`start`, with chatsock's message id, so a resume replaces the same message."""
     message_id = str(record_ids["message_id"])
     metadata = {"stream_id": record_ids["stream_id"], "session_id": record_ids["session_id"]}
-    return _chunk({"type": "start", "messageId": message_id, "messageMetadata": metadata}) + _chunk(
-        {"type": "text-start", "id": _text_id(message_id)}
-    )
+    return _chunk({"type": "start", "messageId": message_id, "messageMetadata": metadata})
 
 
-def event_chunks(event: str, payload: Payload, message_id: str) -> bytes:
-    """One chatsock stream event as UI message stream chunks (nothing for others)."""
-    text_id = _text_id(message_id)
-    if event == protocol.TOKEN:
-        return _chunk({"type": "text-delta", "id": text_id, "delta": payload["token"]})
-    if event == protocol.COMPLETE:
-        metadata = {
-            key: payload.get(key)
-            for key in ("stream_id", "stopped", "finish_reason", "provider", "model", "usage")
-        }
-        reason = FINISH_REASONS.get(str(payload.get("finish_reason")), "other")
-        finish = {"type": "finish", "finishReason": reason, "messageMetadata": metadata}
-        return _chunk({"type": "text-end", "id": text_id}) + _chunk(finish) + DONE
-    if event == protocol.STREAM_ERROR:
-        error = {"type": "error", "errorText": f"{payload['code']}: {payload['error']}"}
-        return _chunk({"type": "text-end", "id": text_id}) + _chunk(error) + DONE
-    return b""
+class Parts:
+    """The reply's parts as useChat builds them: a `reasoning` part while the model
+    reasons (the UI message stream's reasoning-start/-delta/-end), then its
+    `text` part, each opened by its first delta, so they appear in that order."""
+
+    def __init__(self, message_id: str) -> None:
+        self.text_id = f"{message_id}-text"
+        self.reasoning_id = f"{message_id}-reasoning"
+        self.text_open = False
+        self.reasoning_open = False
+
+    def _open_text(self) -> bytes:
+        if self.text_open:
+            return b""
+        self.text_open = True
+        return self._end_reasoning() + _chunk({"type": "text-start", "id": self.text_id})
+
+    def _end_reasoning(self) -> bytes:
+        if not self.reasoning_open:
+            return b""
+        self.reasoning_open = False
+        return _chunk({"type": "reasoning-end", "id": self.reasoning_id})
+
+    def chunks(self, event: str, payload: Payload) -> bytes:
+        """One chatsock stream event as UI message stream chunks (nothing for others)."""
+        if event == protocol.TOKEN:
+            delta = {"type": "text-delta", "id": self.text_id, "delta": payload["token"]}
+            return self._open_text() + _chunk(delta)
+        if event == protocol.REASONING:
+            opened = b""
+            if not self.reasoning_open:
+                self.reasoning_open = True
+                opened = _chunk({"type": "reasoning-start", "id": self.reasoning_id})
+            delta = {
+                "type": "reasoning-delta",
+                "id": self.reasoning_id,
+                "delta": payload["reasoning"],
+            }
+            return opened + _chunk(delta)
+        if event == protocol.COMPLETE:
+            metadata = {
+                key: payload.get(key)
+                for key in ("stream_id", "stopped", "finish_reason", "provider", "model", "usage")
+            }
+            reason = FINISH_REASONS.get(str(payload.get("finish_reason")), "other")
+            finish = {"type": "finish", "finishReason": reason, "messageMetadata": metadata}
+            return self._close() + _chunk(finish) + DONE
+        if event == protocol.STREAM_ERROR:
+            error = {"type": "error", "errorText": f"{payload['code']}: {payload['error']}"}
+            return self._close() + _chunk(error) + DONE
+        return b""
+
+    def _close(self) -> bytes:
+        return self._open_text() + _chunk({"type": "text-end", "id": self.text_id})
 
 
 class AiSdkChat:
@@ -221,7 +256,7 @@ class AiSdkChat:
         wanted = chat_request(body, raw, self.settings)
         self.gate.policy.check(wanted)
         await self.gate.may_start(who, request[CLIENT_IP] or None)
-        listener = Listener()
+        listener = Listener(EVERYTHING)
         repeated: list[bool] = []
         ack = await self.runner.start(wanted, body.id, who, repeated=lambda: repeated.append(True))
         # No await since start(): a new stream reaches the listener from its first event.
@@ -247,7 +282,7 @@ class AiSdkChat:
             # Seen by a worker whose useChat client left: do not stop, it is back.
             ttl = PRESENCE_TTL_S + math.ceil(self.grace_s)
             await self.store.mark_present(session_id, self.runner.worker_id, ttl)
-        listener = Listener()
+        listener = Listener(EVERYTHING)
         await self._replay(listener, record, who)
         ids = {
             "stream_id": record.stream_id,
@@ -258,7 +293,7 @@ class AiSdkChat:
 
     async def _replay(self, listener: Listener, record: StreamRecord, who: Identity) -> None:
         try:
-            await self.sessions.resume_listener(listener, record.stream_id, 0, who)
+            await self.sessions.resume_listener(listener, record.stream_id, EVERYTHING, who)
         except BaseException:
             self.fanout.detach(listener)
             raise
@@ -299,6 +334,7 @@ class AiSdkChat:
     ) -> None:
         """Write the listener's events as chunks until the terminal one."""
         queue = listener.queue
+        parts = Parts(message_id)
         loop = asyncio.get_running_loop()
         heartbeat_s = self.settings.http.sse_heartbeat_s
         next_ping = loop.time() + heartbeat_s
@@ -313,11 +349,11 @@ class AiSdkChat:
                     await self._write(request, response, KEEP_ALIVE)
                     next_ping = loop.time() + heartbeat_s
                 continue
-            chunks = [event_chunks(event, payload, message_id)]
+            chunks = [parts.chunks(event, payload)]
             done = event in TERMINAL_EVENTS
             while not done and not queue.empty():
                 event, payload = queue.get_nowait()
-                chunks.append(event_chunks(event, payload, message_id))
+                chunks.append(parts.chunks(event, payload))
                 done = event in TERMINAL_EVENTS
             await self._write(request, response, b"".join(chunks))
             if done:

@@ -174,6 +174,7 @@ def _session_closer(sio: socketio.AsyncServer) -> Callable[[str], Awaitable[None
         room = protocol.session_room(session_id)
         await sio.emit(protocol.SESSION_DELETED, protocol.session_deleted(session_id), room=room)
         await sio.close_room(room)
+        await sio.close_room(protocol.reasoning_room(session_id))
 
     return deleted
 

@@ -49,6 +49,8 @@ def _reply(stream: ActiveStream, status: MessageStatus, terminal: Terminal) -> M
         provider=stream.provider,
         model=stream.model,
         error_code=terminal.payload.get("code") if status == "error" else None,
+        reasoning="".join(stream.reasoning_parts) or None,
+        signed=[dict(block) for block in stream.signed] or None,
     )
 
 

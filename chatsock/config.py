@@ -213,6 +213,11 @@ class LimitsConfig(_Section):
         200_000, ge=1, description="Message plus history plus system prompt, in characters."
     )
     max_tokens: int = Field(4096, ge=1, description="The most output tokens a client may ask.")
+    max_thinking_budget: int = Field(
+        16000,
+        ge=0,
+        description="The largest `thinking_budget` (tokens) a client may ask; 0 = none.",
+    )
     allow_system_prompt: bool = True
     allow_client_history: bool = True
     max_streams_per_user: int = Field(3, ge=1)
@@ -344,6 +349,17 @@ class ProviderConfig(_Section):
     models: list[str] = Field(
         default_factory=list,
         description="Models a client may pick; [] = only `model`, ['*'] = any.",
+    )
+    thinking_budget: int | None = Field(
+        None,
+        ge=1024,
+        description="Anthropic extended thinking: the reasoning budget in tokens when a "
+        "request names none (the demo provider reasons too).",
+    )
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = Field(
+        None,
+        description="OpenAI reasoning models: the effort when a request names none "
+        "(the demo provider reasons too).",
     )
 
     def resolved_api_key(self) -> str | None:

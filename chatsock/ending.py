@@ -62,7 +62,7 @@ async def declare_lost(store: Store, record: StreamRecord) -> Terminal:
     claim = await claim_end(store, record.stream_id, claimant)
     if claim is Claim.UNREACHABLE:
         raise StoreUnavailable(f"stream {record.stream_id}: the store did not answer the claim")
-    partial = await logged_text(store, record.stream_id)
+    partial, reasoning = await logged_reply(store, record.stream_id)
     terminal = error_terminal(
         record,
         "worker_lost",
@@ -91,6 +91,7 @@ async def declare_lost(store: Store, record: StreamRecord) -> Terminal:
         provider=record.provider,
         model=record.model,
         error_code="worker_lost",
+        reasoning=reasoning or None,
     )
     try:
         await retrying(lambda: store.add_message(record.session_id, message))
@@ -100,10 +101,12 @@ async def declare_lost(store: Store, record: StreamRecord) -> Terminal:
     return terminal
 
 
-async def logged_text(store: Store, stream_id: str) -> str:
-    """The text of every flush in a stream's token log."""
+async def logged_reply(store: Store, stream_id: str) -> tuple[str, str]:
+    """The text and the reasoning of every flush in a stream's token log."""
     entries = await store.read_tokens(stream_id, 0)
-    return "".join(str(entry.payload.get("token", "")) for entry in entries)
+    text = "".join(str(entry.payload.get("token", "")) for entry in entries)
+    reasoning = "".join(str(entry.payload.get("reasoning", "")) for entry in entries)
+    return text, reasoning
 
 
 async def ended_elsewhere(

@@ -71,14 +71,18 @@ async def _read(stream: ActiveStream, max_chars: int, hooks: StreamHooks) -> Non
                         alive = True
                         if delta.text:
                             stream.take(delta.text, max_chars, hooks)
-                            if stream.buffered >= max_chars:
-                                # Backpressure: let the pump take a full buffer.
-                                stream.drained = loop.create_future()
-                                await stream.drained
+                        elif delta.reasoning:
+                            stream.take_reasoning(delta.reasoning, max_chars, hooks)
+                        if stream.buffered >= max_chars:
+                            # Backpressure: let the pump take a full buffer.
+                            stream.drained = loop.create_future()
+                            await stream.drained
                         if delta.finish_reason is not None:
                             stream.finish_reason = delta.finish_reason
                         if delta.usage is not None:
                             stream.usage = delta.usage
+                        if delta.signed:
+                            stream.signed = delta.signed
             return
         except TimeoutError:
             which = "idle" if alive else "first token"
@@ -86,10 +90,12 @@ async def _read(stream: ActiveStream, max_chars: int, hooks: StreamHooks) -> Non
             error: ProviderError = ProviderTimeout(
                 f"{provider.name}: no {which} within {limit:g}s",
                 provider=provider.name,
-                first_token=stream.count == 0,  # nothing shown yet: the next may answer
+                first_token=stream.count == 0,  # no text yet: the next may answer
             )
         except ProviderError as exc:
             error = exc
+        # Reasoning alone does not hold the chain: the next provider's reasoning
+        # follows what was shown, and its answer is the reply.
         if stream.count > 0 or not error.fails_over:
             raise error
         reasons.append(f"{provider.name}: {error.message}")

@@ -50,13 +50,45 @@ JOIN_LAG_S = 2.0
 
 
 class Listener:
-    """A direct follower of one stream (an SSE response): events land on `queue`."""
+    """A direct follower of one stream (an SSE response): events land on `queue`;
+    `reasoning`: it opted in to `chat_reasoning` events."""
 
-    def __init__(self) -> None:
+    def __init__(self, after: Cursor | None = None) -> None:
         self.queue: asyncio.Queue[tuple[str, Payload]] = asyncio.Queue()
+        self.reasoning = after is not None and after.reasoning
+        # Opted in: the last `chat_token` and `chat_reasoning` seqs it was sent
+        # (its SSE event ids name both).
+        self.marks = [after.after, after.after_reasoning] if self.reasoning and after else None
 
     async def send(self, event: str, payload: Payload) -> None:
         self.queue.put_nowait((event, payload))
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a follower resumes: after the `chat_token` seq `after` and, when it
+    opted in to reasoning, after the `chat_reasoning` seq `after_reasoning`.
+
+    Both kinds share one token log, whose position counts the entries of both.
+    A follower that gets reasoning has had a prefix of the log, so its position
+    is exactly the sum; one that does not has had at least `after` entries.
+    Either way `position` is where its catch-up may start reading, and `event`
+    picks what it is sent."""
+
+    after: int = 0
+    after_reasoning: int = 0
+    reasoning: bool = False
+
+    @property
+    def position(self) -> int:
+        return self.after + self.after_reasoning if self.reasoning else self.after
+
+    def event(self, entry: Payload) -> str | None:
+        """The event that sends this log entry to the follower; None: not for it."""
+        if protocol.is_reasoning(entry):
+            wanted = self.reasoning and entry["seq"] > self.after_reasoning
+            return protocol.REASONING if wanted else None
+        return protocol.TOKEN if entry["seq"] > self.after else None
 
 
 @dataclass(eq=False)
@@ -65,8 +97,11 @@ class Feed:
 
     stream_id: str
     session_id: str
-    last_seq: int = 0
+    last_seq: int = 0  # the position of the last log entry sent live
     terminal: Terminal | None = None
+    # The seqs of the last `chat_token` and `chat_reasoning` sent live.
+    text_seq: int = 0
+    reasoning_seq: int = 0
     catching_up: set[str] = field(default_factory=set)
     listeners: set[Listener] = field(default_factory=set)
     # Sockets that entered the room after the feed opened: the seq after which
@@ -84,6 +119,13 @@ class Feed:
     @property
     def room(self) -> str:
         return protocol.session_room(self.session_id)
+
+    def seqs_at(self, position: int) -> tuple[int, int]:
+        """The `chat_token` and `chat_reasoning` seqs at a log position the feed
+        passed: exact at its last, else a lower bound of each."""
+        if position >= self.last_seq:
+            return self.text_seq, self.reasoning_seq
+        return max(0, position - self.reasoning_seq), max(0, position - self.text_seq)
 
 
 def log_unavailable(stream_id: str, first: int, last: int | None = None) -> ChatsockError:
@@ -138,11 +180,16 @@ class Fanout:
     def _in_room(self, sid: str, session_id: str) -> bool:
         return protocol.session_room(session_id) in self._sio.rooms(sid)
 
-    def enter_room(self, sid: str, session_id: str) -> None:
-        """Put `sid` in the session's room. Synchronous on purpose: the streams
-        it now gets live start at the seq recorded here, in the same step."""
-        if self._in_room(sid, session_id) or not self._sio.manager.is_connected(sid, "/"):
+    def enter_room(self, sid: str, session_id: str, *, reasoning: bool = False) -> None:
+        """Put `sid` in the session's room (and its reasoning room, opted in).
+        Synchronous on purpose: the streams it now gets live start at the seq
+        recorded here, in the same step."""
+        if not self._sio.manager.is_connected(sid, "/"):
             return  # a socket that left while its request waited joins nothing
+        if reasoning:
+            self._sio.manager.basic_enter_room(sid, "/", protocol.reasoning_room(session_id))
+        if self._in_room(sid, session_id):
+            return
         self._sio.manager.basic_enter_room(sid, "/", protocol.session_room(session_id))
         for feed in self.feeds.values():
             if feed.session_id == session_id:
@@ -165,6 +212,21 @@ class Fanout:
             listener.queue.put_nowait((event, payload))
         skip = feed.catching_up | held if held else feed.catching_up
         await self._send_room(feed.room, event, payload, skip)
+
+    async def emit_entry(self, feed: Feed, seq: int, entry: Payload) -> None:
+        """Send the token-log entry at position `seq` to every live follower: a
+        `chat_token` to all, a `chat_reasoning` to those that opted in."""
+        feed.last_seq = seq
+        if not protocol.is_reasoning(entry):
+            feed.text_seq = entry["seq"]
+            await self.emit(feed, protocol.TOKEN, entry)
+            return
+        feed.reasoning_seq = entry["seq"]
+        for listener in feed.listeners:
+            if listener.reasoning:
+                listener.queue.put_nowait((protocol.REASONING, entry))
+        room = protocol.reasoning_room(feed.session_id)
+        await self._send_room(room, protocol.REASONING, entry, feed.catching_up)
 
     async def _send_room(
         self, room: str, event: str, payload: Payload, skip: AbstractSet[str]
@@ -228,11 +290,12 @@ class Fanout:
         return sum(len(f.listeners) for f in self.feeds.values() if f.session_id == session_id)
 
     # -- following ----------------------------------------------------------
-    async def join(self, sid: str, session_id: str) -> Payload | None:
+    async def join(self, sid: str, session_id: str, *, reasoning: bool = False) -> Payload | None:
         """Put `sid` in the session's room; return `{stream_id, seq}` of its active stream.
 
-        Tokens with seq greater than the returned `seq` reach `sid` live; the
-        same holds, unreported, for every other stream of the session.
+        Tokens with seq greater than the returned `seq` reach `sid` live (and,
+        opted in to reasoning, reasoning after `reasoning_seq`); the same holds,
+        unreported, for every other stream of the session.
         """
         before = [f for f in self.feeds.values() if f.session_id == session_id]
         active = await self._store.active_streams(session_id)
@@ -244,17 +307,19 @@ class Fanout:
         lagging = [f for f in before if f.stream_id not in running and not f.ended.is_set()]
         if lagging:
             await _ended(lagging, JOIN_LAG_S)
-        self.enter_room(sid, session_id)
+        self.enter_room(sid, session_id, reasoning=reasoning)
         feed = self.feeds.get(record.stream_id) if record else None
         if feed is None:
             # No live feed here (the caller starts a tailer for a stream running
             # elsewhere): its end went out before the socket entered the room. It
             # is over for this socket too; the caller reads the messages after this.
             return None
-        return protocol.active_stream_view(record, feed.live_since.get(sid, 0))
+        text_seq, reasoning_seq = feed.seqs_at(feed.live_since.get(sid, 0))
+        return protocol.active_stream_view(record, text_seq, reasoning_seq if reasoning else None)
 
-    async def resume_socket(self, sid: str, record: StreamRecord, after: int) -> str:
-        """Replay seq > after to `sid`, then keep it live in the room; return the status.
+    async def resume_socket(self, sid: str, record: StreamRecord, after: Cursor) -> str:
+        """Replay what follows `after` to `sid`, then keep it live in the room; return
+        the status.
 
         One resume per socket and stream runs at a time: overlapping replays
         to one socket would send tokens twice.
@@ -277,7 +342,7 @@ class Fanout:
             if not turn.users:
                 del self._turns[key]
 
-    async def _resume_socket(self, sid: str, record: StreamRecord, after: int) -> str:
+    async def _resume_socket(self, sid: str, record: StreamRecord, after: Cursor) -> str:
         feed = self.feeds.get(record.stream_id)
         if not self._sio.manager.is_connected(sid, "/"):
             return "streaming"  # it left meanwhile: nothing to send, nobody to answer
@@ -291,6 +356,7 @@ class Fanout:
             # Already live (e.g. after session_join): send only what it missed
             # before that; the live tokens keep flowing, none is sent twice. The
             # terminal waits for the catch-up (`Feed.backfilling`).
+            self.enter_room(sid, record.session_id, reasoning=after.reasoning)
             feed.backfilling.add(sid)
             try:
                 await self._backfill(sid, feed, after)
@@ -305,9 +371,9 @@ class Fanout:
         if feed is not None:
             feed.catching_up.add(sid)
         try:
-            self.enter_room(sid, record.session_id)
+            self.enter_room(sid, record.session_id, reasoning=after.reasoning)
             if feed is not None:
-                feed.live_since[sid] = after
+                feed.live_since[sid] = after.position
             send = self._to(sid)
             if feed is None:
                 terminal, status = await self._replay_ended(record, after, send)
@@ -330,9 +396,9 @@ class Fanout:
             if feed is not None:
                 feed.catching_up.discard(sid)
 
-    def _finish(self, feed: Feed, sid: str, after: int) -> None:
+    def _finish(self, feed: Feed, sid: str, after: Cursor) -> None:
         """`sid` got every token after `after` and the terminal event of `feed`."""
-        feed.live_since[sid] = after
+        feed.live_since[sid] = after.position
         feed.finished.add(sid)
         self._remember(feed)
 
@@ -342,16 +408,16 @@ class Fanout:
 
         return send
 
-    async def _backfill(self, sid: str, feed: Feed, after: int) -> None:
+    async def _backfill(self, sid: str, feed: Feed, after: Cursor) -> None:
         """Send `sid` the tokens after `after` it had not had when its live delivery began."""
         live_since = feed.live_since.get(sid, 0)
-        if after >= live_since:
+        if after.position >= live_since:
             return
         await self._send_log(feed.stream_id, after, self._to(sid), upto=live_since)
-        feed.live_since[sid] = after
+        feed.live_since[sid] = after.position
 
-    async def resume_listener(self, listener: Listener, record: StreamRecord, after: int) -> str:
-        """Replay seq > after into `listener`, then attach it to the live feed."""
+    async def resume_listener(self, listener: Listener, record: StreamRecord, after: Cursor) -> str:
+        """Replay what follows `after` into `listener`, then attach it to the live feed."""
         feed = self.feeds.get(record.stream_id)
         if feed is None:
             return (await self._replay_ended(record, after, listener.send))[1]
@@ -374,17 +440,22 @@ class Fanout:
             feed.listeners.discard(listener)
 
     async def _replay(
-        self, record: StreamRecord, after: int, send: Send, feed: Feed, attach: Callable[[], None]
+        self,
+        record: StreamRecord,
+        after: Cursor,
+        send: Send,
+        feed: Feed,
+        attach: Callable[[], None],
     ) -> str:
         """Send the log after `after`, until it has caught up with the live feed."""
-        last = after
+        last = after.position
         while True:
             # Only seqs already sent live: one logged but not yet emitted will
             # reach the follower live, once attached. Each was logged before it
             # was emitted, so the log must hold them all (else log_unavailable).
             target = feed.last_seq
             if last < target:
-                last = await self._send_log(record.stream_id, last, send, upto=target)
+                last = await self._send_log(record.stream_id, after, send, upto=target, start=last)
             # No await from here to attach: no live token can slip in between.
             if feed.last_seq <= last:
                 if feed.terminal is None:
@@ -394,7 +465,7 @@ class Fanout:
                 return feed.terminal.status
 
     async def _replay_ended(
-        self, record: StreamRecord, after: int, send: Send
+        self, record: StreamRecord, after: Cursor, send: Send
     ) -> tuple[Terminal | None, str]:
         """The stream is not live on this worker: send its log and its end."""
         terminal = await self._store.get_terminal(record.stream_id)
@@ -408,24 +479,32 @@ class Fanout:
         if terminal is None:
             return None, "streaming"
         # The end's text is the whole log's: from 0, anything shorter lost entries.
-        if after == 0 and not "".join(texts).startswith(_text(terminal)):
+        if after.after == 0 and not "".join(texts).startswith(_text(terminal)):
             raise log_unavailable(record.stream_id, last + 1)
         await send(terminal.event, terminal.payload)
         return terminal, terminal.status
 
     async def _send_log(
-        self, stream_id: str, after: int, send: Send, upto: int | None = None
+        self,
+        stream_id: str,
+        after: Cursor,
+        send: Send,
+        upto: int | None = None,
+        start: int | None = None,
     ) -> int:
-        """Send the logged tokens after `after` (through `upto`), a page per read;
-        return the last seq sent. Raise `log_unavailable` at the first gap."""
-        last = after
+        """Send the logged entries `after` wants, from position `start` (default:
+        its position) through `upto`, a page per read; return the last position
+        read. Raise `log_unavailable` at the first gap."""
+        last = after.position if start is None else start
         while upto is None or last < upto:
             want = LOG_PAGE if upto is None else min(LOG_PAGE, upto - last)
             page = await self._store.read_tokens(stream_id, last, want)
             for entry in page:
                 if entry.seq != last + 1:
                     raise log_unavailable(stream_id, last + 1, entry.seq - 1)
-                await send(protocol.TOKEN, entry.payload)
+                event = after.event(entry.payload)
+                if event is not None:
+                    await send(event, entry.payload)
                 last = entry.seq
             if len(page) < want:
                 break

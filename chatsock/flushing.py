@@ -1,6 +1,8 @@
 """Flushing streams' text: many streams per token-log round trip, then the emits.
 
-A flush takes a stream's buffered deltas as one `chat_token` at the next seq.
+A flush takes a stream's buffered deltas as one `chat_token` at the next seq
+(and its buffered reasoning, if any, as one `chat_reasoning` before it: each is
+an entry of the token log, at consecutive positions).
 The flush clock's tick (flush_clock.py) flushes every dirty stream at once:
 their appends go to the store together (`Store.append_many`, one pipelined
 round trip on Redis), and each is emitted only once it is logged, so a resume
@@ -37,11 +39,21 @@ class Taken(Exception):
 
 
 @dataclass(slots=True)
-class _Flush:
-    stream: ActiveStream
-    seq: int
-    text: str
+class _Entry:
+    """One token-log entry of a flush: a `chat_token` or a `chat_reasoning`."""
+
+    seq: int  # its position in the stream's log
     payload: Payload
+    text: str
+    reasoning: bool
+
+
+@dataclass(slots=True)
+class _Flush:
+    """What one flush of a stream logs: its reasoning, then its text (either may be absent)."""
+
+    stream: ActiveStream
+    entries: list[_Entry]
 
 
 class Flusher:
@@ -74,7 +86,7 @@ class Flusher:
         for stream in batch:
             stream.dirty = False
             # A stream whose end is decided keeps its text for its final flush.
-            if stream.buffer and stream.life.streaming:
+            if stream.pending and stream.life.streaming:
                 flushes.append(_take(stream))
         if not flushes:
             return
@@ -107,25 +119,26 @@ class Flusher:
             for flush in flushes:
                 self._undelivered(flush.stream, lost)
             return
-        for flush, ok in zip(flushes, appended, strict=True):
+        answers = iter(appended)
+        for flush in flushes:
             stream = flush.stream
-            if ok is Appended.LOST:
-                self._lost(stream)
-                continue
-            if not ok:
-                log.warning(
-                    "stream %s: taken for lost by another worker; relaying",
-                    stream.record.stream_id,
-                )
-                stream.buffer.clear()
-                self._end(stream, EndReason.TAKEN, None)
-                continue
+            oks = [next(answers) for _ in flush.entries]
             try:
-                await self._deliver(flush)
+                refused = await self._deliver(flush, oks)
             except Exception as exc:
                 log.exception("stream %s: flush failed", stream.record.stream_id)
                 failure = ChatsockError("internal", f"streaming failed: {type(exc).__name__}")
                 self._end(stream, EndReason.INTERNAL, failure)
+                continue
+            if refused is Appended.LOST:
+                self._lost(stream)
+            elif refused is Appended.TAKEN:
+                log.warning(
+                    "stream %s: taken for lost by another worker; relaying",
+                    stream.record.stream_id,
+                )
+                stream.discard()
+                self._end(stream, EndReason.TAKEN, None)
 
     async def settled(self, stream: ActiveStream) -> None:
         """Wait until no tick is flushing `stream` (never cancels the shared tick)."""
@@ -143,12 +156,10 @@ class Flusher:
         if flush is None:
             return
         try:
-            (appended,) = await self._append([flush])
+            appended = await self._append([flush])
         except StoreUnavailable:
             return
-        if appended is Appended.OK:
-            await self._deliver(flush)
-        elif appended is Appended.LOST:
+        if await self._deliver(flush, appended) is Appended.LOST:
             self._lost(stream)
 
     def _lost(self, stream: ActiveStream) -> None:
@@ -160,7 +171,7 @@ class Flusher:
             stream.record.stream_id,
         )
         stream.life.undelivered(stream_lost(stream.record.stream_id))
-        stream.buffer.clear()
+        stream.discard()
         if stream.reader is not None:
             stream.reader.cancel()
         stream.wake()
@@ -168,53 +179,80 @@ class Flusher:
     async def final(self, stream: ActiveStream) -> None:
         """Flush what `stream` holds after its end was claimed; Taken if refused."""
         await self.settled(stream)
-        if not stream.buffer:
+        if not stream.pending:
             return
         flush = _take(stream)
-        (appended,) = await self._append([flush])
-        if appended is Appended.LOST:
+        refused = await self._deliver(flush, await self._append([flush]))
+        if refused is Appended.LOST:
             self._lost(stream)
-            return
-        if not appended:
+        elif refused is Appended.TAKEN:
             raise Taken(stream.record.stream_id)
-        await self._deliver(flush)
 
     async def _append(self, flushes: list[_Flush]) -> list[Appended]:
         # Logged before it is sent, so a resume can never skip ahead. Refused once
         # another worker has taken the stream for lost: nothing goes past its partial.
         # Refused too when the log is not the stream's epoch's (the store lost it).
-        # Idempotent by seq, so the whole batch may be retried.
+        # Idempotent by seq, so the whole batch may be retried. One answer per entry.
         appends = [
             TokenAppend(
-                f.stream.record.stream_id, f.seq, f.payload, self._worker_id, f.stream.record.epoch
+                f.stream.record.stream_id, e.seq, e.payload, self._worker_id, f.stream.record.epoch
             )
             for f in flushes
+            for e in f.entries
         ]
         return await retrying(lambda: self._store.append_many(appends))
 
-    async def _deliver(self, flush: _Flush) -> None:
+    async def _deliver(self, flush: _Flush, appended: list[Appended]) -> Appended:
+        """Send the flush's entries the store logged, in order, up to the first it
+        refused; return that refusal (OK when all were logged)."""
         stream = flush.stream
-        if stream.feed.terminal is not None:
-            # Its end went out while this tick was in flight (a stream hard-cancelled
-            # at shutdown, waiting on a stalled store): nothing may follow a terminal,
-            # and the partial it carried is what the followers hold.
-            return
-        stream.seq = flush.seq
-        stream.parts.append(flush.text)
-        await self._fanout.emit(stream.feed, protocol.TOKEN, flush.payload, flush.seq)
-        if self.hooks.on_flush:
-            self.hooks.on_flush(flush.seq)
+        for entry, ok in zip(flush.entries, appended, strict=True):
+            if ok is not Appended.OK:
+                return ok
+            if stream.feed.terminal is not None:
+                # Its end went out while this tick was in flight (a stream hard-cancelled
+                # at shutdown, waiting on a stalled store): nothing may follow a terminal,
+                # and the partial it carried is what the followers hold.
+                return Appended.OK
+            stream.seq = entry.seq
+            if entry.reasoning:
+                stream.reasoning_seq += 1
+                stream.reasoning_parts.append(entry.text)
+            else:
+                stream.text_seq += 1
+                stream.parts.append(entry.text)
+            await self._fanout.emit_entry(stream.feed, entry.seq, entry.payload)
+            if self.hooks.on_flush:
+                self.hooks.on_flush(entry.seq)
+        return Appended.OK
+
+
+def _joined(parts: list[str]) -> str:
+    text = "".join(parts) if len(parts) > 1 else parts[0]
+    parts.clear()
+    return text
 
 
 def _take(stream: ActiveStream) -> _Flush:
-    """The stream's buffered deltas as its next `chat_token` (the buffer is emptied)."""
-    text = "".join(stream.buffer) if len(stream.buffer) > 1 else stream.buffer[0]
-    stream.buffer.clear()
+    """The stream's buffered deltas as its next log entries (the buffers are emptied):
+    a `chat_reasoning` first if it reasoned, then a `chat_token` if it wrote."""
     stream.buffered = 0
     if stream.drained is not None:
         resolve(stream.drained)
         stream.drained = None
-    seq = stream.seq + 1
     record = stream.record
-    payload = protocol.token(record.stream_id, record.session_id, seq, text, stream.count)
-    return _Flush(stream, seq, text, payload)
+    entries: list[_Entry] = []
+    seq = stream.seq
+    if stream.rbuffer:
+        text = _joined(stream.rbuffer)
+        seq += 1
+        rseq = stream.reasoning_seq + 1
+        payload = protocol.reasoning(record.stream_id, record.session_id, rseq, text)
+        entries.append(_Entry(seq, payload, text, True))
+    if stream.buffer:
+        text = _joined(stream.buffer)
+        seq += 1
+        tseq = stream.text_seq + 1
+        payload = protocol.token(record.stream_id, record.session_id, tseq, text, stream.count)
+        entries.append(_Entry(seq, payload, text, False))
+    return _Flush(stream, entries)

@@ -19,7 +19,7 @@ from chatsock import jsoncodec, protocol
 from chatsock.config import Settings
 from chatsock.cors import allow_origins
 from chatsock.errors import ChatsockError
-from chatsock.fanout import Fanout, Listener
+from chatsock.fanout import Cursor, Fanout, Listener
 from chatsock.gate import Gate
 from chatsock.identity import AuthError, Identity
 from chatsock.ids import new_id
@@ -194,13 +194,28 @@ def _non_negative(name: str, value: str, maximum: int = MAX_SEQ) -> int:
     return int(text)
 
 
-def resume_point(request: web.Request) -> int:
-    """Where a resume starts: `Last-Event-ID` (EventSource reconnects) wins over `?after`."""
+def event_id(header: str, reasoning: bool) -> Cursor:
+    """A `Last-Event-ID`: `<seq>`, or `<seq>.<reasoning seq>` as the SSE ids of a
+    client that opted in to reasoning read (a client that did not keeps `<seq>`)."""
+    text, dot, rest = header.strip().partition(".")
+    after = _non_negative("Last-Event-ID", text)
+    after_reasoning = _non_negative("Last-Event-ID", rest) if dot else 0
+    return Cursor(after, after_reasoning if reasoning else 0, reasoning)
+
+
+def resume_point(request: web.Request, reasoning: bool = False) -> Cursor:
+    """Where a resume starts: `Last-Event-ID` (EventSource reconnects) wins over
+    `?after` (and `?after_reasoning`)."""
     header = request.headers.get("Last-Event-ID", "")
     if header.strip():
-        return _non_negative("Last-Event-ID", header)
+        return event_id(header, reasoning)
     after = request.query.get("after")
-    return 0 if after is None else _non_negative("after", after)
+    after_reasoning = request.query.get("after_reasoning") if reasoning else None
+    return Cursor(
+        0 if after is None else _non_negative("after", after),
+        0 if after_reasoning is None else _non_negative("after_reasoning", after_reasoning),
+        reasoning,
+    )
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -296,8 +311,8 @@ class HttpApi:
         session_id = body.session_id or new_id("ses")
         # Read before the start, so a bad header starts nothing.
         last_id = request.headers.get("Last-Event-ID", "").strip()
-        after = _non_negative("Last-Event-ID", last_id) if last_id else 0
-        listener = Listener()
+        after = event_id(last_id, body.reasoning) if last_id else Cursor(reasoning=body.reasoning)
+        listener = Listener(after)
         repeated: list[bool] = []
         ack = await self.runner.start(body, session_id, who, repeated=lambda: repeated.append(True))
         stream_id = ack["stream_id"]
@@ -321,16 +336,17 @@ class HttpApi:
 
     async def follow_stream(self, request: web.Request) -> web.StreamResponse:
         """`GET /api/chat/stream/{stream_id}`: replay after a seq, then follow live (SSE)."""
-        asked = {"stream_id": request.match_info["stream_id"], "after": resume_point(request)}
+        after = resume_point(request, _flag(request, "reasoning"))
+        asked: dict[str, object] = {"stream_id": request.match_info["stream_id"]}
         if "epoch" in request.query:
             asked["epoch"] = request.query["epoch"]
         resume = parse(ResumeRequest, asked)
         who = request[IDENTITY]
         record = await self.sessions.stream(resume.stream_id, who)
-        listener = Listener()
+        listener = Listener(after)
         try:
             await self.sessions.resume_listener(
-                listener, resume.stream_id, resume.after, who, resume.epoch
+                listener, resume.stream_id, after, who, resume.epoch
             )
         except BaseException:
             self.fanout.detach(listener)
@@ -385,7 +401,8 @@ class HttpApi:
         messages = await self.store.get_messages(session_id)
         active = await self.store.active_streams(session_id)
         view = protocol.active_stream_view(active[0] if active else None)
-        return json_response(protocol.session_view(info, messages, view))
+        reasoning = _flag(request, "reasoning")
+        return json_response(protocol.session_view(info, messages, view, reasoning=reasoning))
 
     async def delete_session(self, request: web.Request) -> web.StreamResponse:
         """`DELETE /api/chat/sessions/{id}`: stop its streams, delete it."""
@@ -475,10 +492,11 @@ class HttpApi:
         headers: dict[str, str],
     ) -> web.StreamResponse:
         finished = False
+        reasoning: list[str] | None = [] if listener.reasoning else None
         self.metrics.sse_followers.inc()
         try:
             event, payload = await wait_terminal(
-                request, listener, watch_disconnect=self.stop_on_disconnect
+                request, listener, watch_disconnect=self.stop_on_disconnect, reasoning=reasoning
             )
             finished = True
         except ClientGone:
@@ -487,6 +505,8 @@ class HttpApi:
         finally:
             await self._leave(listener, session_id, finished)
         if event == protocol.COMPLETE:
+            if reasoning is not None:  # opted in: the reasoning, apart from the text
+                payload = {**payload, "reasoning": "".join(reasoning)}
             response = json_response(payload)
         else:
             status = STATUS_BY_CODE.get(payload["code"], 500)

@@ -11,6 +11,7 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 
 from chatsock import protocol
 from chatsock.errors import ChatsockError
+from chatsock.fanout import Cursor
 from chatsock.gate import Gate
 from chatsock.identity import AuthError, Identity
 from chatsock.ids import new_id
@@ -169,7 +170,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             def admit() -> None:
                 # Only an accepted request joins the room, and it joins before the
                 # stream's first event can be sent (the runner calls this first).
-                self.sessions.fanout.enter_room(sid, session_id)
+                self.sessions.fanout.enter_room(sid, session_id, reasoning=request.reasoning)
 
             return await self.runner.start(request, session_id, who, admit=admit)
 
@@ -187,10 +188,12 @@ class ChatNamespace(socketio.AsyncNamespace):
         async def work() -> protocol.Payload:
             who = self._who(sid)
             request = parse(JoinRequest, data)
-            messages, active = await self.sessions.join(sid, request.session_id, who)
+            messages, active = await self.sessions.join(
+                sid, request.session_id, who, reasoning=request.reasoning
+            )
             return protocol.ack_ok(
                 session_id=request.session_id,
-                messages=[protocol.message_view(m) for m in messages],
+                messages=[protocol.message_view(m, reasoning=request.reasoning) for m in messages],
                 active_stream=active,
             )
 
@@ -200,8 +203,9 @@ class ChatNamespace(socketio.AsyncNamespace):
         async def work() -> protocol.Payload:
             who = self._who(sid)
             request = parse(ResumeRequest, data)
+            after = Cursor(request.after, request.after_reasoning, request.reasoning)
             status = await self.sessions.resume_socket(
-                sid, request.stream_id, request.after, who, request.epoch
+                sid, request.stream_id, after, who, request.epoch
             )
             return protocol.ack_ok(status=status)
 

@@ -36,6 +36,8 @@ def outcome(stream: ActiveStream, text: str) -> tuple[MessageStatus, Terminal]:
             model=stream.model,
             usage=protocol.usage(usage.input_tokens, usage.output_tokens) if usage else None,
             persist_failed=False,
+            reasoning_chars=sum(map(len, stream.reasoning_parts)),
+            reasoning_ms=stream.reasoning_ms(),
         )
         status: MessageStatus = "stopped" if stopped else "complete"
         return status, Terminal(status, protocol.COMPLETE, payload)

@@ -57,6 +57,12 @@ class ClientPolicy:
                 f"max_tokens: at most {limits.max_tokens} allowed (limits.max_tokens), "
                 f"got {request.max_tokens}"
             )
+        budget = request.thinking_budget
+        if budget is not None and budget > limits.max_thinking_budget:
+            raise _refuse(
+                f"thinking_budget: at most {limits.max_thinking_budget} allowed "
+                f"(limits.max_thinking_budget), got {budget}"
+            )
         total = prompt_chars(request)
         if total > limits.max_prompt_chars:
             raise _refuse(

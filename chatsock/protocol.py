@@ -21,6 +21,8 @@ CHAT_RESUME: Final = "chat_resume"
 # Server -> session room events.
 STREAM_START: Final = "chat_stream_start"
 TOKEN: Final = "chat_token"
+# Only to clients that opted in (`reasoning: true`): the model's reasoning.
+REASONING: Final = "chat_reasoning"
 COMPLETE: Final = "chat_complete"
 STREAM_ERROR: Final = "chat_stream_error"
 SESSION_DELETED: Final = "session_deleted"
@@ -48,6 +50,15 @@ def session_room(session_id: str) -> str:
 def session_of_room(room: str) -> str | None:
     """The session id of a session room; None for any other room."""
     return room[len(ROOM_PREFIX) :] if room.startswith(ROOM_PREFIX) else None
+
+
+REASONING_ROOM_PREFIX: Final = "reasoning:"
+
+
+def reasoning_room(session_id: str) -> str:
+    """The room of a session's members that opted in to its reasoning (a subset of
+    its session room: they get `chat_reasoning` besides everything else)."""
+    return REASONING_ROOM_PREFIX + session_id
 
 
 # -- acks ------------------------------------------------------------------
@@ -134,6 +145,17 @@ def token(stream_id: str, session_id: str, seq: int, text: str, count: int) -> P
     }
 
 
+def reasoning(stream_id: str, session_id: str, seq: int, text: str) -> Payload:
+    """One coalesced flush of reasoning. `seq` counts reasoning flushes alone, so the
+    text's `chat_token` seqs stay contiguous for clients that never see these."""
+    return {"stream_id": stream_id, "session_id": session_id, "seq": seq, "reasoning": text}
+
+
+def is_reasoning(entry: Payload) -> bool:
+    """Whether a token-log entry is a `chat_reasoning` payload (else `chat_token`)."""
+    return "reasoning" in entry
+
+
 def complete(
     *,
     stream_id: str,
@@ -148,12 +170,14 @@ def complete(
     model: str | None,
     usage: Payload | None,
     persist_failed: bool,
+    reasoning_chars: int = 0,
+    reasoning_ms: int = 0,
 ) -> Payload:
     # Tokens as the provider counted them when it reported usage; else the
     # provider's text deltas, which are often but not always one token each.
     output_tokens = usage.get("output_tokens") if usage else None
     counted = output_tokens if isinstance(output_tokens, int) else deltas
-    return {
+    payload: Payload = {
         "stream_id": stream_id,
         "session_id": session_id,
         "message_id": message_id,
@@ -171,6 +195,10 @@ def complete(
         "persist_failed": persist_failed,
         "timestamp": now_iso(),
     }
+    if reasoning_chars:  # a reply without reasoning reads as it always did
+        payload["reasoning_chars"] = reasoning_chars
+        payload["reasoning_ms"] = reasoning_ms
+    return payload
 
 
 def stream_error(
@@ -197,18 +225,31 @@ def usage(input_tokens: int | None, output_tokens: int | None) -> Payload:
 
 
 # -- views of stored things ------------------------------------------------
-def message_view(message: Message) -> Payload:
-    return message.to_dict()
+def message_view(message: Message, *, reasoning: bool = False) -> Payload:
+    """A stored message as clients see it: never the provider's signed reasoning
+    blocks; the reasoning text only for a client that opted in."""
+    view = message.to_dict()
+    view.pop("signed", None)
+    if not reasoning:
+        view.pop("reasoning", None)
+    return view
 
 
-def active_stream_view(record: StreamRecord | None, seq: int | None = None) -> Payload | None:
+def active_stream_view(
+    record: StreamRecord | None, seq: int | None = None, reasoning_seq: int | None = None
+) -> Payload | None:
+    """`seq`: the last `chat_token` seq sent before the follower's live delivery
+    began; `reasoning_seq` likewise for `chat_reasoning`, to a client that opted in."""
     if record is None:
         return None
-    return {
+    view: Payload = {
         "stream_id": record.stream_id,
         "seq": record.last_seq if seq is None else seq,
         "epoch": record.epoch,
     }
+    if reasoning_seq is not None:
+        view["reasoning_seq"] = reasoning_seq
+    return view
 
 
 def stream_summary(record: StreamRecord) -> Payload:
@@ -233,11 +274,13 @@ def session_summary(info: SessionInfo, message_count: int) -> Payload:
     }
 
 
-def session_view(info: SessionInfo, messages: list[Message], active: Payload | None) -> Payload:
+def session_view(
+    info: SessionInfo, messages: list[Message], active: Payload | None, *, reasoning: bool = False
+) -> Payload:
     return {
         "session_id": info.session_id,
         "created_at": info.created_at,
-        "messages": [message_view(m) for m in messages],
+        "messages": [message_view(m, reasoning=reasoning) for m in messages],
         "active_stream": active,
     }
 

@@ -39,6 +39,12 @@ class ChatStreamRequest(_Request):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     client_message_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    # Reasoning: `reasoning` opts this client in to the model's reasoning
+    # (`chat_reasoning` events); `thinking_budget` (Anthropic, tokens) and
+    # `reasoning_effort` (OpenAI) ask the model to reason, within the policy.
+    reasoning: bool = False
+    thinking_budget: Annotated[int, Field(ge=1024, le=1_000_000)] | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
 
 
 class StopRequest(_Request):
@@ -47,6 +53,7 @@ class StopRequest(_Request):
 
 class JoinRequest(_Request):
     session_id: SessionId
+    reasoning: bool = False  # also follow the session's reasoning (`chat_reasoning`)
 
 
 class ResumeRequest(_Request):
@@ -55,6 +62,9 @@ class ResumeRequest(_Request):
     # The stream's epoch as the client got it (chat_stream's ack, session_join):
     # a resume across a loss of the stream's log is told `stream_lost`.
     epoch: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    # Opted in to reasoning: also replay `chat_reasoning` with seq > after_reasoning.
+    reasoning: bool = False
+    after_reasoning: Annotated[int, Field(ge=0, le=MAX_SEQ)] = 0
 
 
 R = TypeVar("R", bound=_Request)

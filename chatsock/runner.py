@@ -194,6 +194,8 @@ class StreamRunner:
                 temperature=request.temperature,
                 # Never unbounded: the client's (at most the cap), else the cap.
                 max_tokens=request.max_tokens or self.limits.max_tokens,
+                reasoning_effort=request.reasoning_effort,
+                thinking_budget=request.thinking_budget,
             ),
             chain=chain,
             feed=self._fanout.open(stream_id, session_id),
@@ -287,7 +289,10 @@ class StreamRunner:
         if not stored:
             return []
         messages = await self._store.get_messages(session_id)
-        usable = [ChatMessage(m.role, m.content) for m in messages if m.content]
+        # An assistant turn goes back with its provider's signed reasoning blocks.
+        usable = [
+            ChatMessage(m.role, m.content, tuple(m.signed or ())) for m in messages if m.content
+        ]
         if not limit:
             return []
         # The stored history is bounded like a client's: what is left of the
@@ -428,7 +433,7 @@ class StreamRunner:
                 "store_unavailable", "the store is unavailable; retry shortly", retryable=True
             )
         )
-        stream.buffer.clear()
+        stream.discard()
         if stream.reader is not None:
             stream.reader.cancel()
         stream.wake()
@@ -582,8 +587,8 @@ class StreamRunner:
                 # Hard-cancelled at shutdown mid-finish: the followers still get the
                 # end, and what the store owes is kept for the last retry. Text still
                 # buffered was never sent: the reply is not complete.
-                if stream.buffer:
-                    stream.buffer.clear()
+                if stream.pending:
+                    stream.discard()
                     stream.life.undelivered(
                         ChatsockError(
                             "server_shutdown",
@@ -631,9 +636,9 @@ class StreamRunner:
         await self.flusher.settled(stream)  # a tick's flush completes first, as it was sent
         claim = await claim_end(self._store, stream.record.stream_id, self.worker_id)
         if claim is Claim.TAKEN:
-            stream.buffer.clear()  # the recorded partial is what the log holds
+            stream.discard()  # the recorded partial is what the log holds
             return await self.ends.relay(stream)
-        if stream.buffer and stream.life.reason is not EndReason.STORE_UNAVAILABLE:
+        if stream.pending and stream.life.reason is not EndReason.STORE_UNAVAILABLE:
             try:
                 await self.flusher.final(stream)
             except StoreUnavailable as exc:
@@ -641,5 +646,5 @@ class StreamRunner:
                 self._undelivered(stream, exc)
             except Exception:
                 log.exception("stream %s: final flush failed", stream.record.stream_id)
-                stream.buffer.clear()
+                stream.discard()
         return await self.ends.record(stream, claim)

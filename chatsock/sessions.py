@@ -10,7 +10,7 @@ from typing import Any
 from chatsock import protocol
 from chatsock.ending import ended_elsewhere, owner_lost
 from chatsock.errors import ChatsockError, no_session, no_stream, stream_lost
-from chatsock.fanout import Fanout, Listener
+from chatsock.fanout import Cursor, Fanout, Listener
 from chatsock.identity import Identity
 from chatsock.protocol import Payload
 from chatsock.runner import StreamRunner
@@ -154,7 +154,7 @@ class SessionService:
         return record
 
     async def join(
-        self, sid: str, session_id: str, who: Identity
+        self, sid: str, session_id: str, who: Identity, *, reasoning: bool = False
     ) -> tuple[list[Message], Payload | None]:
         """session_join: the messages, and the active stream this sid now follows.
         The sid joins the room only once `who` is known to own the session."""
@@ -162,29 +162,29 @@ class SessionService:
         await self._present(session_id)
         for record in await self.store.active_streams(session_id):
             await self._follow_elsewhere(record)
-        active = await self.fanout.join(sid, session_id)
+        active = await self.fanout.join(sid, session_id, reasoning=reasoning)
         # After the join (and any worker_lost record): a stream that ended while the
         # socket joined is reported inactive, so its reply must be in these messages.
         messages = await self.store.get_messages(session_id)
         return messages, active
 
     async def resume_socket(
-        self, sid: str, stream_id: str, after: int, who: Identity, epoch: str | None = None
+        self, sid: str, stream_id: str, after: Cursor, who: Identity, epoch: str | None = None
     ) -> str:
         """chat_resume; `stream_lost` when the store lost what the client had (see
         `_follow`)."""
-        record = await self._follow(stream_id, who, after, epoch)
+        record = await self._follow(stream_id, who, after.position, epoch)
         return await self.fanout.resume_socket(sid, record, after)
 
     async def resume_listener(
         self,
         listener: Listener,
         stream_id: str,
-        after: int,
+        after: Cursor,
         who: Identity,
         epoch: str | None = None,
     ) -> str:
-        record = await self._follow(stream_id, who, after, epoch)
+        record = await self._follow(stream_id, who, after.position, epoch)
         return await self.fanout.resume_listener(listener, record, after)
 
     async def _follow(

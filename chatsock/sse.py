@@ -36,9 +36,17 @@ SSE_HEADERS: Final = {
 DISCONNECT_POLL_S: Final = 0.2
 
 
-def encode_event(event: str, payload: Payload) -> bytes:
-    """One SSE event; `chat_token` carries `id: <seq>` for Last-Event-ID resumes."""
+def encode_event(event: str, payload: Payload, marks: list[int] | None = None) -> bytes:
+    """One SSE event; `chat_token` carries `id: <seq>` for Last-Event-ID resumes.
+
+    For a client that opted in to reasoning, `marks` holds the last `chat_token`
+    and `chat_reasoning` seqs it was sent, and both events carry
+    `id: <token seq>.<reasoning seq>`, so a resume names where it is in each."""
     data = orjson.dumps(payload)
+    if marks is not None and (event == protocol.TOKEN or event == protocol.REASONING):
+        marks[event == protocol.REASONING] = payload["seq"]
+        head = b"id: %d.%d\nevent: %s\ndata: %s\n\n"
+        return head % (marks[0], marks[1], event.encode(), data)
     if event == protocol.TOKEN:
         return b"id: %d\nevent: %s\ndata: %s\n\n" % (payload["seq"], event.encode(), data)
     return b"event: %s\ndata: %s\n\n" % (event.encode(), data)
@@ -86,6 +94,7 @@ async def write_events(
     write waits over `write_timeout_s`.
     """
     queue = listener.queue
+    marks = listener.marks
     loop = asyncio.get_running_loop()
     poll = min(heartbeat_s, DISCONNECT_POLL_S) if watch_disconnect else heartbeat_s
     next_ping = loop.time() + heartbeat_s
@@ -104,11 +113,11 @@ async def write_events(
                     continue
             else:
                 first = queue.get_nowait()
-            chunks = [encode_event(*first)]
+            chunks = [encode_event(*first, marks)]
             done = first[0] in TERMINAL_EVENTS
             while not done and not queue.empty():
                 event, payload = queue.get_nowait()
-                chunks.append(encode_event(event, payload))
+                chunks.append(encode_event(event, payload, marks))
                 done = event in TERMINAL_EVENTS
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             await _write(request, response, data, write_timeout_s)
@@ -120,9 +129,14 @@ async def write_events(
 
 
 async def wait_terminal(
-    request: web.Request, listener: Listener, *, watch_disconnect: bool
+    request: web.Request,
+    listener: Listener,
+    *,
+    watch_disconnect: bool,
+    reasoning: list[str] | None = None,
 ) -> tuple[str, Payload]:
-    """Drop token events; return the terminal `(event, payload)`.
+    """Drop token events (collecting reasoning texts into `reasoning`, if given);
+    return the terminal `(event, payload)`.
 
     Raises ClientGone when the client disconnects first (checked only when
     `watch_disconnect`, since nothing is written to notice it otherwise).
@@ -141,3 +155,5 @@ async def wait_terminal(
             event, payload = await queue.get()
         if event in TERMINAL_EVENTS:
             return event, payload
+        if reasoning is not None and event == protocol.REASONING:
+            reasoning.append(payload["reasoning"])

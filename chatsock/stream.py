@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from chatsock.fanout import Feed
 from chatsock.flush_clock import FlushClock, resolve
 from chatsock.lifecycle import Lifecycle
-from chatsock.providers.base import ChatRequest, Provider, Usage
+from chatsock.providers.base import ChatRequest, Provider, Signed, Usage
 from chatsock.store.models import StreamRecord
 
 
@@ -34,11 +34,24 @@ class ActiveStream:
     chain: list[Provider]
     feed: Feed
     started: float
+    # Text deltas waiting for the next flush, and reasoning deltas apart; `buffered`
+    # counts the characters of both (backpressure).
     buffer: list[str] = field(default_factory=list)
+    rbuffer: list[str] = field(default_factory=list)
     buffered: int = 0
-    count: int = 0
+    count: int = 0  # text deltas received
+    rcount: int = 0  # reasoning deltas received
+    # The token log's last entry: `seq` is its position, `text_seq` and
+    # `reasoning_seq` the last `chat_token` and `chat_reasoning` seqs logged.
     seq: int = 0
-    parts: list[str] = field(default_factory=list)
+    text_seq: int = 0
+    reasoning_seq: int = 0
+    parts: list[str] = field(default_factory=list)  # the text sent so far
+    reasoning_parts: list[str] = field(default_factory=list)  # the reasoning sent so far
+    # When the first and the last reasoning delta arrived (monotonic).
+    reasoning_from: float | None = None
+    reasoning_until: float = 0.0
+    signed: tuple[Signed, ...] = ()  # the provider's signed reasoning blocks
     finish_reason: str | None = None
     usage: Usage | None = None
     provider: str | None = None
@@ -61,6 +74,40 @@ class ActiveStream:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    @property
+    def pending(self) -> bool:
+        """Whether deltas wait for a flush."""
+        return bool(self.buffer or self.rbuffer)
+
+    def discard(self) -> None:
+        """Drop what waits for a flush (it will never be sent)."""
+        self.buffer.clear()
+        self.rbuffer.clear()
+        self.buffered = 0
+
+    def take_reasoning(self, text: str, max_chars: int, hooks: StreamHooks) -> None:
+        """Buffer one reasoning delta, as `take` buffers text."""
+        if not self.life.streaming or type(text) is not str:
+            return
+        now = time.monotonic()
+        if self.reasoning_from is None:
+            self.reasoning_from = now
+        self.reasoning_until = now
+        if self.first_token_at is None:
+            self.first_token_at = now
+            if hooks.on_first_token:
+                hooks.on_first_token(self.record, now - self.started)
+        self.rbuffer.append(text)
+        self.buffered += len(text)
+        self.rcount += 1
+        self._mark(self.rcount == 1, max_chars)
+
+    def reasoning_ms(self) -> int:
+        """How long the model reasoned: its first to its last reasoning delta."""
+        if self.reasoning_from is None:
+            return 0
+        return round((self.reasoning_until - self.reasoning_from) * 1000)
+
     def take(self, text: str, max_chars: int, hooks: StreamHooks) -> None:
         """Buffer one provider delta (the per-delta hot path: keep it small).
 
@@ -75,13 +122,17 @@ class ActiveStream:
         self.buffer.append(text)
         self.buffered += len(text)
         self.count += 1
+        self._mark(self.count == 1, max_chars)
+
+    def _mark(self, first: bool, max_chars: int) -> None:
+        """Ask the flush clock for a tick: at once for the first delta of a kind (time
+        to first token is not batched) or a full buffer."""
         clock = self.clock
         if clock is None:
             return
         if not self.dirty:
             self.dirty = True
-            # The first text goes out at once: time to first token is not batched.
-            clock.mark(self, urgent=self.count == 1 or self.buffered >= max_chars)
+            clock.mark(self, urgent=first or self.buffered >= max_chars)
         elif self.buffered >= max_chars:
             clock.hurry()
 

@@ -167,7 +167,7 @@ class Tailers:
                 continue
             if entry.seq != feed.last_seq + 1:
                 raise log_unavailable(feed.stream_id, feed.last_seq + 1, entry.seq - 1)
-            await self.fanout.emit(feed, protocol.TOKEN, entry.payload, entry.seq)
+            await self.fanout.emit_entry(feed, entry.seq, entry.payload)
             tail.texts.append(str(entry.payload.get("token", "")))
 
     async def _end_here(self, tail: _Tail, code: str, message: str, *, retryable: bool) -> None:
@@ -177,7 +177,14 @@ class Tailers:
         await self.fanout.end(tail.feed, terminal, recorded=False)
 
     async def _head(self, tail: _Tail) -> str:
+        """The text of the log's first `start_at` entries; the feed learns the seqs
+        of its last `chat_token` and `chat_reasoning` there (a join reports them)."""
         entries = await self.store.read_tokens(tail.record.stream_id, 0, tail.start_at)
+        feed = tail.feed
+        if feed.last_seq == tail.start_at:  # nothing relayed yet
+            texts = [e for e in entries if not protocol.is_reasoning(e.payload)]
+            feed.text_seq = len(texts)
+            feed.reasoning_seq = len(entries) - len(texts)
         return "".join(str(e.payload.get("token", "")) for e in entries)
 
     async def _sent_text(self, tail: _Tail) -> str:

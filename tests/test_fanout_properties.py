@@ -36,7 +36,7 @@ from hypothesis.stateful import (
 )
 
 from chatsock import protocol
-from chatsock.fanout import Fanout, Feed
+from chatsock.fanout import Cursor, Fanout, Feed
 from chatsock.store.models import StreamRecord, Terminal
 from tests.fakes.counting_store import CountingStore
 from tests.fakes.sio_server import RecordingServer
@@ -153,7 +153,7 @@ class FanoutMachine(RuleBasedStateMachine):
                 await asyncio.sleep(0)
             stream.count = seq
             stream.texts.append(text)
-            await self.fanout.emit(stream.feed, protocol.TOKEN, payload, seq)
+            await self.fanout.emit_entry(stream.feed, seq, payload)
 
         self._run(flush())
 
@@ -211,7 +211,7 @@ class FanoutMachine(RuleBasedStateMachine):
         after %= client.prefix(stream_id) + 1  # it resumes from what it has
         if self._in_room(sid):
             self.backfilled.add((sid, stream_id))
-        task = self.loop.create_task(self.fanout.resume_socket(sid, stream.record, after))
+        task = self.loop.create_task(self.fanout.resume_socket(sid, stream.record, Cursor(after)))
         self.pending[task] = sid
 
         def resumed(task: asyncio.Task[str]) -> None:

@@ -253,7 +253,7 @@ class AnthropicProvider(SSEStreamProvider):
             "messages": [_turn(m) for m in request.messages],
             "max_tokens": max_tokens,
         }
-        budget = request.thinking_budget
+        budget = request.thinking_budget or self.reasoning.thinking_budget
         if budget:
             budget = max(budget, MIN_THINKING_BUDGET)
             body["thinking"] = {"type": "enabled", "budget_tokens": budget}

@@ -183,10 +183,20 @@ class ProviderStreamError(ProviderError):
         return self.before_text
 
 
+@dataclass(slots=True, frozen=True)
+class Reasoning:
+    """A provider's reasoning settings for requests that name none (config.toml's
+    `thinking_budget` and `reasoning_effort` of `[providers.<name>]`)."""
+
+    thinking_budget: int | None = None
+    effort: str | None = None
+
+
 class Provider(ABC):
     """A model provider. Subclasses set `kind` and implement `stream`."""
 
     kind: ClassVar[str]
+    reasoning: Reasoning = Reasoning()
 
     def __init__(
         self,

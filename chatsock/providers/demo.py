@@ -32,6 +32,16 @@ def demo_reply(message: str) -> str:
     )
 
 
+def demo_reasoning(message: str) -> str:
+    """What the demo provider "thinks" before `demo_reply(message)`, when asked to reason."""
+    words = len(message.split())
+    return (
+        f"The user sent {words} word{'s' if words != 1 else ''}. I have no model behind "
+        "me, so I will describe the message, say where this reply comes from, and show "
+        "a code block so the markdown rendering can be checked."
+    )
+
+
 def split_pieces(text: str) -> list[str]:
     """Split text into word-sized pieces whose concatenation is `text`."""
     return _PIECES.findall(text)
@@ -43,10 +53,16 @@ class DemoProvider(Provider):
     kind = "demo"
 
     def __init__(
-        self, name: str = "demo", *, tokens_per_second: float = 40.0, model: str = "demo-1"
+        self,
+        name: str = "demo",
+        *,
+        tokens_per_second: float = 40.0,
+        model: str = "demo-1",
+        reasons: bool = False,
     ) -> None:
         super().__init__(name, default_model=model)
         self.tokens_per_second = tokens_per_second
+        self.reasons = reasons
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
@@ -54,14 +70,17 @@ class DemoProvider(Provider):
         if request.max_tokens is not None:
             pieces = pieces[: request.max_tokens]
         finish = "length" if len(pieces) < len(split_pieces(demo_reply(last_user))) else "stop"
+        # Asked to reason (by the request or the provider's config): think aloud first.
+        reasons = self.reasons or bool(request.thinking_budget or request.reasoning_effort)
+        thoughts = split_pieces(demo_reasoning(last_user)) if reasons else []
         loop = asyncio.get_running_loop()
         interval = 1.0 / self.tokens_per_second
         start = loop.time()
-        for index, piece in enumerate(pieces):
+        for index, piece in enumerate([*thoughts, *pieces]):
             # Pace against a schedule so sleeps shorter than a millisecond batch up.
             delay = start + index * interval - loop.time()
             if delay > 0.001:
                 await asyncio.sleep(delay)
-            yield Delta(piece)
+            yield Delta(reasoning=piece) if index < len(thoughts) else Delta(piece)
         prompt_words = sum(len(m.content.split()) for m in request.messages)
         yield Delta(finish_reason=finish, usage=Usage(prompt_words, len(pieces)))

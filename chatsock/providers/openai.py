@@ -233,8 +233,9 @@ class OpenAIProvider(SSEStreamProvider):
             body[self._max_tokens_field] = request.max_tokens
         if request.temperature is not None:
             body["temperature"] = request.temperature
-        if request.reasoning_effort is not None:
-            body["reasoning_effort"] = request.reasoning_effort
+        effort = request.reasoning_effort or self.reasoning.effort
+        if effort is not None:
+            body["reasoning_effort"] = effort
         return body
 
     def _open(self, body: dict[str, Any]) -> AbstractAsyncContextManager[Any]:

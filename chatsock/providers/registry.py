@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from chatsock.config import ProviderConfig, Settings
 from chatsock.errors import ChatsockError
-from chatsock.providers.base import Provider
+from chatsock.providers.base import Provider, Reasoning
 from chatsock.providers.demo import DemoProvider
 
 ProviderFactory = Callable[[str, ProviderConfig, Settings], Provider]
@@ -19,6 +19,7 @@ def _demo(name: str, config: ProviderConfig, settings: Settings) -> Provider:
         name,
         tokens_per_second=settings.demo.tokens_per_second,
         model=config.model or settings.demo.model,
+        reasons=bool(config.thinking_budget or config.reasoning_effort),
     )
 
 
@@ -41,6 +42,7 @@ def _sdk(module: str, cls: str, base_url_env: str) -> ProviderFactory:
             max_retries=config.max_retries,
             headers=dict(config.headers),
         )
+        provider.reasoning = Reasoning(config.thinking_budget, config.reasoning_effort)
         return provider
 
     return make

@@ -11,6 +11,9 @@ MessageStatus = Literal["complete", "stopped", "error"]
 StreamStatus = Literal["streaming", "complete", "stopped", "error"]
 
 
+_OMITTED_WHEN_NONE = ("reasoning", "signed")
+
+
 @dataclass(slots=True)
 class Message:
     """One stored chat message. Assistant messages carry how their stream ended."""
@@ -25,9 +28,17 @@ class Message:
     provider: str | None = None
     model: str | None = None
     error_code: str | None = None
+    # The model's reasoning, apart from the text (None: it showed none), and the
+    # provider's signed reasoning blocks sent back with this turn (never shown).
+    reasoning: str | None = None
+    signed: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for optional in _OMITTED_WHEN_NONE:  # a message without them reads as before
+            if data[optional] is None:
+                del data[optional]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Message:
