@@ -38,14 +38,10 @@ class Taken(Exception):
     """A flush was refused: another worker claimed this stream's end."""
 
 
-@dataclass(slots=True)
-class _Entry:
-    """One token-log entry of a flush: a `chat_token` or a `chat_reasoning`."""
-
-    seq: int  # its position in the stream's log
-    payload: Payload
-    text: str
-    reasoning: bool
+# One token-log entry of a flush, a `chat_token` or a `chat_reasoning`: its
+# position in the stream's log, its payload, its text, and whether it is
+# reasoning. A plain tuple: one is built per flush, on the hot path.
+_Entry = tuple[int, Payload, str, bool]
 
 
 @dataclass(slots=True)
@@ -195,10 +191,10 @@ class Flusher:
         # Idempotent by seq, so the whole batch may be retried. One answer per entry.
         appends = [
             TokenAppend(
-                f.stream.record.stream_id, e.seq, e.payload, self._worker_id, f.stream.record.epoch
+                f.stream.record.stream_id, seq, payload, self._worker_id, f.stream.record.epoch
             )
             for f in flushes
-            for e in f.entries
+            for seq, payload, _, _ in f.entries
         ]
         return await retrying(lambda: self._store.append_many(appends))
 
@@ -206,7 +202,7 @@ class Flusher:
         """Send the flush's entries the store logged, in order, up to the first it
         refused; return that refusal (OK when all were logged)."""
         stream = flush.stream
-        for entry, ok in zip(flush.entries, appended, strict=True):
+        for (seq, payload, text, reasoning), ok in zip(flush.entries, appended, strict=True):
             if ok is not Appended.OK:
                 return ok
             if stream.feed.terminal is not None:
@@ -214,23 +210,17 @@ class Flusher:
                 # at shutdown, waiting on a stalled store): nothing may follow a terminal,
                 # and the partial it carried is what the followers hold.
                 return Appended.OK
-            stream.seq = entry.seq
-            if entry.reasoning:
+            stream.seq = seq
+            if reasoning:
                 stream.reasoning_seq += 1
-                stream.reasoning_parts.append(entry.text)
+                stream.reasoning_parts.append(text)
             else:
                 stream.text_seq += 1
-                stream.parts.append(entry.text)
-            await self._fanout.emit_entry(stream.feed, entry.seq, entry.payload)
+                stream.parts.append(text)
+            await self._fanout.emit_entry(stream.feed, seq, payload)
             if self.hooks.on_flush:
-                self.hooks.on_flush(entry.seq)
+                self.hooks.on_flush(seq)
         return Appended.OK
-
-
-def _joined(parts: list[str]) -> str:
-    text = "".join(parts) if len(parts) > 1 else parts[0]
-    parts.clear()
-    return text
 
 
 def _take(stream: ActiveStream) -> _Flush:
@@ -241,18 +231,21 @@ def _take(stream: ActiveStream) -> _Flush:
         resolve(stream.drained)
         stream.drained = None
     record = stream.record
+    seq = stream.seq + 1
     entries: list[_Entry] = []
-    seq = stream.seq
-    if stream.rbuffer:
-        text = _joined(stream.rbuffer)
-        seq += 1
+    parts = stream.rbuffer
+    if parts:
+        text = "".join(parts)
+        parts.clear()
         rseq = stream.reasoning_seq + 1
         payload = protocol.reasoning(record.stream_id, record.session_id, rseq, text)
-        entries.append(_Entry(seq, payload, text, True))
-    if stream.buffer:
-        text = _joined(stream.buffer)
+        entries.append((seq, payload, text, True))
         seq += 1
+    parts = stream.buffer
+    if parts:
+        text = "".join(parts) if len(parts) > 1 else parts[0]
+        parts.clear()
         tseq = stream.text_seq + 1
         payload = protocol.token(record.stream_id, record.session_id, tseq, text, stream.count)
-        entries.append(_Entry(seq, payload, text, False))
+        entries.append((seq, payload, text, False))
     return _Flush(stream, entries)

@@ -100,7 +100,14 @@ class ActiveStream:
         self.rbuffer.append(text)
         self.buffered += len(text)
         self.rcount += 1
-        self._mark(self.rcount == 1, max_chars)
+        clock = self.clock
+        if clock is None:
+            return
+        if not self.dirty:
+            self.dirty = True
+            clock.mark(self, urgent=self.rcount == 1 or self.buffered >= max_chars)
+        elif self.buffered >= max_chars:
+            clock.hurry()
 
     def reasoning_ms(self) -> int:
         """How long the model reasoned: its first to its last reasoning delta."""
@@ -122,17 +129,13 @@ class ActiveStream:
         self.buffer.append(text)
         self.buffered += len(text)
         self.count += 1
-        self._mark(self.count == 1, max_chars)
-
-    def _mark(self, first: bool, max_chars: int) -> None:
-        """Ask the flush clock for a tick: at once for the first delta of a kind (time
-        to first token is not batched) or a full buffer."""
         clock = self.clock
         if clock is None:
             return
         if not self.dirty:
             self.dirty = True
-            clock.mark(self, urgent=first or self.buffered >= max_chars)
+            # The first text goes out at once: time to first token is not batched.
+            clock.mark(self, urgent=self.count == 1 or self.buffered >= max_chars)
         elif self.buffered >= max_chars:
             clock.hurry()
 
