@@ -37,6 +37,7 @@ from chatsock.signals import SignalBus
 from chatsock.sio_manager import WatchedRedisManager, manager_options
 from chatsock.sio_server import ChatsockServer
 from chatsock.store import Store, create_store
+from chatsock.tailer import decode_ends, encode_ends
 from chatsock.timing import LISTENER_DEAF_S
 from chatsock.web import add_page_routes
 
@@ -114,6 +115,10 @@ def create_app(
     namespace = ChatNamespace(runner, sessions, gate, budget=quotas.event_budget)
     sio.register_namespace(namespace)
     sessions.on_deleted = _session_closer(sio)
+    if manager is not None:  # a delete's stream ends reach the tails on every worker
+        share = manager.publish_ends
+        sessions.share_ends = lambda ends: share(encode_ends(ends))
+        manager.on_ends = lambda ends: sessions.tailers.hand_over(decode_ends(ends))
     metrics = Metrics(runner, sessions)
     sio.on_not_reading(metrics.slow_clients_dropped.labels("socketio").inc)
     runner.hooks = metrics.stream_hooks()

@@ -260,12 +260,16 @@ class Fanout:
         await self.emit(feed, terminal.event, terminal.payload, held=held)
 
     def has_ended(self, stream_id: str) -> bool:
-        """Whether this worker recently sent the stream's recorded end to followers
-        (a new tail of it would send them that end again)."""
+        """Whether this worker recently relayed the stream's recorded end (a new
+        tail of it would send its followers that end again): True from `end` on,
+        also while a follower's catch-up has not sent it the end yet."""
         return stream_id in self._ended
 
     def _remember(self, feed: Feed) -> None:
-        if not (feed.end_recorded and feed.finished):
+        # Every recorded end, not only those a follower got: a socket catching up
+        # is in the room, and a tail opened meanwhile (a join or resume holding a
+        # record read before the end) would send it the end its catch-up sends.
+        if not feed.end_recorded:
             return
         self._ended[feed.stream_id] = feed
         self._ended.move_to_end(feed.stream_id)

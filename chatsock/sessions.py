@@ -17,7 +17,7 @@ from chatsock.runner import StreamRunner
 from chatsock.signals import SignalBus
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import Message, SessionInfo, StreamRecord, Terminal
-from chatsock.tailer import Tailers
+from chatsock.tailer import Ends, Tailers
 from chatsock.timing import (
     DELETE_WAIT_S,
     END_WAIT_S,
@@ -51,6 +51,9 @@ class SessionService:
         self.connected_sids: set[str] = set()
         # Called after a session is deleted (the app tells every worker's members).
         self.on_deleted: Callable[[str], Awaitable[None]] | None = None
+        # Called with the ends a delete hands over (the app sends them to every
+        # other worker, ahead of session_deleted on the same channel).
+        self.share_ends: Callable[[Ends], Awaitable[None]] | None = None
 
     async def session(self, session_id: str, who: Identity) -> SessionInfo:
         """The session's header; `not_found` when it is missing or not `who`'s."""
@@ -238,9 +241,24 @@ class SessionService:
         # Let each stream persist its stopped reply first, or it lands in the
         # deleted session and reappears if the session id is used again.
         await asyncio.gather(*(self._until_ended(stream_id) for stream_id in running))
+        # A worker still relaying a stream (a follower's tailer polls) would find
+        # it deleted: it gets the end and log from here, before session_deleted.
+        ends = await self._ends(running)
+        if ends and self.share_ends is not None:
+            await self.share_ends(ends)
+        await self.tailers.hand_over(ends)
         await self.store.delete_session(session_id)
         if self.on_deleted is not None:
             await self.on_deleted(session_id)
+
+    async def _ends(self, stream_ids: list[str]) -> Ends:
+        """The recorded end and whole log of each ended stream of `stream_ids`."""
+        ends: Ends = {}
+        for stream_id in stream_ids:
+            terminal = await self.store.get_terminal(stream_id)
+            if terminal is not None:
+                ends[stream_id] = (terminal, await self.store.read_tokens(stream_id, 0))
+        return ends
 
     async def _until_ended(self, stream_id: str) -> None:
         """Wait (at most DELETE_WAIT_S) until a stopped stream has stored its end."""

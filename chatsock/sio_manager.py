@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import socketio
@@ -29,6 +29,8 @@ from chatsock.timing import MANAGER_HEARTBEAT_S as HEARTBEAT_S
 log = logging.getLogger(__name__)
 
 SENTINEL_SCHEMES = ("redis+sentinel://", "valkey+sentinel://")
+# A session delete's stream ends, for the other workers' tails (tailer.py).
+ENDS = "chatsock_ends"
 
 
 def manager_options(store: StoreConfig) -> tuple[str, dict[str, Any]]:
@@ -70,6 +72,13 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         # (replacing the listener's client) when a publish fails.
         self._publisher: Any = None
         self._sentinels: dict[int, Any] = {}  # by id of the master client
+        # Handles the ends another worker's session delete hands over; awaited
+        # in the listener, so they are relayed before its session_deleted.
+        self.on_ends: Callable[[Any], Awaitable[None]] | None = None
+
+    async def publish_ends(self, ends: Any) -> None:
+        """Send a session delete's stream ends (JSON) to every other worker."""
+        await self._publish({"method": ENDS, "ends": ends, "host_id": self.host_id})
 
     async def _publish(self, data: Any) -> Any:
         """Publish with our own client, which redis-py reconnects by itself, so a
@@ -138,7 +147,28 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     async def _listen(self) -> AsyncIterator[Any]:
         async for data in super()._listen():
             self.last_heard = asyncio.get_running_loop().time()
-            yield data
+            if not await self._handled_ends(data):
+                yield data
+
+    async def _handled_ends(self, data: Any) -> bool:
+        """Relay a session delete's ends (another worker's); True when `data` was one."""
+        if isinstance(data, bytes):
+            if ENDS.encode() not in data:  # the cheap test first
+                return False
+        elif not isinstance(data, str) or ENDS not in data:
+            return False
+        try:
+            message = self.json.loads(data)
+        except ValueError:
+            return False
+        if not isinstance(message, dict) or message.get("method") != ENDS:
+            return False
+        if message.get("host_id") != self.host_id and self.on_ends is not None:
+            try:
+                await self.on_ends(message["ends"])
+            except Exception:
+                log.exception("relaying a deleted session's stream ends failed")
+        return True
 
     def deaf_for(self) -> float | None:
         if self.last_heard is None:

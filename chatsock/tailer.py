@@ -26,10 +26,39 @@ from chatsock.errors import ChatsockError, stream_lost
 from chatsock.fanout import Fanout, Feed, log_unavailable
 from chatsock.outcome import error_terminal
 from chatsock.store import Store, StoreUnavailable
-from chatsock.store.models import LogEntry, StreamRecord
+from chatsock.store.models import LogEntry, StreamRecord, Terminal
 from chatsock.timing import TAIL_IDLE_FOLLOWERLESS_S, TAIL_MAX_FAILURES, TAIL_POLL_MS
 
 log = logging.getLogger(__name__)
+
+# A session delete hands each stream's end and whole log to the workers still
+# relaying it (the delete removes them from the store), keyed by stream id.
+Ends = dict[str, tuple[Terminal, list[LogEntry]]]
+# How long a delete waits for this worker's tails to relay what they were handed.
+HAND_OVER_WAIT_S = 2.0
+
+
+def encode_ends(ends: Ends) -> dict[str, Any]:
+    """`ends` as JSON for the other workers."""
+    return {
+        stream_id: {
+            "status": terminal.status,
+            "event": terminal.event,
+            "payload": terminal.payload,
+            "entries": [[entry.seq, entry.payload] for entry in entries],
+        }
+        for stream_id, (terminal, entries) in ends.items()
+    }
+
+
+def decode_ends(data: dict[str, Any]) -> Ends:
+    return {
+        str(stream_id): (
+            Terminal(end["status"], end["event"], end["payload"]),
+            [LogEntry(int(seq), payload) for seq, payload in end["entries"]],
+        )
+        for stream_id, end in data.items()
+    }
 
 
 class _Tail:
@@ -44,6 +73,9 @@ class _Tail:
         # later cannot give it any more.
         self.head: str | None = None if self.start_at else ""
         self.texts: list[str] = []
+        # The end and whole log a session delete handed over (see `hand_over`).
+        self.handed: tuple[Terminal, list[LogEntry]] | None = None
+        self.was_handed = asyncio.Event()
 
 
 class Tailers:
@@ -54,6 +86,7 @@ class Tailers:
         self.fanout = fanout
         self._is_local = is_local
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.tails: dict[str, _Tail] = {}
 
     def ensure(
         self, record: StreamRecord, start_at: int, start: dict[str, Any] | None = None
@@ -65,8 +98,9 @@ class Tailers:
         if self.fanout.has_ended(record.stream_id):
             return None  # its end reached this worker's followers already (a stale record)
         feed = self.fanout.open(record.stream_id, record.session_id, start_at)
+        tail = self.tails[record.stream_id] = _Tail(feed, record, start)
         task = asyncio.get_running_loop().create_task(
-            self._tail(_Tail(feed, record, start)), name=f"tail {record.stream_id}"
+            self._tail(tail), name=f"tail {record.stream_id}"
         )
         self.tasks[record.stream_id] = task
         task.add_done_callback(functools.partial(self._done, record.stream_id))
@@ -76,6 +110,22 @@ class Tailers:
         # A newer tailer may follow the same stream by now: it is not ours to drop.
         if self.tasks.get(stream_id) is task:
             del self.tasks[stream_id]
+            self.tails.pop(stream_id, None)
+
+    async def hand_over(self, ends: Ends, within: float = HAND_OVER_WAIT_S) -> None:
+        """A session delete removes these ended streams from the store: each tail
+        here relays the rest of the log and the end it is handed instead, before
+        the session's followers hear of the delete (wait at most `within`)."""
+        waiting = []
+        for stream_id, end in ends.items():
+            tail, task = self.tails.get(stream_id), self.tasks.get(stream_id)
+            if tail is None or task is None or tail.feed.ended.is_set():
+                continue
+            tail.handed = end
+            tail.was_handed.set()
+            waiting.append(task)
+        if waiting:
+            await asyncio.wait(waiting, timeout=within)
 
     async def close(self) -> None:
         tasks = list(self.tasks.values())
@@ -103,6 +153,9 @@ class Tailers:
                     await asyncio.sleep(2 * TAIL_POLL_MS / 1000)
                     continue
                 except ChatsockError as exc:  # the store lost entries: nothing to resume
+                    if tail.handed is not None:  # deleted with its session meanwhile
+                        await self._hand(tail)
+                        return
                     log.warning("tailing %s: %s", stream_id, exc.message)
                     await self._end_here(tail, exc.code, exc.message, retryable=False)
                     return
@@ -130,18 +183,24 @@ class Tailers:
     async def _step(self, tail: _Tail) -> bool:
         """Relay what the log holds now (waiting up to a poll); True once the stream ended."""
         store, record = self.store, tail.record
+        if tail.handed is not None:
+            return await self._hand(tail)
         if tail.start is not None:
             await self.fanout.emit(tail.feed, protocol.STREAM_START, tail.start)
             tail.start = None
         if tail.head is None:
             tail.head = await self._head(tail)
         entries = await store.wait_tokens(record.stream_id, tail.feed.last_seq, TAIL_POLL_MS)
+        if tail.handed is not None:
+            return await self._hand(tail)
         if entries:
             await self._relay(tail, entries)
             return False
         terminal = await store.get_terminal(record.stream_id)
         if terminal is None and not await store.lease_alive(record.stream_id):
             if await store.get_stream(record.stream_id) is None:
+                if await self._deleted(tail):
+                    return await self._hand(tail)
                 # The store lost the stream (a failover, a flush), not its owner: its
                 # log cannot give a partial, so this worker ends its feed alone.
                 raise stream_lost(record.stream_id)
@@ -157,6 +216,29 @@ class Tailers:
                 message = str(terminal.payload.get("error", ""))
                 await self._end_here(tail, "stream_lost", message, retryable=False)
                 return True
+        await self.fanout.end(tail.feed, terminal)
+        return True
+
+    async def _deleted(self, tail: _Tail) -> bool:
+        """Whether the stream is gone because its session was deleted, and the
+        delete handed its end over (it may reach this worker just after the store
+        showed the stream gone)."""
+        if tail.handed is None and await self.store.get_session(tail.record.session_id) is None:
+            try:
+                async with asyncio.timeout(HAND_OVER_WAIT_S):
+                    await tail.was_handed.wait()
+            except TimeoutError:
+                pass
+        return tail.handed is not None
+
+    async def _hand(self, tail: _Tail) -> bool:
+        """Relay the rest of the log and the end a session delete handed over."""
+        assert tail.handed is not None
+        terminal, entries = tail.handed
+        if tail.start is not None:
+            await self.fanout.emit(tail.feed, protocol.STREAM_START, tail.start)
+            tail.start = None
+        await self._relay(tail, entries)
         await self.fanout.end(tail.feed, terminal)
         return True
 
