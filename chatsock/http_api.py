@@ -26,6 +26,7 @@ from chatsock.ids import new_id
 from chatsock.logsafe import shown
 from chatsock.loops import BackgroundLoops
 from chatsock.metrics import Metrics
+from chatsock.regenerate import Regenerate, prepare
 from chatsock.requests import (
     MAX_SEQ,
     ChatStreamRequest,
@@ -277,6 +278,7 @@ class HttpApi:
             router.add_get("/api/chat/sessions", self.list_sessions),
             router.add_get("/api/chat/sessions/{session_id}", self.get_session),
             router.add_delete("/api/chat/sessions/{session_id}", self.delete_session),
+            router.add_post("/api/chat/sessions/{session_id}/regenerate", self.regenerate),
         ]
         allow_origins(app, self.cors_origins, api)
         router.add_get("/readyz", self.readyz)
@@ -304,8 +306,23 @@ class HttpApi:
     # -- streams ------------------------------------------------------------
     async def start_stream(self, request: web.Request) -> web.StreamResponse:
         """`POST /api/chat/stream`: SSE for `Accept: text/event-stream`, else one JSON reply."""
-        who = request[IDENTITY]
         body = parse(ChatStreamRequest, await read_json(request, self.max_size))
+        return await self._start(request, body)
+
+    async def regenerate(self, request: web.Request) -> web.StreamResponse:
+        """`POST /api/chat/sessions/{id}/regenerate`: a new reply to the session's last
+        user message, replacing its reply; answered as `POST /api/chat/stream` is."""
+        payload = await read_json(request, self.max_size)
+        session_id = request.match_info["session_id"]
+        body, regenerate = await prepare(self.store, payload, request[IDENTITY], session_id)
+        return await self._start(request, body, regenerate)
+
+    async def _start(
+        self, request: web.Request, body: ChatStreamRequest, regenerate: Regenerate | None = None
+    ) -> web.StreamResponse:
+        """Start `body`'s stream and answer: SSE for `Accept: text/event-stream`, else
+        one JSON reply."""
+        who = request[IDENTITY]
         self.gate.policy.check(body)
         await self.gate.may_start(who, request[CLIENT_IP] or None)
         session_id = body.session_id or new_id("ses")
@@ -314,7 +331,9 @@ class HttpApi:
         after = event_id(last_id, body.reasoning) if last_id else Cursor(reasoning=body.reasoning)
         listener = Listener(after)
         repeated: list[bool] = []
-        ack = await self.runner.start(body, session_id, who, repeated=lambda: repeated.append(True))
+        ack = await self.runner.start(
+            body, session_id, who, repeated=lambda: repeated.append(True), regenerate=regenerate
+        )
         stream_id = ack["stream_id"]
         # No await since start(): the listener sees a new stream from chat_stream_start on.
         if repeated or not self.fanout.attach(stream_id, listener):

@@ -17,6 +17,7 @@ from chatsock.identity import AuthError, Identity
 from chatsock.ids import new_id
 from chatsock.logsafe import shown
 from chatsock.quotas import EventBudget
+from chatsock.regenerate import prepare
 from chatsock.requests import (
     ChatStreamRequest,
     JoinRequest,
@@ -62,7 +63,7 @@ def _token(auth: Any) -> str | None:
 
 
 class ChatNamespace(socketio.AsyncNamespace):
-    """`/`: chat_stream, chat_stop, session_join, chat_resume.
+    """`/`: chat_stream, chat_regenerate, chat_stop, session_join, chat_resume.
 
     Every socket is authenticated at connect; every handler acts as that
     socket's identity, and a socket joins a session's room only after the
@@ -175,6 +176,25 @@ class ChatNamespace(socketio.AsyncNamespace):
             return await self.runner.start(request, session_id, who, admit=admit)
 
         return await _answer("chat_stream", sid, work)
+
+    async def on_chat_regenerate(self, sid: str, data: Any = None, *_: Any) -> Any:
+        async def work() -> protocol.Payload:
+            who = self._who(sid)
+            request, regenerate = await prepare(self.sessions.store, data, who)
+            self.gate.policy.check(request)
+            client = self.clients.get(sid)
+            await self.gate.may_start(who, client.ip if client else None)
+            session_id = request.session_id or ""  # prepare() sets it
+
+            def admit() -> None:
+                # As chat_stream's: joins only once accepted, before the first event.
+                self.sessions.fanout.enter_room(sid, session_id, reasoning=request.reasoning)
+
+            return await self.runner.start(
+                request, session_id, who, admit=admit, regenerate=regenerate
+            )
+
+        return await _answer("chat_regenerate", sid, work)
 
     async def on_chat_stop(self, sid: str, data: Any = None, *_: Any) -> Any:
         async def work() -> protocol.Payload:

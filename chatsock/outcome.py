@@ -40,6 +40,7 @@ def outcome(stream: ActiveStream, text: str) -> tuple[MessageStatus, Terminal]:
             reasoning_ms=stream.reasoning_ms(),
         )
         status: MessageStatus = "stopped" if stopped else "complete"
+        protocol.regenerating(payload, record.regenerates)
         return status, Terminal(status, protocol.COMPLETE, payload)
     failure = stream.life.failure
     if reason is EndReason.SHUTDOWN:
@@ -70,4 +71,5 @@ def error_terminal(
         partial=partial,
         retryable=retryable,
     )
+    protocol.regenerating(payload, record.regenerates)
     return Terminal("error", protocol.STREAM_ERROR, payload)

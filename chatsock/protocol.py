@@ -17,6 +17,7 @@ CHAT_STREAM: Final = "chat_stream"
 CHAT_STOP: Final = "chat_stop"
 SESSION_JOIN: Final = "session_join"
 CHAT_RESUME: Final = "chat_resume"
+CHAT_REGENERATE: Final = "chat_regenerate"
 
 # Server -> session room events.
 STREAM_START: Final = "chat_stream_start"
@@ -111,27 +112,45 @@ def server_draining(reason: str) -> Payload:
 
 
 def stream_ack(
-    stream_id: str, session_id: str, message_id: str, epoch: str | None = None
+    stream_id: str,
+    session_id: str,
+    message_id: str,
+    epoch: str | None = None,
+    regenerates: str | None = None,
 ) -> Payload:
     """`epoch` names the stream's token log: a resume that passes it back is told
     `stream_lost` if the store lost that log meanwhile."""
     ack = ack_ok(stream_id=stream_id, session_id=session_id, message_id=message_id)
     if epoch:
         ack["epoch"] = epoch
-    return ack
+    return regenerating(ack, regenerates)
+
+
+def regenerating(payload: Payload, regenerates: str | None) -> Payload:
+    """A regenerate's payloads name the message whose reply it replaces
+    (`regenerates`, its `message_id`); other streams' read as they always did."""
+    if regenerates is not None:
+        payload["regenerates"] = regenerates
+    return payload
 
 
 # -- stream events ---------------------------------------------------------
 def stream_start(
-    stream_id: str, session_id: str, message_id: str, provider: str | None, model: str | None
+    stream_id: str,
+    session_id: str,
+    message_id: str,
+    provider: str | None,
+    model: str | None,
+    regenerates: str | None = None,
 ) -> Payload:
-    return {
+    payload = {
         "stream_id": stream_id,
         "session_id": session_id,
         "message_id": message_id,
         "provider": provider,
         "model": model,
     }
+    return regenerating(payload, regenerates)
 
 
 def token(stream_id: str, session_id: str, seq: int, text: str, count: int) -> Payload:
@@ -232,6 +251,8 @@ def message_view(message: Message, *, reasoning: bool = False) -> Payload:
     view.pop("signed", None)
     if not reasoning:
         view.pop("reasoning", None)
+        for version in view.get("versions", ()):
+            version.pop("reasoning", None)
     return view
 
 
@@ -249,7 +270,7 @@ def active_stream_view(
     }
     if reasoning_seq is not None:
         view["reasoning_seq"] = reasoning_seq
-    return view
+    return regenerating(view, record.regenerates)
 
 
 def stream_summary(record: StreamRecord) -> Payload:

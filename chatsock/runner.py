@@ -39,6 +39,7 @@ from chatsock.outcome import error_terminal, outcome
 from chatsock.policy import prompt_chars, trim_history
 from chatsock.providers.base import ChatMessage, ChatRequest, ProviderError
 from chatsock.providers.registry import ProviderRegistry
+from chatsock.regenerate import Regenerate
 from chatsock.requests import ChatStreamRequest
 from chatsock.retry import retrying
 from chatsock.signals import SignalBus
@@ -142,6 +143,7 @@ class StreamRunner:
         who: Identity = ANONYMOUS,
         admit: Admit | None = None,
         repeated: Admit | None = None,
+        regenerate: Regenerate | None = None,
     ) -> protocol.Payload:
         """Start a stream for `request` in `session_id` on behalf of `who`; return
         the `chat_stream` ack. A session that does not exist is created, owned by
@@ -151,21 +153,31 @@ class StreamRunner:
         stream of a repeated `client_message_id`), before any of its events is
         sent: the caller joins the session's room there, never before. `repeated`
         runs after it when the ack is that earlier stream's, which may be midway:
-        an HTTP retry replays it rather than join it live."""
+        an HTTP retry replays it rather than join it live.
+
+        With `regenerate` (regenerate.py) the reply answers the session's last user
+        message (`request.message`), stores no user message, and replaces the
+        reply `regenerate.message_id` once it ends."""
         self._refuse_if_closing()
         chain = self._registry.chain_for(request.provider)
         now = protocol.now_iso()
         # Created with its owner in one NX write: two users racing for a new id
         # cannot both own it.
         header = SessionInfo(session_id, now, now, owner=who.user)
-        info = await self._store.ensure_session(header)
-        if (info.owner or ANONYMOUS_USER) != who.user:
+        if regenerate is None:
+            info: SessionInfo | None = await self._store.ensure_session(header)
+        else:  # a stored session's reply: one deleted meanwhile is not made again
+            info = await self._store.get_session(session_id)
+        if info is None or (info.owner or ANONYMOUS_USER) != who.user:
             raise no_session(session_id)
         # A session this call created has no stored history to read.
-        history = await self._history(request, session_id, stored=info is not header)
+        history = await self._history(
+            request, session_id, stored=info is not header, regenerate=regenerate
+        )
 
         cmid = request.client_message_id
-        stream_id, message_id = new_id("st"), new_id("msg")
+        stream_id = new_id("st")
+        message_id = regenerate.message_id if regenerate is not None else new_id("msg")
         first = chain[0]
         record = StreamRecord(
             stream_id=stream_id,
@@ -177,8 +189,11 @@ class StreamRunner:
             started_at=now,
             client_message_id=cmid,
             user=who.user,
+            regenerates=regenerate.message_id if regenerate is not None else None,
         )
-        ack = protocol.stream_ack(stream_id, session_id, message_id, record.epoch)
+        ack = protocol.stream_ack(
+            stream_id, session_id, message_id, record.epoch, record.regenerates
+        )
         earlier = await self._register(record, ack, per_user=not who.anonymous)
         if earlier is not None:  # the same client_message_id was sent before
             _admit(admit)
@@ -210,7 +225,8 @@ class StreamRunner:
         user_id = derived_id("msg", session_id, cmid) if cmid else new_id("msg")
         user = Message(user_id, "user", request.message, now, client_message_id=cmid)
         try:
-            await retrying(lambda: self._store.add_message(session_id, user))
+            if regenerate is None:  # a regenerate's user message is stored already
+                await retrying(lambda: self._store.add_message(session_id, user))
             self._refuse_if_closing()
         except BaseException as exc:
             await self._abandon(stream, exc)
@@ -281,14 +297,24 @@ class StreamRunner:
         return await register()
 
     async def _history(
-        self, request: ChatStreamRequest, session_id: str, *, stored: bool
+        self,
+        request: ChatStreamRequest,
+        session_id: str,
+        *,
+        stored: bool,
+        regenerate: Regenerate | None = None,
     ) -> list[ChatMessage]:
         limit = self._settings.limits.max_history_messages
         if request.history is not None:
             return [ChatMessage(item.role, item.content) for item in request.history]
         if not stored:
             return []
-        messages = await self._store.get_messages(session_id)
+        # A regenerate's: those before the user message it answers (never the reply).
+        messages = (
+            regenerate.before
+            if regenerate is not None
+            else await self._store.get_messages(session_id)
+        )
         # An assistant turn goes back with its provider's signed reasoning blocks.
         usable = [
             ChatMessage(m.role, m.content, tuple(m.signed or ())) for m in messages if m.content
@@ -534,6 +560,7 @@ class StreamRunner:
                 record.message_id,
                 stream.provider,
                 stream.model,
+                record.regenerates,
             )
             await self._fanout.emit(stream.feed, protocol.STREAM_START, start)
             if stream.life.begin():  # False: stopped before it ran

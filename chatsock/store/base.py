@@ -6,6 +6,7 @@ import asyncio
 import math
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +36,11 @@ from chatsock.store.primitives import (
 )
 
 MAX_SEQ = 2**64 - 1  # the largest seq a token log can address (Redis stream IDs)
+# Earlier versions a message keeps (the newest); a regenerated reply past it drops
+# the oldest. Bounds a session's size however often one reply is regenerated.
+MAX_VERSIONS = 20
+# Compare-and-set attempts of one new version against concurrent ones.
+_SWAP_ATTEMPTS = 50
 
 
 class StoreUnavailable(Exception):
@@ -151,7 +157,9 @@ class Store(RateLimits):
         """Append a message (capped at `max_messages`) and touch the session.
 
         Idempotent by `message.message_id`: a call retried after a lost reply
-        stores nothing more (returns False)."""
+        stores nothing more (returns False). An assistant reply whose id is stored
+        already, streamed by another stream (a regenerate), is a new version of
+        that message: see `_add_version`."""
         info = await self.get_session(session_id)
         if info is None:
             return False  # deleted or evicted: a late reply must not recreate its keys
@@ -176,7 +184,46 @@ class Store(RateLimits):
                 IndexAddOp(self._uk(info.owner, "sessions"), session_id, score, self.session_ttl),
             ]
         )
+        if not stored and message.role == "assistant" and message.stream_id is not None:
+            return await self._add_version(session_id, message)
         return bool(stored)
+
+    async def _add_version(self, session_id: str, message: Message) -> bool:
+        """Store `message` in the place of the stored message with its id, which
+        moves, as it was, to the end of its `versions` (the newest MAX_VERSIONS
+        kept). False, writing nothing, when that message holds this stream's reply
+        already (now or as a version: a retry), is not an assistant reply, or is
+        gone with its session.
+
+        A compare-and-set on the stored item (`_swap_item`), retried when another
+        version landed meanwhile: two regenerates never lose one another, and one
+        racing a delete writes nothing."""
+        key = self._sk(session_id, "messages")
+        for _ in range(_SWAP_ATTEMPTS):
+            found = next(
+                (
+                    item
+                    for item in reversed(await self._range(key))
+                    if orjson.loads(item).get("message_id") == message.message_id
+                ),
+                None,
+            )
+            if found is None:
+                return False  # deleted (or trimmed) meanwhile
+            stored = Message.from_dict(orjson.loads(found))
+            earlier = stored.versions or []
+            streams = {stored.stream_id, *(v.get("stream_id") for v in earlier)}
+            if stored.role != "assistant" or message.stream_id in streams:
+                return False
+            versions = [*earlier, stored.as_version()][-MAX_VERSIONS:]
+            new = _dumps(replace(message, versions=versions).to_dict())
+            swapped = await self._swap_item(key, self._sk(session_id), found, new)
+            if swapped != 0:
+                return swapped > 0
+        raise StoreUnavailable(
+            f"message {message.message_id} of session {session_id} kept changing during "
+            f"{_SWAP_ATTEMPTS} attempts to store a new version; retry"
+        )
 
     async def get_messages(self, session_id: str) -> list[Message]:
         raw = await self._range(self._sk(session_id, "messages"))

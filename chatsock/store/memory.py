@@ -154,6 +154,16 @@ class MemoryStore(MemoryRateLimits, Store):
         self._append_ordered(ids, item_id, cap, ttl)
         return True
 
+    async def _swap_item(self, key: str, guard: str, old: bytes, new: bytes) -> int:
+        if self._live(guard) is None:
+            return -1
+        items: deque[bytes] = self._live(key) or deque()
+        for index in range(len(items) - 1, -1, -1):
+            if items[index] == old:
+                items[index] = new
+                return 1
+        return 0
+
     async def _range(self, key: str) -> list[bytes]:
         return list(self._live(key) or ())
 

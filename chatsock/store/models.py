@@ -11,7 +11,10 @@ MessageStatus = Literal["complete", "stopped", "error"]
 StreamStatus = Literal["streaming", "complete", "stopped", "error"]
 
 
-_OMITTED_WHEN_NONE = ("reasoning", "signed")
+_OMITTED_WHEN_NONE = ("reasoning", "signed", "versions")
+# What a message's earlier version keeps: how that reply read and ended, not the
+# turn's identity (the message's own) nor what only the provider needs.
+_NOT_IN_A_VERSION = ("message_id", "role", "client_message_id", "signed", "versions")
 
 
 @dataclass(slots=True)
@@ -32,12 +35,23 @@ class Message:
     # provider's signed reasoning blocks sent back with this turn (never shown).
     reasoning: str | None = None
     signed: list[dict[str, Any]] | None = None
+    # Earlier replies of this turn, oldest first, each as `as_version` gives it:
+    # a regenerated reply takes its message's place and the one it replaced moves
+    # here (None: never regenerated).
+    versions: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for optional in _OMITTED_WHEN_NONE:  # a message without them reads as before
             if data[optional] is None:
                 del data[optional]
+        return data
+
+    def as_version(self) -> dict[str, Any]:
+        """This reply as an earlier version of its message (`versions`)."""
+        data = self.to_dict()
+        for name in _NOT_IN_A_VERSION:
+            data.pop(name, None)
         return data
 
     @classmethod
@@ -88,6 +102,9 @@ class StreamRecord:
     # Names this incarnation of the stream's token log (see `new_epoch`); "" for
     # records written before epochs, whose logs are not checked.
     epoch: str = field(default_factory=new_epoch)
+    # A regenerate (chat_regenerate): the assistant message whose reply this stream
+    # replaces, its own `message_id`; None for a reply to a new user message.
+    regenerates: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -139,6 +139,12 @@ class Primitives(ABC):
         set `ids`; keep the newest `cap` of both. True when appended."""
 
     @abstractmethod
+    async def _swap_item(self, key: str, guard: str, old: bytes, new: bytes) -> int:
+        """Atomically replace the last item of list `key` equal to `old` by `new`:
+        1 when replaced, 0 when no item equals `old` (it changed meanwhile), -1
+        (nothing written) when the key `guard` does not exist."""
+
+    @abstractmethod
     async def _range(self, key: str) -> list[bytes]: ...
 
     @abstractmethod

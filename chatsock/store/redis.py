@@ -169,6 +169,7 @@ class RedisStore(RedisRateLimits, Store):
         self._register_script = script(scripts.HELPERS + scripts.REGISTER)
         self._push_once_script = script(scripts.HELPERS + scripts.PUSH_ONCE)
         self._release_field_script = script(scripts.RELEASE_FIELD)
+        self._swap_item_script = script(scripts.SWAP_ITEM)
         self._keep_alive_script = script(scripts.KEEP_ALIVE)
         self._presence_mark_script = script(scripts.NOW + scripts.PRESENCE_MARK)
         self._presence_others_script = script(scripts.NOW + scripts.PRESENCE_OTHERS)
@@ -243,6 +244,10 @@ class RedisStore(RedisRateLimits, Store):
     ) -> bool:
         args: list[bytes | str | int] = [item_id, value, ttl or 0, cap]
         return bool(await self._push_once_script(keys=[key, ids], args=args))
+
+    @_mapped
+    async def _swap_item(self, key: str, guard: str, old: bytes, new: bytes) -> int:
+        return int(await self._swap_item_script(keys=[key, guard], args=[old, new]))
 
     @_mapped
     async def _range(self, key: str) -> list[bytes]:

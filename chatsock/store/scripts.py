@@ -96,6 +96,18 @@ append(KEYS[2], ARGV[1], ARGV[4], ARGV[3])
 return 1
 """
 
+# Replace the last item of a list equal to ARGV[1] by ARGV[2] (a compare-and-set:
+# 0 when none equals it any more), unless the guard key is gone (-1: the
+# session was deleted, nothing is written). LPOS scans from the tail, where the
+# item replaced (a session's newest reply) is. KEYS: list, guard; ARGV: old, new
+SWAP_ITEM = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+local at = redis.call('LPOS', KEYS[1], ARGV[1], 'RANK', -1)
+if not at then return 0 end
+redis.call('LSET', KEYS[1], at, ARGV[2])
+return 1
+"""
+
 # HDEL a field (and its order entry), with ARGV[2] == '1' only if its JSON
 # value's stream_id is ARGV[3]. KEYS: hash, order; ARGV: field, check, stream_id
 RELEASE_FIELD = """
