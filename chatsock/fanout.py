@@ -99,9 +99,11 @@ class Feed:
     session_id: str
     last_seq: int = 0  # the position of the last log entry sent live
     terminal: Terminal | None = None
-    # The seqs of the last `chat_token` and `chat_reasoning` sent live.
+    # The seqs of the last `chat_token` and `chat_reasoning` sent live; not
+    # `counted` yet for a feed a tailer opened midway (see `Fanout.seqs_at`).
     text_seq: int = 0
     reasoning_seq: int = 0
+    counted: bool = True
     catching_up: set[str] = field(default_factory=set)
     listeners: set[Listener] = field(default_factory=set)
     # Sockets that entered the room after the feed opened: the seq after which
@@ -169,8 +171,10 @@ class Fanout:
         self._turns: dict[tuple[str, str], _Turn] = {}
 
     def open(self, stream_id: str, session_id: str, start_at: int = 0) -> Feed:
-        """A live feed; a tailer that picks a stream up at `start_at` passes it."""
-        feed = Feed(stream_id, session_id, last_seq=start_at)
+        """A live feed; a tailer that picks a stream up at `start_at` passes it
+        (the log position: its seqs of each kind are counted from the log when
+        asked, until the tailer has counted them)."""
+        feed = Feed(stream_id, session_id, last_seq=start_at, counted=not start_at)
         if start_at:
             for sid, _ in self._sio.manager.get_participants("/", feed.room):
                 feed.live_since[sid] = start_at
@@ -318,8 +322,17 @@ class Fanout:
             # elsewhere): its end went out before the socket entered the room. It
             # is over for this socket too; the caller reads the messages after this.
             return None
-        text_seq, reasoning_seq = feed.seqs_at(feed.live_since.get(sid, 0))
+        text_seq, reasoning_seq = await self.seqs_at(feed, feed.live_since.get(sid, 0))
         return protocol.active_stream_view(record, text_seq, reasoning_seq if reasoning else None)
+
+    async def seqs_at(self, feed: Feed, position: int) -> tuple[int, int]:
+        """The `chat_token` and `chat_reasoning` seqs at a log position the feed
+        passed: from the feed once it has counted them, else from the log."""
+        if feed.counted or not position:
+            return feed.seqs_at(position)
+        entries = await self._store.read_tokens(feed.stream_id, 0, position)
+        reasoning = sum(1 for e in entries if protocol.is_reasoning(e.payload))
+        return len(entries) - reasoning, reasoning
 
     async def resume_socket(self, sid: str, record: StreamRecord, after: Cursor) -> str:
         """Replay what follows `after` to `sid`, then keep it live in the room; return

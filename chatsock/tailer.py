@@ -267,6 +267,7 @@ class Tailers:
             texts = [e for e in entries if not protocol.is_reasoning(e.payload)]
             feed.text_seq = len(texts)
             feed.reasoning_seq = len(entries) - len(texts)
+            feed.counted = True
         return "".join(str(e.payload.get("token", "")) for e in entries)
 
     async def _sent_text(self, tail: _Tail) -> str:

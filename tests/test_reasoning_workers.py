@@ -166,3 +166,41 @@ async def test_many_reasoning_streams_across_workers(
     async with aiohttp.ClientSession() as http:
         for worker in (a, b):
             assert_none(await worker_problems(http, worker.url))
+
+
+async def test_a_join_on_the_other_worker_reports_where_its_live_events_begin(
+    pair: tuple[Worker, Worker], clients: list[RecordingClient]
+) -> None:
+    """The `seq` and `reasoning_seq` a join reports are exact, also for a stream this
+    worker starts tailing midway: a resume after them completes the reply once."""
+    a, b = pair
+    owner, tab = await _client(clients, a), await _client(clients, b)
+    ack = await owner.call("chat_stream", {"message": "count me", "reasoning": True})
+    stream_id = ack["stream_id"]
+    await owner.wait_for(lambda _: len(_reasoning(owner, stream_id)) >= 3, within=20)
+    joined = await tab.call("session_join", {"session_id": ack["session_id"], "reasoning": True})
+    active = joined["active_stream"]
+    assert active["stream_id"] == stream_id
+    assert active["reasoning_seq"] >= 3
+    first = await tab.wait_for(
+        lambda events: next((e for e in events if e[0] in ("chat_reasoning", "chat_token")), None)
+    )
+    if first[0] == "chat_reasoning":
+        assert first[1]["seq"] == active["reasoning_seq"] + 1
+    else:
+        assert first[1]["seq"] == active["seq"] + 1
+    # Ask only for what came before the live events: nothing twice, nothing missing.
+    reply = await tab.call(
+        "chat_resume",
+        {"stream_id": stream_id, "reasoning": True, "after": 0, "after_reasoning": 0},
+    )
+    assert reply["ok"], reply
+    _, done = await owner.wait_terminal(stream_id, within=30)
+    await tab.wait_terminal(stream_id, within=30)
+    live = [e for e in tab.of("chat_reasoning", stream_id) if e["seq"] > active["reasoning_seq"]]
+    assert live, "reasoning after the join arrived live"
+    assert_none(
+        _check("tab", tab, stream_id, done) + _check_reasoning("tab", _reasoning(tab, stream_id))
+    )
+    full = "".join(e["reasoning"] for e in _reasoning(owner, stream_id))
+    assert "".join(e["reasoning"] for e in _reasoning(tab, stream_id)) == full

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 MessageStatus = Literal["complete", "stopped", "error"]
@@ -15,6 +15,13 @@ _OMITTED_WHEN_NONE = ("reasoning", "signed", "versions")
 # What a message's earlier version keeps: how that reply read and ended, not the
 # turn's identity (the message's own) nor what only the provider needs.
 _NOT_IN_A_VERSION = ("message_id", "role", "client_message_id", "signed", "versions")
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without the fields `cls` does not have: a field a newer worker wrote
+    (a rolling deploy) is left to it, not a crash."""
+    names = {f.name for f in fields(cls)}
+    return data if names.issuperset(data) else {k: v for k, v in data.items() if k in names}
 
 
 @dataclass(slots=True)
@@ -56,7 +63,7 @@ class Message:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Message:
-        return cls(**data)
+        return cls(**_known(cls, data))
 
 
 @dataclass(slots=True)
@@ -111,7 +118,7 @@ class StreamRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StreamRecord:
-        return cls(**{"epoch": "", **data})
+        return cls(**{"epoch": "", **_known(cls, data)})
 
 
 @dataclass(slots=True, frozen=True)
