@@ -9,6 +9,9 @@ stream: SSE with `x-vercel-ai-ui-message-stream: v1`, one JSON chunk per `data:`
 line (`start`, `text-start`, `text-delta`, `text-end`, then `finish` or
 `error`), then `data: [DONE]`.
 
+`trigger: "regenerate-message"` on a stored chat is chatsock's regenerate: a
+new version of the last reply, under its message id (docs/protocol.md).
+
 `GET /api/aisdk/chat/{id}/stream` is `useChat({resume: true})`: the session's
 active reply from its start (the UI message stream has no Last-Event-ID: the
 client's transport replaces the message it has with the replay), then live;
@@ -44,6 +47,7 @@ from chatsock.metrics import Metrics
 from chatsock.policy import prompt_chars, trim_history
 from chatsock.protocol import Payload
 from chatsock.providers.base import ChatMessage
+from chatsock.regenerate import Regenerate, prepare
 from chatsock.requests import ChatStreamRequest, SessionId, parse
 from chatsock.requests import _Request as _Body  # strict, extra fields ignored
 from chatsock.runner import StreamRunner
@@ -253,12 +257,22 @@ class AiSdkChat:
         who = request[IDENTITY]
         raw = await read_json(request, self.settings.http.client_max_size)
         body = parse(UseChatRequest, raw)
-        wanted = chat_request(body, raw, self.settings)
+        regenerate: Regenerate | None = None
+        if body.trigger == "regenerate-message" and await self.store.get_session(body.id):
+            # useChat's regenerate of a stored chat: a new version of its last reply.
+            asked = {key: raw[key] for key in PASSED_OPTIONS if key in raw}
+            if body.messageId:
+                asked["message_id"] = body.messageId
+            wanted, regenerate = await prepare(self.store, asked, who, body.id)
+        else:
+            wanted = chat_request(body, raw, self.settings)
         self.gate.policy.check(wanted)
         await self.gate.may_start(who, request[CLIENT_IP] or None)
         listener = Listener(EVERYTHING)
         repeated: list[bool] = []
-        ack = await self.runner.start(wanted, body.id, who, repeated=lambda: repeated.append(True))
+        ack = await self.runner.start(
+            wanted, body.id, who, repeated=lambda: repeated.append(True), regenerate=regenerate
+        )
         # No await since start(): a new stream reaches the listener from its first event.
         if repeated or not self.fanout.attach(ack["stream_id"], listener):
             # The same useChat message posted again: its reply from the start.

@@ -34,7 +34,11 @@ def outcome(stream: ActiveStream, text: str) -> tuple[MessageStatus, Terminal]:
             duration=time.monotonic() - stream.started,
             provider=stream.provider,
             model=stream.model,
-            usage=protocol.usage(usage.input_tokens, usage.output_tokens) if usage else None,
+            usage=(
+                protocol.usage(usage.input_tokens, usage.output_tokens, usage.reasoning_tokens)
+                if usage
+                else None
+            ),
             persist_failed=False,
             reasoning_chars=sum(map(len, stream.reasoning_parts)),
             reasoning_ms=stream.reasoning_ms(),

@@ -239,8 +239,14 @@ def session_deleted(session_id: str) -> Payload:
     return {"session_id": session_id}
 
 
-def usage(input_tokens: int | None, output_tokens: int | None) -> Payload:
-    return {"input_tokens": input_tokens, "output_tokens": output_tokens}
+def usage(
+    input_tokens: int | None, output_tokens: int | None, reasoning_tokens: int | None = None
+) -> Payload:
+    """`reasoning_tokens` (part of `output_tokens`) only when the provider counted them."""
+    counted: Payload = {"input_tokens": input_tokens, "output_tokens": output_tokens}
+    if reasoning_tokens is not None:
+        counted["reasoning_tokens"] = reasoning_tokens
+    return counted
 
 
 # -- views of stored things ------------------------------------------------

@@ -329,23 +329,44 @@ async def test_many_chats_stream_resume_and_stop_at_once(start_server, http):
         assert (await response.json())["count"] == 0
 
 
-@pytest.mark.parametrize(
-    "again",
-    [
-        {"trigger": "regenerate-message", "messageId": "a-old"},
-        {"trigger": "submit-message", "messageId": "same-id"},  # sendMessage({messageId}): an edit
-    ],
-)
-async def test_regenerate_and_edit_start_a_new_reply(server, fake_provider, http, again):
+async def test_an_edit_starts_a_new_reply(server, fake_provider, http):
+    """sendMessage({messageId}): an edit of the last user message."""
     fake_provider.enqueue("first")
     fake_provider.enqueue("second")
     url = url_of(server)
     payload = body("chat10", user_message("hi", "same-id"))
     await (await post(http, url, payload)).until_done()
-    reader = await post(http, url, {**payload, **again})
+    reader = await post(http, url, {**payload, "messageId": "same-id"})
     await reader.until_done()
     assert reader.text() == "second"
     assert len(fake_provider.requests) == 2
+
+
+async def test_regenerate_replaces_the_stored_reply_with_a_new_version(server, fake_provider, http):
+    """useChat's regenerate() of a stored chat: the same message id, its old reply
+    kept as a version, the provider asked without it; a message id that is not
+    the last reply is refused, naming it."""
+    fake_provider.enqueue("first")
+    fake_provider.enqueue("second")
+    url = url_of(server)
+    payload = body("chat11", user_message("hi", "u-1"))
+    first = await post(http, url, payload)
+    chunks = await first.until_done()
+    reply_id = chunks[0]["messageId"]
+    again = {**payload, "trigger": "regenerate-message", "messageId": reply_id}
+    reader = await post(http, url, again)
+    chunks = await reader.until_done()
+    assert (chunks[0]["messageId"], reader.text()) == (reply_id, "second")
+    assert [m.content for m in fake_provider.requests[1].messages] == ["hi"]
+    async with http.get(f"{url}/api/chat/sessions/chat11") as response:
+        messages = (await response.json())["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[1]["content"] == "second"
+    assert [v["content"] for v in messages[1]["versions"]] == ["first"]
+    bad = {**again, "messageId": "not-the-reply"}
+    async with http.post(f"{url}/api/aisdk/chat", json=bad) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["message"].startswith("message_id")
 
 
 async def test_a_dev_server_on_another_origin_may_call_both_routes(start_server, http):

@@ -118,6 +118,7 @@ async def test_openai_usage_reports_reasoning_tokens_and_effort_passes_through(
     assert event == "chat_complete"
     assert done["reasoning_chars"] == 2
     assert fake.requests[-1].body["reasoning_effort"] == "high"  # the request's wins
+    assert done["usage"] == {"input_tokens": 5, "output_tokens": 9, "reasoning_tokens": 6}
     ack = await client.call("chat_stream", {"message": "q2", "session_id": ack["session_id"]})
     fake.enqueue(Reply(pieces=["ok"]))
     await client.wait_terminal(ack["stream_id"], within=20)
