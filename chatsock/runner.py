@@ -645,12 +645,15 @@ class StreamRunner:
 
     async def _charge(self, stream: ActiveStream) -> None:
         """Count the reply's output tokens against its user's daily budget: the
-        provider's usage, else an estimate of one token per 4 characters."""
+        provider's usage (reasoning included), else an estimate of one token per 4
+        characters of text and reasoning."""
         user = stream.record.user
         if self.charge is None or user is None or user == ANONYMOUS_USER:
             return
         usage = stream.usage.output_tokens if stream.usage is not None else None
-        spent = usage if usage is not None else -(-sum(map(len, stream.parts)) // 4)
+        # Reasoning is output too: a model that thinks spends its user's budget.
+        chars = sum(map(len, stream.parts)) + sum(map(len, stream.reasoning_parts))
+        spent = usage if usage is not None else -(-chars // 4)
         try:
             await self.charge(user, spent)
         except StoreUnavailable as exc:

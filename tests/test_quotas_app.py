@@ -17,7 +17,7 @@ import jwt
 from aiohttp.test_utils import TestServer
 
 from chatsock.app import RUNNER, STORE
-from chatsock.providers.base import Usage
+from chatsock.providers.base import Delta, Usage
 from tests.conftest import ServerFactory, url_of
 from tests.fakes.provider import ScriptedProvider
 from tests.support.clients import RecordingClient
@@ -60,6 +60,21 @@ async def test_the_daily_output_token_budget_is_counted_from_provider_usage(
     other = await bob.call("chat_stream", {"message": "mine"})  # bob has his own budget
     assert other["ok"], other
     await bob.wait_terminal(other["stream_id"])
+
+
+async def test_reasoning_counts_against_the_budget_when_the_provider_reports_no_usage(
+    start_server: ServerFactory, fake_provider: ScriptedProvider, clients: list[RecordingClient]
+) -> None:
+    server = await start_server(
+        chain=["fake"], providers={"fake": fake_provider}, auth=AUTH,
+        limits={"daily_output_tokens": 100},
+    )  # fmt: skip
+    alice = await as_user(server, "alice", clients)
+    fake_provider.enqueue(Delta(reasoning="x" * 400), "ok")  # ~101 tokens, 100 of them thought
+    ack = await alice.call("chat_stream", {"message": "think"})
+    assert (await alice.wait_terminal(ack["stream_id"]))[0] == "chat_complete"
+    refused = await alice.call("chat_stream", {"message": "again"})
+    assert refused["error"]["code"] == "rate_limited"
 
 
 async def test_one_user_cannot_start_300_concurrent_streams(

@@ -83,4 +83,7 @@ class DemoProvider(Provider):
                 await asyncio.sleep(delay)
             yield Delta(reasoning=piece) if index < len(thoughts) else Delta(piece)
         prompt_words = sum(len(m.content.split()) for m in request.messages)
-        yield Delta(finish_reason=finish, usage=Usage(prompt_words, len(pieces)))
+        # Its "thoughts" are output too, counted apart as a reasoning model's are.
+        output = len(thoughts) + len(pieces)
+        usage = Usage(prompt_words, output, len(thoughts) if thoughts else None)
+        yield Delta(finish_reason=finish, usage=usage)
