@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.clients import RecordingClient
+from tests.support.clients import RecordingClient, connected
 from tests.support.invariants import assert_none, check_follower, seen, worker_problems
-from tests.support.process import Worker
+from tests.support.process import Worker, worker_pair
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -21,23 +21,17 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture
 async def pair(private_redis_server: RedisServer) -> AsyncIterator[tuple[Worker, Worker]]:
-    common = {
-        "REDIS_URL": private_redis_server.url,
-        "CHATSOCK_DEMO__TOKENS_PER_SECOND": "40",
-        "CHATSOCK_PROVIDERS__DEMO__KIND": "demo",
-        "CHATSOCK_PROVIDERS__DEMO__THINKING_BUDGET": "1024",  # the demo reasons first
-    }
-    a = Worker(env={**common, "CHATSOCK_SERVER__WORKER_ID": "worker-a"})
-    b = Worker(env={**common, "CHATSOCK_SERVER__WORKER_ID": "worker-b"})
-    await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
-    yield a, b
-    await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))
+    async with worker_pair(
+        private_redis_server.url,
+        CHATSOCK_DEMO__TOKENS_PER_SECOND="40",
+        CHATSOCK_PROVIDERS__DEMO__KIND="demo",
+        CHATSOCK_PROVIDERS__DEMO__THINKING_BUDGET="1024",  # the demo reasons first
+    ) as workers:
+        yield workers
 
 
 async def _client(clients: list[RecordingClient], worker: Worker) -> RecordingClient:
-    client = await RecordingClient().connect(worker.url)
-    clients.append(client)
-    return client
+    return await connected(clients, worker.url)
 
 
 def _reasoning(client: RecordingClient, stream_id: str) -> list[dict[str, Any]]:

@@ -3,13 +3,12 @@ one worker and is followed, resumed, retried and stopped from the other."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.support.clients import RecordingClient
+from tests.support.clients import RecordingClient, connected
 from tests.support.invariants import (
     assert_none,
     check_follower,
@@ -19,7 +18,7 @@ from tests.support.invariants import (
     occupied_slots,
     seen,
 )
-from tests.support.process import Worker
+from tests.support.process import Worker, worker_pair
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -27,22 +26,16 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture
 async def cluster(private_redis_server: RedisServer) -> AsyncIterator[tuple[Worker, Worker]]:
-    common = {
-        "REDIS_URL": private_redis_server.url,
-        "CHATSOCK_DEMO_TOKENS_PER_SECOND": "80",
-        "CHATSOCK_STREAM__LEASE_S": "3",
-    }
-    a = Worker(env={**common, "CHATSOCK_SERVER__WORKER_ID": "worker-a"})
-    b = Worker(env={**common, "CHATSOCK_SERVER__WORKER_ID": "worker-b"})
-    await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
-    yield a, b
-    await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))
+    async with worker_pair(
+        private_redis_server.url,
+        CHATSOCK_DEMO_TOKENS_PER_SECOND="80",
+        CHATSOCK_STREAM__LEASE_S="3",
+    ) as workers:
+        yield workers
 
 
 async def _client(clients: list[RecordingClient], worker: Worker) -> RecordingClient:
-    client = await RecordingClient().connect(worker.url)
-    clients.append(client)
-    return client
+    return await connected(clients, worker.url)
 
 
 async def _messages(client: RecordingClient) -> list[dict[str, Any]]:

@@ -87,3 +87,10 @@ class RecordingClient:
     async def close(self) -> None:
         if self.sio.connected:
             await self.sio.disconnect()
+
+
+async def connected(clients: list[RecordingClient], url: str) -> RecordingClient:
+    """A client connected to `url`, added to `clients` (which the test closes)."""
+    client = await RecordingClient().connect(url)
+    clients.append(client)
+    return client

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -9,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from tests.support.limits import RELAXED_ENV
@@ -103,3 +105,17 @@ class Worker:
             self.log_path.unlink()
         except OSError:
             pass
+
+
+@contextlib.asynccontextmanager
+async def worker_pair(redis_url: str, **env: str) -> AsyncIterator[tuple[Worker, Worker]]:
+    """Two workers (`worker-a`, `worker-b`) on the Redis at `redis_url`, started
+    together with `env` and stopped after."""
+    common = {"REDIS_URL": redis_url, **env}
+    a = Worker(env={**common, "CHATSOCK_SERVER__WORKER_ID": "worker-a"})
+    b = Worker(env={**common, "CHATSOCK_SERVER__WORKER_ID": "worker-b"})
+    await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
+    try:
+        yield a, b
+    finally:
+        await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))
