@@ -29,6 +29,7 @@ from chatsock.namespace import ChatNamespace
 from chatsock.policy import ClientPolicy
 from chatsock.providers.base import Provider
 from chatsock.providers.registry import ProviderRegistry, build_registry
+from chatsock.providers_api import ProvidersApi
 from chatsock.quotas import Quotas
 from chatsock.runner import StreamRunner
 from chatsock.send_queue import SendLimits
@@ -150,6 +151,7 @@ def create_app(
     install_guards(app, settings)
     app.middlewares.append(drain.middleware)
     aisdk = AiSdkChat(settings, store, runner, fanout, sessions, gate, metrics)
+    choices = ProvidersApi(gate.policy, registry)
     HttpApi(
         settings,
         store,
@@ -161,7 +163,7 @@ def create_app(
         loops=loops,
         gate=gate,
         draining=lambda: drain.reason,
-    ).add_routes(app, aisdk.add_routes)
+    ).add_routes(app, lambda r: [*aisdk.add_routes(r), *choices.add_routes(r)])
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_shutdown_streams)
     return app

@@ -42,6 +42,15 @@ class ClientPolicy:
             for name, provider in registry.providers.items()
         }
 
+    @property
+    def chain(self) -> list[str]:
+        """The providers tried, in order, when a request names none."""
+        return list(self._chain)
+
+    def models(self, provider: str) -> frozenset[str] | None:
+        """The models a client may name for `provider` (None: any)."""
+        return self._models[provider]
+
     def check(self, request: ChatStreamRequest) -> None:
         """Raise `invalid_request` naming the first field outside the policy."""
         limits = self.limits
