@@ -4,11 +4,19 @@
 # compiler or test tool. Configure it through the environment or a config file
 # mounted at /app/config.toml (docs/deployment.md).
 
-# 1. socket.io-client for the demo page, at the version package-lock.json pins.
+# 1. The page's bundle (chatsock-client, marked, DOMPurify, highlight.js, built by
+# esbuild) and socket.io-client, at the versions the package-lock.json files pin.
 FROM node:22-bookworm-slim AS client
 WORKDIR /build
+COPY clients/js/package.json clients/js/package-lock.json ./clients/js/
+RUN cd clients/js && npm ci --no-audit --no-fund --loglevel=error --ignore-scripts
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund --loglevel=error
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY clients/js ./clients/js
+RUN cd clients/js && npm run --silent build
+COPY scripts/build_page.mjs ./scripts/
+COPY chatsock/static ./chatsock/static
+RUN node scripts/build_page.mjs
 
 # 2. chatsock and its runtime dependencies, installed into a virtualenv.
 FROM python:3.11-slim AS build
@@ -19,6 +27,7 @@ COPY chatsock ./chatsock
 # Shipped in the package beside the page (chatsock/web.py looks there first).
 COPY --from=client /build/node_modules/socket.io-client/dist/socket.io.min.js \
     ./chatsock/static/vendor/socket.io.min.js
+COPY --from=client /build/chatsock/static/dist ./chatsock/static/dist
 # The lock pins the test tools too, but `-c` makes it constraints only: what is
 # installed is pyproject.toml's runtime `dependencies`, at the versions CI tested.
 RUN /opt/chatsock/bin/pip install --no-cache-dir --disable-pip-version-check \

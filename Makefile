@@ -46,7 +46,13 @@ $(JS_CLIENT)/dist/index.js: $(JS_CLIENT)/node_modules/.package-lock.json $(JS_CL
 	cd $(JS_CLIENT) && npm run --silent build && npm run --silent build:tests
 	touch $@
 
-deps: $(STAMP) node_modules/.package-lock.json $(JS_CLIENT)/dist/index.js
+# The page at / (chatsock/static/page/*.js), bundled by esbuild with chatsock-client,
+# marked, DOMPurify and highlight.js into chatsock/static/dist/ (git-ignored).
+PAGE := chatsock/static/dist/page.js
+$(PAGE): node_modules/.package-lock.json $(JS_CLIENT)/dist/index.js scripts/build_page.mjs $(wildcard chatsock/static/page/*.js)
+	node scripts/build_page.mjs
+
+deps: $(STAMP) node_modules/.package-lock.json $(JS_CLIENT)/dist/index.js $(PAGE)
 
 run: deps
 	$(BIN)/chatsock serve
@@ -65,4 +71,4 @@ bench: deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) node_modules $(JS_CLIENT)/node_modules $(JS_CLIENT)/dist $(JS_CLIENT)/test-dist
+	rm -rf $(VENV) node_modules $(JS_CLIENT)/node_modules $(JS_CLIENT)/dist $(JS_CLIENT)/test-dist chatsock/static/dist

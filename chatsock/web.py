@@ -1,4 +1,4 @@
-"""Plain HTTP routes: liveness, the demo page and its static files.
+"""Plain HTTP routes: liveness, the chat page and its static files.
 
 The page's files ship inside the package (`chatsock/static/`), so a worker
 installed from a wheel serves them whatever its working directory.
@@ -17,6 +17,14 @@ STATIC_PREFIX: Final = "/static/"
 PACKAGE_STATIC: Final = Path(__file__).resolve().parent / "static"
 # The checkout, when chatsock runs from one (an editable install): its node_modules.
 _CHECKOUT: Final = PACKAGE_STATIC.parent.parent
+
+# The page's script: chatsock/static/page/*.js bundled with its npm libraries
+# (scripts/build_page.mjs); built by `make deps` and the Dockerfile, not kept in git.
+PAGE_BUNDLE: Final = Path("dist/page.js")
+NOT_BUILT: Final = (
+    "The chat page is not built: run `make deps` (or `node scripts/build_page.mjs` "
+    "after building clients/js), or install chatsock from a wheel or image that has it.\n"
+)
 
 # Third-party client files, by the name the page asks for: under node_modules
 # (`npm ci`), or copied into `<static>/vendor/` before a wheel is built (the
@@ -51,7 +59,10 @@ def add_page_routes(app: web.Application, static_dir: Path | None) -> None:
     """`/`, `/static/...` and `/healthz`; `static_dir` None = the package's own files."""
     static = static_dir or PACKAGE_STATIC
 
-    async def index(request: web.Request) -> web.FileResponse:
+    async def index(request: web.Request) -> web.StreamResponse:
+        if not (static / PAGE_BUNDLE).is_file():
+            # Without its bundle the page would load blank: say what to run.
+            return web.Response(status=503, text=NOT_BUILT, content_type="text/plain")
         return web.FileResponse(static / "index.html")
 
     async def vendor(request: web.Request) -> web.StreamResponse:

@@ -121,7 +121,7 @@ async def test_serve_starts_on_embedded_defaults_with_host_and_port_flags():
         assert (status, body) == (200, b'{"status": "ok"}')
         status, page = await asyncio.to_thread(fetch, "/")
         assert status == 200
-        assert b"/static/vendor/socket.io.min.js" in page
+        assert b"/static/dist/page.js" in page
         status, vendor = await asyncio.to_thread(fetch, "/static/vendor/socket.io.min.js")
         assert status == 200
         assert len(vendor) > 10000

@@ -76,7 +76,7 @@ async def _polling_connect(url: str, headers: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/static/app.js", "/api/chat/sessions", POLLING, "/metrics", "/nope"]
+    "path", ["/", "/static/dist/page.js", "/api/chat/sessions", POLLING, "/metrics", "/nope"]
 )
 async def test_a_rebound_host_is_refused_on_every_route_of_a_loopback_server(
     aiohttp_server, make_settings, http, path
@@ -194,7 +194,7 @@ def test_a_malformed_allowed_host_is_refused_at_start_naming_the_key(make_settin
 # -- security headers -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/", "/static/app.js", "/static/style.css"])
+@pytest.mark.parametrize("path", ["/", "/static/dist/page.js", "/static/style.css"])
 async def test_the_page_is_served_with_a_csp_that_forbids_framing(
     aiohttp_server, make_settings, http, path
 ):

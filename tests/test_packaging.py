@@ -31,7 +31,7 @@ from tests.support.process import ROOT, free_port, wait_healthy
 
 pytestmark = pytest.mark.timeout(240)
 
-PAGE_FILES = ("index.html", "app.js", "style.css")
+PAGE_FILES = ("index.html", "style.css", "favicon.svg", "dist/page.js")
 SOCKET_IO = ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
 
 

@@ -38,10 +38,11 @@ try {
     await page.click("#send");
     await page.waitForFunction(() => {
       const bubbles = document.querySelectorAll(".bubble.assistant");
-      return bubbles.length === 1 && document.getElementById("stop").disabled &&
-        bubbles[0].textContent.includes("```python");
+      return bubbles.length === 1 && bubbles[0].classList.contains("complete") &&
+        bubbles[0].querySelector(".code");
     }, null, { timeout: 20000 });
-    result.reply = await page.textContent(".bubble.assistant");
+    // The reply's text as the page's store holds it (the bubble shows it rendered).
+    result.reply = await page.evaluate(() => window.chatsockPage.store.getState().messages[1].content);
     result.violations = await page.evaluate(() => window.__violations.slice());
     result.consoleErrors = consoleErrors.slice();
     // The policy is enforced: an injected inline script does not run.
