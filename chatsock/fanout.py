@@ -109,6 +109,9 @@ class Feed:
     # Sockets that entered the room after the feed opened: the seq after which
     # they have had every token (sockets without an entry: all of them).
     live_since: dict[str, int] = field(default_factory=dict)
+    # Members that opted in to reasoning after they entered the room: the
+    # position after which they have had its reasoning (before it, text only).
+    reasoning_since: dict[str, int] = field(default_factory=dict)
     # Sockets that got the terminal event (live or at the end of a catch-up).
     finished: set[str] = field(default_factory=set)
     # Whether the terminal is the stream's recorded end, not a local give-up.
@@ -190,9 +193,14 @@ class Fanout:
         recorded here, in the same step."""
         if not self._sio.manager.is_connected(sid, "/"):
             return  # a socket that left while its request waited joins nothing
-        if reasoning:
+        member = self._in_room(sid, session_id)
+        if reasoning and protocol.reasoning_room(session_id) not in self._sio.rooms(sid):
             self._sio.manager.basic_enter_room(sid, "/", protocol.reasoning_room(session_id))
-        if self._in_room(sid, session_id):
+            if member:  # it had the text live, the reasoning only from now on
+                for feed in (*self.feeds.values(), *self._ended.values()):
+                    if feed.session_id == session_id:
+                        feed.reasoning_since[sid] = feed.last_seq
+        if member:
             return
         self._sio.manager.basic_enter_room(sid, "/", protocol.session_room(session_id))
         for feed in self.feeds.values():
@@ -322,7 +330,10 @@ class Fanout:
             # elsewhere): its end went out before the socket entered the room. It
             # is over for this socket too; the caller reads the messages after this.
             return None
-        text_seq, reasoning_seq = await self.seqs_at(feed, feed.live_since.get(sid, 0))
+        live_since = feed.live_since.get(sid, 0)
+        text_seq, reasoning_seq = await self.seqs_at(feed, live_since)
+        if reasoning and sid in feed.reasoning_since:  # it opted in after it joined
+            reasoning_seq = (await self.seqs_at(feed, feed.reasoning_since[sid]))[1]
         return protocol.active_stream_view(record, text_seq, reasoning_seq if reasoning else None)
 
     async def seqs_at(self, feed: Feed, position: int) -> tuple[int, int]:
@@ -426,12 +437,24 @@ class Fanout:
         return send
 
     async def _backfill(self, sid: str, feed: Feed, after: Cursor) -> None:
-        """Send `sid` the tokens after `after` it had not had when its live delivery began."""
+        """Send `sid` the tokens after `after` it had not had when its live delivery
+        began (and the reasoning, when it opted in to it later than that)."""
         live_since = feed.live_since.get(sid, 0)
-        if after.position >= live_since:
+        start, upto = after.position, live_since
+        if after.reasoning and sid in feed.reasoning_since:
+            # Its reasoning is no prefix of the log: each kind's seq is a lower bound
+            # of its position, so the first entry it lacks lies past the smaller.
+            start = min(after.after, after.after_reasoning)
+            upto = max(upto, feed.reasoning_since[sid])
+        if start >= upto:
             return
-        await self._send_log(feed.stream_id, after, self._to(sid), upto=live_since)
-        feed.live_since[sid] = after.position
+        send = self._to(sid)
+        await self._send_log(
+            feed.stream_id, after, send, upto=upto, start=start, text_upto=live_since
+        )
+        feed.live_since[sid] = start
+        if after.reasoning:
+            feed.reasoning_since.pop(sid, None)
 
     async def resume_listener(self, listener: Listener, record: StreamRecord, after: Cursor) -> str:
         """Replay what follows `after` into `listener`, then attach it to the live feed."""
@@ -508,10 +531,12 @@ class Fanout:
         send: Send,
         upto: int | None = None,
         start: int | None = None,
+        text_upto: int | None = None,
     ) -> int:
         """Send the logged entries `after` wants, from position `start` (default:
-        its position) through `upto`, a page per read; return the last position
-        read. Raise `log_unavailable` at the first gap."""
+        its position) through `upto` (text only through `text_upto`: the follower
+        had the rest live), a page per read; return the last position read.
+        Raise `log_unavailable` at the first gap."""
         last = after.position if start is None else start
         while upto is None or last < upto:
             want = LOG_PAGE if upto is None else min(LOG_PAGE, upto - last)
@@ -520,6 +545,8 @@ class Fanout:
                 if entry.seq != last + 1:
                     raise log_unavailable(stream_id, last + 1, entry.seq - 1)
                 event = after.event(entry.payload)
+                if event == protocol.TOKEN and text_upto is not None and entry.seq > text_upto:
+                    event = None
                 if event is not None:
                     await send(event, entry.payload)
                 last = entry.seq

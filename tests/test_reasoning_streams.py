@@ -290,3 +290,41 @@ async def test_many_streams_with_reasoning_at_once(
     runner = server.app[RUNNER]
     assert await poll_until(lambda: not runner.streams and runner.task_count == 0, within=10)
     assert await server.app[STORE].active_streams() == []
+
+
+async def test_a_socket_that_opts_in_after_it_joined_gets_the_reasoning_it_missed(
+    start_server: Any, make_settings: Any, connect: Connect
+) -> None:
+    """It streamed (or joined) without reasoning, then asks for it mid-stream: the
+    join says where its live reasoning begins and a resume fills in the rest."""
+    server = await demo_server(start_server, make_settings, tps=40)
+    client, owner = await connect(server), await connect(server)
+    ack = await owner.call("chat_stream", {"message": "opt in later", "reasoning": True})
+    stream_id, session_id = ack["stream_id"], ack["session_id"]
+    await client.call("session_join", {"session_id": session_id})  # text only
+    await owner.wait_for(lambda _: len(reasoning_of(owner, stream_id)) >= 4)
+    joined = await client.call("session_join", {"session_id": session_id, "reasoning": True})
+    assert joined["active_stream"]["reasoning_seq"] >= 4
+    reply = await client.call(
+        "chat_resume", {"stream_id": stream_id, "reasoning": True, "after_reasoning": 0}
+    )
+    assert reply["ok"], reply
+    _, done = await client.wait_terminal(stream_id, within=20)
+    await owner.wait_terminal(stream_id)
+    assert_none(check_follower("late", seen(client.events, stream_id), start=1, must_end=True))
+    full = "".join(e["reasoning"] for e in reasoning_of(owner, stream_id))
+    check_reasoning("late", reasoning_of(client, stream_id), full)
+    assert "".join(t["token"] for t in client.tokens(stream_id)) == done["full_response"]
+    # After the end, another socket that had the text only asks for the reasoning.
+    other = await connect(server)
+    await other.call("session_join", {"session_id": session_id})
+    await other.call("chat_resume", {"stream_id": stream_id})
+    await other.wait_terminal(stream_id)
+    await other.call("session_join", {"session_id": session_id, "reasoning": True})
+    again = await other.call(
+        "chat_resume",
+        {"stream_id": stream_id, "reasoning": True, "after": len(other.tokens(stream_id))},
+    )
+    assert again == {"ok": True, "status": "complete"}
+    check_reasoning("after the end", reasoning_of(other, stream_id), full)
+    assert len(other.of("chat_complete", stream_id)) == 1
