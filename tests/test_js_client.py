@@ -2,8 +2,8 @@
 
 Two real `chatsock serve` workers share one real redis-server; the node test
 files in clients/js/test get their URLs in CHATSOCK_URL and CHATSOCK_URL_B and
-cover the client (both transports), the React hook (jsdom) and the Vue
-composable (jsdom), each against these servers.
+cover the client (both transports, reasoning streams, regenerate), the React
+hook (jsdom) and the Vue composable (jsdom), each against these servers.
 """
 
 from __future__ import annotations
@@ -128,6 +128,13 @@ async def test_socket_transport(workers: list[Worker]) -> None:
 
 async def test_http_transport(workers: list[Worker]) -> None:
     await _node_test("http.test.mjs", workers)
+
+
+async def test_reasoning_and_regenerate(workers: list[Worker]) -> None:
+    """Reasoning streams (opt-in, resume mid-reasoning on both transports and
+    across workers) and regenerate (replace, idempotent retry, resume)."""
+    await _node_test("reasoning.test.mjs", workers, clean=False)
+    await _node_test("regenerate.test.mjs", workers)
 
 
 async def test_react_hook(workers: list[Worker]) -> None:

@@ -5,10 +5,12 @@
 import { Emitter } from "./emitter.js";
 import { ChatsockError } from "./errors.js";
 import type {
+  ChatRegenerateRequest,
   ChatStreamRequest,
   ErrorBody,
   ErrorCode,
   HistoryMessage,
+  ReasoningEffort,
   ServerDraining,
   SessionDeleted,
   SessionDetail,
@@ -44,6 +46,11 @@ export interface ConnectOptions {
   ackTimeoutMs?: number;
   /** Extra socket.io-client options (`reconnectionDelay`, `path`, ...). */
   socketOptions?: Record<string, unknown>;
+  /**
+   * Receive the model's reasoning (default false): the default of every
+   * send, regenerate, join and history (each can say otherwise).
+   */
+  reasoning?: boolean;
 }
 
 export interface SendOptions {
@@ -56,11 +63,31 @@ export interface SendOptions {
   maxTokens?: number;
   /** Makes the request idempotent within the session; one is made when absent. */
   clientMessageId?: string;
+  /** Receive the model's reasoning (handle `reasoning` events); defaults to the client's `reasoning`. */
+  reasoning?: boolean;
+  /** Ask the model to reason: Anthropic extended thinking, in tokens (1024 or more). */
+  thinkingBudget?: number;
+  /** Ask an OpenAI reasoning model to reason this much. */
+  reasoningEffort?: ReasoningEffort;
+}
+
+/** A regenerate: `chat_stream`'s generation options, and which reply it replaces. */
+export interface RegenerateOptions extends Omit<SendOptions, "sessionId" | "history"> {
+  /** The reply to replace; it must be the session's last assistant message (the server checks). */
+  messageId?: string;
 }
 
 export interface ResumeOptions {
   sessionId?: string;
   epoch?: string;
+  /** Follow the reasoning too (defaults to the client's `reasoning`), after `afterReasoning`. */
+  reasoning?: boolean;
+  afterReasoning?: number;
+}
+
+export interface JoinOptions {
+  /** Follow the session's reasoning too; the messages then carry `reasoning` (defaults to the client's). */
+  reasoning?: boolean;
 }
 
 export interface JoinResult {
@@ -89,14 +116,20 @@ export interface ChatClient {
   readonly connection: ConnectionStatus;
   /** Starts a reply to `message`; follow it on the handle. */
   send(message: string, options?: SendOptions): StreamHandle;
+  /**
+   * A new reply to the session's last user message, replacing its reply (the
+   * old one is kept in the message's `versions`). Idempotent by
+   * `clientMessageId` (one is made when absent), as send() is.
+   */
+  regenerate(sessionId: string, options?: RegenerateOptions): StreamHandle;
   /** Stops a stream wherever it runs; `true` when this request stopped it. */
   stop(streamId: string): Promise<boolean>;
   /** Follows a stream from after `after` (e.g. after a page reload). */
   resume(streamId: string, after?: number, options?: ResumeOptions): StreamHandle;
   /** Loads a session and follows its reply in flight (a second tab). */
-  join(sessionId: string): Promise<JoinResult>;
+  join(sessionId: string, options?: JoinOptions): Promise<JoinResult>;
   sessions(options?: { limit?: number }): Promise<SessionSummary[]>;
-  history(sessionId: string): Promise<SessionDetail>;
+  history(sessionId: string, options?: JoinOptions): Promise<SessionDetail>;
   deleteSession(sessionId: string): Promise<void>;
   on<K extends keyof ClientEvents>(event: K, listener: ClientEvents[K]): () => void;
   off<K extends keyof ClientEvents>(event: K, listener: ClientEvents[K]): void;
@@ -128,16 +161,34 @@ export function requestBody(message: string, options: SendOptions): ChatStreamRe
   };
   const fields: [string, unknown][] = [
     ["session_id", options.sessionId],
-    ["provider", options.provider],
-    ["model", options.model],
-    ["system_prompt", options.systemPrompt],
     ["history", options.history],
-    ["temperature", options.temperature],
-    ["max_tokens", options.maxTokens],
-    ["client_message_id", options.clientMessageId],
+    ...generationFields(options),
   ];
   for (const [name, value] of fields) if (value !== undefined) body[name] = value;
   return body as unknown as ChatStreamRequest;
+}
+
+/** The `chat_regenerate` payload, its client_message_id filled in (idempotent when sent again). */
+export function regenerateBody(sessionId: string, options: RegenerateOptions): ChatRegenerateRequest {
+  const body: Record<string, unknown> = { session_id: sessionId };
+  options = { ...options, clientMessageId: options.clientMessageId ?? newClientMessageId() };
+  const fields: [string, unknown][] = [["message_id", options.messageId], ...generationFields(options)];
+  for (const [name, value] of fields) if (value !== undefined) body[name] = value;
+  return body as unknown as ChatRegenerateRequest;
+}
+
+function generationFields(options: SendOptions): [string, unknown][] {
+  return [
+    ["provider", options.provider],
+    ["model", options.model],
+    ["system_prompt", options.systemPrompt],
+    ["temperature", options.temperature],
+    ["max_tokens", options.maxTokens],
+    ["client_message_id", options.clientMessageId],
+    ["reasoning", options.reasoning || undefined],
+    ["thinking_budget", options.thinkingBudget],
+    ["reasoning_effort", options.reasoningEffort],
+  ];
 }
 
 /** The HTTP API calls both transports make, and the client bookkeeping. */
@@ -163,8 +214,14 @@ export abstract class ClientBase extends Emitter<ClientEvents> {
     return body.sessions;
   }
 
-  history(sessionId: string): Promise<SessionDetail> {
-    return this.api<SessionDetail>("GET", `/api/chat/sessions/${encodeURIComponent(sessionId)}`);
+  history(sessionId: string, options: JoinOptions = {}): Promise<SessionDetail> {
+    const query = this.wantsReasoning(options.reasoning) ? "?reasoning=1" : "";
+    return this.api<SessionDetail>("GET", `/api/chat/sessions/${encodeURIComponent(sessionId)}${query}`);
+  }
+
+  /** A request's own `reasoning`, else the client's default. */
+  protected wantsReasoning(asked: boolean | undefined): boolean {
+    return asked ?? this.options.reasoning ?? false;
   }
 
   async deleteSession(sessionId: string): Promise<void> {
@@ -198,7 +255,10 @@ export abstract class ClientBase extends Emitter<ClientEvents> {
 
   protected track(handle: StreamHandle): void {
     handle.on("accepted", () => {
-      if (handle.streamId !== undefined && !handle.ended) this.streams.set(handle.streamId, handle);
+      if (handle.streamId === undefined || handle.ended) return;
+      // A second handle of one stream (a repeated client_message_id) mirrors the first.
+      const first = this.streams.get(handle.streamId);
+      if (first === undefined || first.ended) this.streams.set(handle.streamId, handle);
     });
     const forget = () => {
       if (handle.streamId !== undefined && this.streams.get(handle.streamId) === handle) {

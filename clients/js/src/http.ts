@@ -1,34 +1,44 @@
 /**
  * The `http` transport: `fetch` and Server-Sent Events, for places without
  * WebSockets. A dropped response is resumed with `GET /api/chat/stream/{id}`
- * and `Last-Event-ID`; a POST whose response never started is sent again
- * with the same `client_message_id`, which replays instead of starting anew.
+ * and `Last-Event-ID` (`<seq>.<reasoning seq>` for a handle that follows the
+ * reasoning); a POST whose response never started is sent again with the
+ * same `client_message_id`, which replays instead of starting anew.
  */
 import {
   type ChatClient,
   ClientBase,
   type ConnectOptions,
   type ConnectionStatus,
+  type JoinOptions,
   type JoinResult,
+  type RegenerateOptions,
   type ResumeOptions,
   type SendOptions,
   readJson,
+  regenerateBody,
   requestBody,
 } from "./client.js";
 import { ChatsockError } from "./errors.js";
 import type {
   ChatComplete,
+  ChatReasoning,
   ChatStopAck,
   ChatStreamError,
-  ChatStreamRequest,
   ChatStreamStart,
   ChatToken,
 } from "./protocol.js";
-import { SseParser } from "./sse.js";
+import { SseParser, formatEventId } from "./sse.js";
 import { StreamHandle } from "./stream.js";
 
 /** Attempts in a row without progress before a stream fails with `connection_lost`. */
 const ATTEMPTS = 6;
+
+/** A POST that starts a stream (`chat_stream` or a regenerate), sent again until it answers. */
+interface Start {
+  path: string;
+  body: object;
+}
 
 export class HttpClient extends ClientBase implements ChatClient {
   readonly transport = "http" as const;
@@ -42,8 +52,19 @@ export class HttpClient extends ClientBase implements ChatClient {
   send(message: string, options: SendOptions = {}): StreamHandle {
     const handle = new StreamHandle((id) => this.stop(id));
     this.track(handle);
-    const body = requestBody(message, options);
-    void this.run(handle, body);
+    handle.withReasoning = this.wantsReasoning(options.reasoning);
+    const body = requestBody(message, { ...options, reasoning: handle.withReasoning });
+    void this.run(handle, { path: "/api/chat/stream", body });
+    return handle;
+  }
+
+  regenerate(sessionId: string, options: RegenerateOptions = {}): StreamHandle {
+    const handle = new StreamHandle((id) => this.stop(id));
+    this.track(handle);
+    handle.withReasoning = this.wantsReasoning(options.reasoning);
+    // The session is the path's.
+    const { session_id: _, ...body } = regenerateBody(sessionId, { ...options, reasoning: handle.withReasoning });
+    void this.run(handle, { path: `/api/chat/sessions/${encodeURIComponent(sessionId)}/regenerate`, body });
     return handle;
   }
 
@@ -51,6 +72,8 @@ export class HttpClient extends ClientBase implements ChatClient {
     const handle = new StreamHandle((id) => this.stop(id));
     this.track(handle);
     handle.lastSeq = after;
+    handle.withReasoning = this.wantsReasoning(options.reasoning);
+    handle.lastReasoningSeq = options.afterReasoning ?? 0;
     handle.accept({ stream_id: streamId, session_id: options.sessionId ?? "", epoch: options.epoch });
     void this.run(handle, undefined);
     return handle;
@@ -61,14 +84,17 @@ export class HttpClient extends ClientBase implements ChatClient {
     return reply.stopped;
   }
 
-  async join(sessionId: string): Promise<JoinResult> {
-    const detail = await this.history(sessionId);
+  async join(sessionId: string, options: JoinOptions = {}): Promise<JoinResult> {
+    const reasoning = this.wantsReasoning(options.reasoning);
+    const detail = await this.history(sessionId, { reasoning });
     const running = detail.active_stream;
     let active: StreamHandle | null = null;
     if (running !== null) {
-      active =
-        this.streams.get(running.stream_id) ??
-        this.resume(running.stream_id, 0, { sessionId, epoch: running.epoch });
+      active = this.streams.get(running.stream_id) ?? null;
+      if (active === null) {
+        active = this.resume(running.stream_id, 0, { sessionId, epoch: running.epoch, reasoning });
+        if (running.regenerates !== undefined) active.regenerates = running.regenerates;
+      }
     }
     return { sessionId, messages: detail.messages, active };
   }
@@ -81,12 +107,12 @@ export class HttpClient extends ClientBase implements ChatClient {
   }
 
   /** Starts (when `body` is given) or follows the stream until its end, resuming after drops. */
-  private async run(handle: StreamHandle, body: ChatStreamRequest | undefined): Promise<void> {
+  private async run(handle: StreamHandle, start: Start | undefined): Promise<void> {
     let failures = 0;
     for (;;) {
-      const before = handle.lastSeq;
+      const before = handle.lastSeq + handle.lastReasoningSeq;
       try {
-        if (handle.streamId === undefined && body !== undefined) await this.post(handle, body);
+        if (handle.streamId === undefined && start !== undefined) await this.post(handle, start);
         else await this.follow(handle);
         return;
       } catch (error) {
@@ -98,7 +124,7 @@ export class HttpClient extends ClientBase implements ChatClient {
         const failure = asError(error, handle);
         // A draining worker refuses new streams; the load balancer sends the retry elsewhere.
         const retry = failure.code === "connection_lost" || failure.code === "server_shutdown";
-        failures = handle.lastSeq > before ? 1 : failures + 1;
+        failures = handle.lastSeq + handle.lastReasoningSeq > before ? 1 : failures + 1;
         if (!retry || failures >= ATTEMPTS) {
           handle.fail(failure);
           return;
@@ -108,16 +134,17 @@ export class HttpClient extends ClientBase implements ChatClient {
     }
   }
 
-  private async post(handle: StreamHandle, body: ChatStreamRequest): Promise<void> {
+  private async post(handle: StreamHandle, start: Start): Promise<void> {
     const extra: Record<string, string> = {
       "Content-Type": "application/json",
       Accept: "text/event-stream",
     };
-    if (handle.lastSeq > 0) extra["Last-Event-ID"] = String(handle.lastSeq);
-    const response = await this.request(`${this.apiUrl}/api/chat/stream`, {
+    // A repeated POST replays the same stream: after what the handle holds.
+    if (handle.lastSeq > 0 || handle.lastReasoningSeq > 0) extra["Last-Event-ID"] = lastEventId(handle);
+    const response = await this.request(`${this.apiUrl}${start.path}`, {
       method: "POST",
       headers: await this.headers(extra),
-      body: JSON.stringify(body),
+      body: JSON.stringify(start.body),
     });
     const streamId = response.headers.get("X-Stream-Id");
     const sessionId = response.headers.get("X-Session-Id");
@@ -134,6 +161,10 @@ export class HttpClient extends ClientBase implements ChatClient {
   private async follow(handle: StreamHandle): Promise<void> {
     const streamId = handle.streamId as string;
     const query = new URLSearchParams({ after: String(handle.lastSeq) });
+    if (handle.withReasoning) {
+      query.set("reasoning", "1");
+      query.set("after_reasoning", String(handle.lastReasoningSeq));
+    }
     if (handle.epoch !== undefined) query.set("epoch", handle.epoch);
     const response = await this.request(
       `${this.apiUrl}/api/chat/stream/${encodeURIComponent(streamId)}?${query}`,
@@ -141,7 +172,7 @@ export class HttpClient extends ClientBase implements ChatClient {
         method: "GET",
         headers: await this.headers({
           Accept: "text/event-stream",
-          "Last-Event-ID": String(handle.lastSeq),
+          "Last-Event-ID": lastEventId(handle),
         }),
       },
     );
@@ -183,6 +214,7 @@ export class HttpClient extends ClientBase implements ChatClient {
           if (!handle.sessionId) handle.sessionId = (payload as { session_id: string }).session_id;
           if (event.event === "chat_stream_start") handle.start(payload as ChatStreamStart);
           else if (event.event === "chat_token") handle.token(payload as ChatToken);
+          else if (event.event === "chat_reasoning") handle.addReasoning(payload as ChatReasoning);
           else if (event.event === "chat_complete") handle.complete(payload as ChatComplete);
           else if (event.event === "chat_stream_error") {
             handle.fail(ChatsockError.fromStreamError(payload as ChatStreamError));
@@ -195,6 +227,11 @@ export class HttpClient extends ClientBase implements ChatClient {
     }
     throw new ChatsockError({ code: "connection_lost", message: "the response ended early", partial: handle.text });
   }
+}
+
+/** Where the handle is, as an SSE id: `<seq>`, or `<seq>.<reasoning seq>` when it follows the reasoning. */
+function lastEventId(handle: StreamHandle): string {
+  return formatEventId(handle.lastSeq, handle.withReasoning ? handle.lastReasoningSeq : undefined);
 }
 
 function asError(error: unknown, handle: StreamHandle): ChatsockError {

@@ -8,7 +8,9 @@ export type {
   ClientEvents,
   ConnectOptions,
   ConnectionStatus,
+  JoinOptions,
   JoinResult,
+  RegenerateOptions,
   ResumeOptions,
   SendOptions,
   TokenSource,
@@ -19,10 +21,10 @@ export type { ChatsockErrorInit } from "./errors.js";
 export { HttpClient } from "./http.js";
 export * from "./protocol.js";
 export { SocketClient } from "./socket.js";
-export { SseParser } from "./sse.js";
-export type { SseEvent } from "./sse.js";
+export { SseParser, formatEventId, parseEventId } from "./sse.js";
+export type { EventPosition, SseEvent } from "./sse.js";
 export { ChatStore } from "./store.js";
-export type { ChatMessage, ChatState, ChatStatus, ChatStoreOptions } from "./store.js";
+export type { ChatMessage, ChatMessageVersion, ChatState, ChatStatus, ChatStoreOptions } from "./store.js";
 export { StreamHandle } from "./stream.js";
 export type { StreamEvents, StreamStatus } from "./stream.js";
 

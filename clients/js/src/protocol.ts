@@ -82,6 +82,34 @@ export interface ChatStreamRequest {
   temperature?: number;
   max_tokens?: number;
   client_message_id?: string;
+  /** Also receive the model's reasoning (`chat_reasoning`) in this session. */
+  reasoning?: boolean;
+  /** Anthropic extended thinking, in tokens (1024 up to the server's limit); the demo provider reasons too. */
+  thinking_budget?: number;
+  /** OpenAI reasoning models. */
+  reasoning_effort?: ReasoningEffort;
+}
+
+export type ReasoningEffort = "minimal" | "low" | "medium" | "high";
+
+/**
+ * `chat_regenerate` (and the body of `POST /api/chat/sessions/{id}/regenerate`,
+ * where the session comes from the path): a new reply to the session's last
+ * user message, replacing its reply.
+ */
+export interface ChatRegenerateRequest {
+  session_id: string;
+  /** The reply to replace: must be the session's last assistant message. */
+  message_id?: string;
+  client_message_id?: string;
+  system_prompt?: string;
+  provider?: string;
+  model?: string;
+  temperature?: number;
+  max_tokens?: number;
+  reasoning?: boolean;
+  thinking_budget?: number;
+  reasoning_effort?: ReasoningEffort;
 }
 
 export interface ChatStreamAck {
@@ -90,6 +118,8 @@ export interface ChatStreamAck {
   session_id: string;
   message_id: string;
   epoch?: string;
+  /** A regenerate's ack: the `message_id` of the reply it replaces. */
+  regenerates?: string;
 }
 
 export interface ChatStopRequest {
@@ -103,6 +133,8 @@ export interface ChatStopAck {
 
 export interface SessionJoinRequest {
   session_id: string;
+  /** Also follow the session's reasoning; the messages then carry `reasoning`. */
+  reasoning?: boolean;
 }
 
 export type MessageStatus = "complete" | "stopped" | "error" | "streaming";
@@ -119,12 +151,32 @@ export interface StoredMessage {
   provider: string | null;
   model: string | null;
   error_code: ServerErrorCode | null;
+  /** The model's reasoning, apart from `content`: only to a client that opted in. */
+  reasoning?: string;
+  /** Earlier replies this one replaced (regenerate), oldest first; absent when never regenerated. */
+  versions?: MessageVersion[];
+}
+
+/** An earlier reply of a regenerated message. */
+export interface MessageVersion {
+  content: string;
+  created_at: string;
+  status: MessageStatus;
+  stream_id: string | null;
+  provider: string | null;
+  model: string | null;
+  error_code: ServerErrorCode | null;
+  reasoning?: string;
 }
 
 export interface ActiveStream {
   stream_id: string;
   seq: number;
   epoch?: string;
+  /** The last `chat_reasoning` seq sent before the join (a join that opted in). */
+  reasoning_seq?: number;
+  /** The running stream is a regenerate of this message. */
+  regenerates?: string;
 }
 
 export interface SessionJoinAck {
@@ -138,6 +190,9 @@ export interface ChatResumeRequest {
   stream_id: string;
   after?: number;
   epoch?: string;
+  /** Also replay and follow the reasoning, after `after_reasoning`. */
+  reasoning?: boolean;
+  after_reasoning?: number;
 }
 
 export interface ChatResumeAck {
@@ -151,6 +206,7 @@ export interface ChatStreamStart {
   message_id: string;
   provider: string;
   model: string;
+  regenerates?: string;
 }
 
 export interface ChatToken {
@@ -159,6 +215,14 @@ export interface ChatToken {
   seq: number;
   token: string;
   count: number;
+}
+
+/** `chat_reasoning`: only to clients that opted in; `seq` runs 1, 2, 3... apart from `chat_token`'s. */
+export interface ChatReasoning {
+  stream_id: string;
+  session_id: string;
+  seq: number;
+  reasoning: string;
 }
 
 export interface Usage {
@@ -186,6 +250,12 @@ export interface ChatComplete {
   usage: Usage | null;
   persist_failed: boolean;
   timestamp: string;
+  /** Only when the model reasoned: the reasoning's length, and ms from its first to its last delta. */
+  reasoning_chars?: number;
+  reasoning_ms?: number;
+  /** The whole reasoning: only in the JSON reply (not SSE) of an HTTP request that opted in. */
+  reasoning?: string;
+  regenerates?: string;
 }
 
 export interface ChatStreamError {
@@ -195,6 +265,7 @@ export interface ChatStreamError {
   error: string;
   partial: string;
   retryable: boolean;
+  regenerates?: string;
 }
 
 export interface SessionDeleted {
@@ -218,6 +289,7 @@ export interface ServerDraining {
 export interface ServerToClientEvents {
   chat_stream_start: (payload: ChatStreamStart) => void;
   chat_token: (payload: ChatToken) => void;
+  chat_reasoning: (payload: ChatReasoning) => void;
   chat_complete: (payload: ChatComplete) => void;
   chat_stream_error: (payload: ChatStreamError) => void;
   session_deleted: (payload: SessionDeleted) => void;
@@ -228,6 +300,7 @@ export interface ServerToClientEvents {
 /** Events a client sends, with their payloads and acks. */
 export interface ClientToServerEvents {
   chat_stream: (payload: ChatStreamRequest, ack: (reply: Ack<ChatStreamAck>) => void) => void;
+  chat_regenerate: (payload: ChatRegenerateRequest, ack: (reply: Ack<ChatStreamAck>) => void) => void;
   chat_stop: (payload: ChatStopRequest, ack: (reply: Ack<ChatStopAck>) => void) => void;
   session_join: (payload: SessionJoinRequest, ack: (reply: Ack<SessionJoinAck>) => void) => void;
   chat_resume: (payload: ChatResumeRequest, ack: (reply: Ack<ChatResumeAck>) => void) => void;

@@ -1,12 +1,12 @@
 /** React binding: `useChatsock()`, a thin view of ChatStore. */
 import { useCallback, useEffect, useState, useSyncExternalStore } from "react";
 
-import type { ChatClient, ConnectOptions, SendOptions } from "./client.js";
+import type { ChatClient, ConnectOptions, RegenerateOptions, SendOptions } from "./client.js";
 import { connect } from "./index.js";
 import { ChatStore, type ChatState } from "./store.js";
 import type { StreamHandle } from "./stream.js";
 
-export type { ChatMessage, ChatState, ChatStatus } from "./store.js";
+export type { ChatMessage, ChatMessageVersion, ChatState, ChatStatus } from "./store.js";
 
 export interface UseChatsockOptions extends ConnectOptions {
   /** The server's origin; ignored when `client` is given. */
@@ -25,6 +25,8 @@ export interface UseChatsock extends ChatState {
   send: (text: string, options?: SendOptions) => StreamHandle | undefined;
   stop: () => Promise<boolean>;
   retry: () => StreamHandle | undefined;
+  /** A new reply to the last user message, in the place of the last reply (kept in its `versions`). */
+  regenerate: (options?: RegenerateOptions) => StreamHandle | undefined;
   /** Opens another session (or a new chat, with undefined). */
   open: (sessionId: string | undefined) => Promise<void>;
   /** The store, for anything the hook does not expose. */
@@ -34,7 +36,7 @@ export interface UseChatsock extends ChatState {
 export function useChatsock(options: UseChatsockOptions = {}): UseChatsock {
   const { url = "", client, sessionId, provider, model, systemPrompt } = options;
   const [store] = useState(
-    () => new ChatStore({ sessionId, defaults: { provider, model, systemPrompt } }),
+    () => new ChatStore({ sessionId, defaults: { provider, model, systemPrompt, reasoning: options.reasoning } }),
   );
   useEffect(() => {
     const own = client ?? connect(url, options);
@@ -54,6 +56,10 @@ export function useChatsock(options: UseChatsockOptions = {}): UseChatsock {
     (text: string, extra?: SendOptions) => store.send(text, { provider, model, systemPrompt, ...extra }),
     [store, provider, model, systemPrompt],
   );
+  const regenerate = useCallback(
+    (extra?: RegenerateOptions) => store.regenerate({ provider, model, systemPrompt, ...extra }),
+    [store, provider, model, systemPrompt],
+  );
   const open = useCallback((id: string | undefined) => store.open(id), [store]);
-  return { ...state, send, stop: store.stop, retry: store.retry, open, store };
+  return { ...state, send, stop: store.stop, retry: store.retry, regenerate, open, store };
 }

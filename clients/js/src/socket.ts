@@ -1,8 +1,8 @@
 /**
  * The Socket.IO transport: socket.io-client with automatic resume. After
  * every reconnect (a network blip, `server_draining`, a new token) each
- * stream in flight is resumed with `chat_resume` after its last seq, and each
- * joined session is joined again.
+ * stream in flight is resumed with `chat_resume` after its last seq (and its
+ * last reasoning seq, opted in), and each joined session is joined again.
  */
 import { io, type Socket } from "socket.io-client";
 
@@ -11,9 +11,12 @@ import {
   ClientBase,
   type ConnectOptions,
   type ConnectionStatus,
+  type JoinOptions,
   type JoinResult,
+  type RegenerateOptions,
   type ResumeOptions,
   type SendOptions,
+  regenerateBody,
   requestBody,
   resolveToken,
 } from "./client.js";
@@ -21,6 +24,9 @@ import { ChatsockError } from "./errors.js";
 import type {
   Ack,
   ChatComplete,
+  ChatReasoning,
+  ChatRegenerateRequest,
+  ChatResumeRequest,
   ChatStreamAck,
   ChatStreamError,
   ChatStreamRequest,
@@ -34,6 +40,7 @@ import { StreamHandle } from "./stream.js";
 type StreamEvent =
   | ["chat_stream_start", ChatStreamStart]
   | ["chat_token", ChatToken]
+  | ["chat_reasoning", ChatReasoning]
   | ["chat_complete", ChatComplete]
   | ["chat_stream_error", ChatStreamError];
 
@@ -46,7 +53,8 @@ export class SocketClient extends ClientBase implements ChatClient {
   readonly socket: Socket<ServerToClientEvents, ClientToServerEvents>;
   connection: ConnectionStatus = "connecting";
 
-  private readonly joined = new Set<string>();
+  /** Joined sessions, and whether this socket follows their reasoning. */
+  private readonly joined = new Map<string, boolean>();
   /** Events of streams not known yet, while a send's or join's ack is on its way. */
   private orphans: StreamEvent[] = [];
   private waitingAcks = 0;
@@ -73,6 +81,7 @@ export class SocketClient extends ClientBase implements ChatClient {
     const socket = this.socket;
     socket.on("chat_stream_start", (e) => this.route(["chat_stream_start", e]));
     socket.on("chat_token", (e) => this.route(["chat_token", e]));
+    socket.on("chat_reasoning", (e) => this.route(["chat_reasoning", e]));
     socket.on("chat_complete", (e) => this.route(["chat_complete", e]));
     socket.on("chat_stream_error", (e) => this.route(["chat_stream_error", e]));
     socket.on("connect", () => this.onConnect());
@@ -93,7 +102,7 @@ export class SocketClient extends ClientBase implements ChatClient {
       // gets it (or not_found) from a resume instead of waiting for ever.
       for (const handle of this.streams.values()) {
         if (handle.sessionId === event.session_id && !handle.ended) {
-          void this.sendResume(handle, handle.lastSeq);
+          void this.sendResume(handle);
         }
       }
     });
@@ -107,8 +116,18 @@ export class SocketClient extends ClientBase implements ChatClient {
   send(message: string, options: SendOptions = {}): StreamHandle {
     const handle = new StreamHandle((id) => this.stop(id));
     this.track(handle);
-    const body = requestBody(message, options);
-    void this.start(handle, body);
+    handle.withReasoning = this.wantsReasoning(options.reasoning);
+    const body = requestBody(message, { ...options, reasoning: handle.withReasoning });
+    void this.start(handle, ["chat_stream", body], options.clientMessageId !== undefined);
+    return handle;
+  }
+
+  regenerate(sessionId: string, options: RegenerateOptions = {}): StreamHandle {
+    const handle = new StreamHandle((id) => this.stop(id));
+    this.track(handle);
+    handle.withReasoning = this.wantsReasoning(options.reasoning);
+    const body = regenerateBody(sessionId, { ...options, reasoning: handle.withReasoning });
+    void this.start(handle, ["chat_regenerate", body], options.clientMessageId !== undefined);
     return handle;
   }
 
@@ -125,25 +144,27 @@ export class SocketClient extends ClientBase implements ChatClient {
     const handle = new StreamHandle((id) => this.stop(id));
     this.track(handle);
     handle.lastSeq = after;
+    handle.withReasoning = this.wantsReasoning(options.reasoning);
+    handle.lastReasoningSeq = options.afterReasoning ?? 0;
     handle.accept({ stream_id: streamId, session_id: options.sessionId ?? "", epoch: options.epoch });
-    void this.sendResume(handle, after);
+    void this.sendResume(handle);
     return handle;
   }
 
-  join(sessionId: string): Promise<JoinResult> {
-    return this.joinSession(sessionId, false);
+  join(sessionId: string, options: JoinOptions = {}): Promise<JoinResult> {
+    return this.joinSession(sessionId, false, this.wantsReasoning(options.reasoning));
   }
 
   /** `announce`: a reply found running is also given to `stream` listeners (a rejoin). */
-  private async joinSession(sessionId: string, announce: boolean): Promise<JoinResult> {
-    this.joined.add(sessionId);
+  private async joinSession(sessionId: string, announce: boolean, reasoning: boolean): Promise<JoinResult> {
+    this.joined.set(sessionId, reasoning || (this.joined.get(sessionId) ?? false));
     this.waitingAcks += 1;
     let reply;
     try {
       await this.connected();
       reply = await this.socket
         .timeout(this.ackTimeout)
-        .emitWithAck("session_join", { session_id: sessionId });
+        .emitWithAck("session_join", reasoning ? { session_id: sessionId, reasoning } : { session_id: sessionId });
     } catch (error) {
       this.joined.delete(sessionId);
       throw toError(error);
@@ -160,8 +181,12 @@ export class SocketClient extends ClientBase implements ChatClient {
     if (running !== null) {
       active = this.streams.get(running.stream_id) ?? null;
       if (active === null) {
-        active = this.follow(running.stream_id, sessionId, running.epoch);
+        active = this.follow(running.stream_id, sessionId, running.epoch, reasoning, running.regenerates);
         if (announce) this.emit("stream", active);
+      } else if (reasoning && !active.withReasoning) {
+        // Followed without reasoning until now: the resume fills its reasoning from seq 1.
+        active.withReasoning = true;
+        void this.sendResume(active);
       }
     }
     this.releaseOrphans();
@@ -188,16 +213,26 @@ export class SocketClient extends ClientBase implements ChatClient {
     return this.options.ackTimeoutMs ?? 15000;
   }
 
-  private async start(handle: StreamHandle, body: ChatStreamRequest): Promise<void> {
+  /**
+   * Sends `chat_stream` or `chat_regenerate` until acknowledged. `repeatable`: the
+   * caller chose the client_message_id, so even a first ack may be an earlier
+   * request's stream, whose tokens so far this socket never had.
+   */
+  private async start(
+    handle: StreamHandle,
+    [event, body]: ["chat_stream", ChatStreamRequest] | ["chat_regenerate", ChatRegenerateRequest],
+    repeatable: boolean,
+  ): Promise<void> {
     this.waitingAcks += 1;
     try {
       for (let attempt = 1; ; attempt++) {
         let reply: Ack<ChatStreamAck>;
         try {
           await this.connected();
-          reply = await this.socket
-            .timeout(this.ackTimeout)
-            .emitWithAck("chat_stream", body);
+          const socket = this.socket.timeout(this.ackTimeout);
+          reply = event === "chat_stream"
+            ? await socket.emitWithAck("chat_stream", body as ChatStreamRequest)
+            : await socket.emitWithAck("chat_regenerate", body as ChatRegenerateRequest);
         } catch (error) {
           // A lost ack: the same client_message_id makes sending it again safe.
           if (!this.closed && attempt < SEND_ATTEMPTS) continue;
@@ -208,13 +243,19 @@ export class SocketClient extends ClientBase implements ChatClient {
           handle.fail(ChatsockError.fromBody(reply.error));
           return;
         }
+        // The socket is in the session's room now: follow the session's other replies too.
+        this.joined.set(reply.session_id, handle.withReasoning || (this.joined.get(reply.session_id) ?? false));
+        const first = this.streams.get(reply.stream_id);
+        if (first !== undefined && first !== handle && !first.ended) {
+          // The same request again on this client: its handle has every event so far.
+          handle.mirror(first);
+          return;
+        }
         handle.accept(reply);
         this.streams.set(reply.stream_id, handle);
-        // The socket is in the session's room now: follow the session's other replies too.
-        this.joined.add(reply.session_id);
         // A repeated request answers the first ack and joins the room from now on: the
         // tokens sent while the ack was lost come from a resume.
-        if (attempt > 1) void this.sendResume(handle, handle.lastSeq);
+        if (attempt > 1 || repeatable) void this.sendResume(handle);
         return;
       }
     } finally {
@@ -224,22 +265,35 @@ export class SocketClient extends ClientBase implements ChatClient {
   }
 
   /** A handle for a stream already running, filled from seq 1. */
-  private follow(streamId: string, sessionId: string, epoch?: string): StreamHandle {
+  private follow(
+    streamId: string,
+    sessionId: string,
+    epoch: string | undefined,
+    reasoning: boolean,
+    regenerates?: string,
+  ): StreamHandle {
     const handle = new StreamHandle((id) => this.stop(id));
     this.track(handle);
-    handle.accept({ stream_id: streamId, session_id: sessionId, epoch });
+    handle.withReasoning = reasoning;
+    handle.accept({ stream_id: streamId, session_id: sessionId, epoch, regenerates });
     this.streams.set(streamId, handle);
-    void this.sendResume(handle, 0);
+    void this.sendResume(handle);
     return handle;
   }
 
-  private async sendResume(handle: StreamHandle, after: number): Promise<void> {
+  /** `chat_resume` after what the handle holds, in both sequences. */
+  private async sendResume(handle: StreamHandle): Promise<void> {
     const streamId = handle.streamId as string;
     let reply;
     try {
       await this.connected();
-      const payload: { stream_id: string; after: number; epoch?: string } = { stream_id: streamId, after };
+      // Read once connected: the handle may have got more meanwhile.
+      const payload: ChatResumeRequest = { stream_id: streamId, after: handle.lastSeq };
       if (handle.epoch !== undefined) payload.epoch = handle.epoch;
+      if (handle.withReasoning) {
+        payload.reasoning = true;
+        payload.after_reasoning = handle.lastReasoningSeq;
+      }
       reply = await this.socket.timeout(this.ackTimeout).emitWithAck("chat_resume", payload);
     } catch (error) {
       // Disconnected meanwhile: the next connect resumes it again.
@@ -272,7 +326,13 @@ export class SocketClient extends ClientBase implements ChatClient {
     if (kind !== "chat_stream_start" || !this.joined.has(payload.session_id)) return;
     const handle = new StreamHandle((id) => this.stop(id));
     this.track(handle);
-    handle.accept({ stream_id: payload.stream_id, session_id: payload.session_id, message_id: payload.message_id });
+    handle.withReasoning = this.joined.get(payload.session_id) ?? false;
+    handle.accept({
+      stream_id: payload.stream_id,
+      session_id: payload.session_id,
+      message_id: payload.message_id,
+      regenerates: payload.regenerates,
+    });
     this.streams.set(payload.stream_id, handle);
     deliver(handle, event);
     this.emit("stream", handle);
@@ -298,16 +358,16 @@ export class SocketClient extends ClientBase implements ChatClient {
     for (const handle of this.streams.values()) {
       if (handle.ended) continue;
       if (handle.sessionId) resumed.add(handle.sessionId);
-      void this.sendResume(handle, handle.lastSeq);
+      void this.sendResume(handle);
     }
-    for (const sessionId of this.joined) {
-      if (!resumed.has(sessionId)) void this.rejoin(sessionId);
+    for (const [sessionId, reasoning] of this.joined) {
+      if (!resumed.has(sessionId)) void this.rejoin(sessionId, reasoning);
     }
   }
 
-  private async rejoin(sessionId: string): Promise<void> {
+  private async rejoin(sessionId: string, reasoning: boolean): Promise<void> {
     try {
-      await this.joinSession(sessionId, true);
+      await this.joinSession(sessionId, true, reasoning);
     } catch {
       // The session is gone or refused: nothing more to follow there.
     }
@@ -369,6 +429,9 @@ function deliver(handle: StreamHandle, [kind, payload]: StreamEvent): void {
       break;
     case "chat_token":
       handle.token(payload);
+      break;
+    case "chat_reasoning":
+      handle.addReasoning(payload);
       break;
     case "chat_complete":
       handle.complete(payload);

@@ -50,3 +50,26 @@ export class SseParser {
     return undefined;
   }
 }
+
+/** A position in a stream, as chatsock's SSE ids name it. */
+export interface EventPosition {
+  /** The last `chat_token` seq. */
+  seq: number;
+  /** The last `chat_reasoning` seq: only in the ids of a client that opted in to reasoning. */
+  reasoningSeq: number | undefined;
+}
+
+/**
+ * Parses a chatsock SSE id: `<seq>`, or `<seq>.<reasoning seq>` for a client
+ * that opted in to reasoning; undefined for anything else.
+ */
+export function parseEventId(id: string | undefined): EventPosition | undefined {
+  const match = /^(\d+)(?:\.(\d+))?$/.exec(id?.trim() ?? "");
+  if (match === null) return undefined;
+  return { seq: Number(match[1]), reasoningSeq: match[2] === undefined ? undefined : Number(match[2]) };
+}
+
+/** The SSE id (and `Last-Event-ID`) of a position: `<seq>` or `<seq>.<reasoning seq>`. */
+export function formatEventId(seq: number, reasoningSeq?: number): string {
+  return reasoningSeq === undefined ? String(seq) : `${seq}.${reasoningSeq}`;
+}

@@ -1,11 +1,12 @@
 /**
  * A stream handle: one assistant reply, followed through any reconnects.
- * Transports feed it protocol events; it orders tokens by `seq`, drops the
- * ones it already has, and offers events, an async iterator and a promise.
+ * Transports feed it protocol events; it orders tokens (and, opted in, the
+ * reasoning: its own seq) by `seq`, drops the ones it already has, and offers
+ * events, async iterators and a promise.
  */
 import { Emitter } from "./emitter.js";
 import { ChatsockError } from "./errors.js";
-import type { ChatComplete, ChatStreamStart, ChatToken } from "./protocol.js";
+import type { ChatComplete, ChatReasoning, ChatStreamStart, ChatToken } from "./protocol.js";
 
 export type StreamStatus = "starting" | "streaming" | "complete" | "stopped" | "error";
 
@@ -15,6 +16,8 @@ export interface StreamEvents {
   start: (event: ChatStreamStart) => void;
   /** New text, in order, exactly once. */
   token: (text: string, event: ChatToken) => void;
+  /** New reasoning (a client that opted in), in order, exactly once. */
+  reasoning: (text: string, event: ChatReasoning) => void;
   complete: (event: ChatComplete) => void;
   error: (error: ChatsockError) => void;
 }
@@ -24,6 +27,7 @@ export interface StreamIds {
   session_id: string;
   message_id?: string;
   epoch?: string;
+  regenerates?: string;
 }
 
 type Stopper = (streamId: string) => Promise<boolean>;
@@ -40,14 +44,25 @@ export class StreamHandle extends Emitter<StreamEvents> {
   text = "";
   /** The highest seq delivered in order: resume after it. */
   lastSeq = 0;
+  /** The reasoning so far (a client that opted in): every `chat_reasoning` up to `lastReasoningSeq`. */
+  reasoning = "";
+  /** The highest reasoning seq delivered in order: resume after it (`after_reasoning`). */
+  lastReasoningSeq = 0;
+  /** Whether this handle asked for the reasoning: every resume asks for it again. */
+  withReasoning = false;
+  /** A regenerate's handle: the `message_id` of the reply it replaces. */
+  regenerates: string | undefined;
   status: StreamStatus = "starting";
   result: ChatComplete | undefined;
   error: ChatsockError | undefined;
   /** Settles when the stream ends: its `chat_complete`, or the error. */
   readonly done: Promise<ChatComplete>;
 
-  private readonly chunks: string[] = [];
+  private readonly tokens: ChatToken[] = [];
+  private readonly thoughts: ChatReasoning[] = [];
+  private started: ChatStreamStart | undefined;
   private readonly pending = new Map<number, ChatToken>();
+  private readonly pendingReasoning = new Map<number, ChatReasoning>();
   private readonly wakers = new Set<() => void>();
   private resolveDone!: (event: ChatComplete) => void;
   private rejectDone!: (error: ChatsockError) => void;
@@ -85,11 +100,23 @@ export class StreamHandle extends Emitter<StreamEvents> {
   }
 
   /** The reply's text, piece by piece, from the first token; throws the stream's error. */
-  async *[Symbol.asyncIterator](): AsyncIterator<string> {
+  [Symbol.asyncIterator](): AsyncIterator<string> {
+    return this.pieces(this.tokens, (event) => event.token);
+  }
+
+  /**
+   * The reasoning, piece by piece, from the first (empty unless the client
+   * opted in with `reasoning: true`); ends with the stream, throws its error.
+   */
+  reasoningChunks(): AsyncIterable<string> {
+    return { [Symbol.asyncIterator]: () => this.pieces(this.thoughts, (event) => event.reasoning) };
+  }
+
+  private async *pieces<E>(events: E[], text: (event: E) => string): AsyncGenerator<string> {
     let index = 0;
     for (;;) {
-      while (index < this.chunks.length) {
-        yield this.chunks[index++] as string;
+      while (index < events.length) {
+        yield text(events[index++] as E);
       }
       if (this.ended) {
         if (this.error !== undefined) throw this.error;
@@ -107,6 +134,7 @@ export class StreamHandle extends Emitter<StreamEvents> {
     this.sessionId = ids.session_id;
     this.messageId = ids.message_id ?? this.messageId;
     this.epoch = ids.epoch ?? this.epoch;
+    this.regenerates = ids.regenerates ?? this.regenerates;
     if (this.status === "starting") this.status = "streaming";
     this.resolveAccepted();
     this.emit("accepted", this);
@@ -114,7 +142,9 @@ export class StreamHandle extends Emitter<StreamEvents> {
 
   /** @internal */
   start(event: ChatStreamStart): void {
+    this.started = event;
     this.messageId = event.message_id;
+    this.regenerates = event.regenerates ?? this.regenerates;
     this.provider = event.provider;
     this.model = event.model;
     this.emit("start", event);
@@ -127,12 +157,49 @@ export class StreamHandle extends Emitter<StreamEvents> {
     this.drain();
   }
 
+  /** @internal A `chat_reasoning` in any order; delivered in its seq order, each seq once. */
+  addReasoning(event: ChatReasoning): void {
+    if (this.ended || event.seq <= this.lastReasoningSeq || this.pendingReasoning.has(event.seq)) return;
+    this.pendingReasoning.set(event.seq, event);
+    this.drain();
+  }
+
+  /**
+   * @internal Follows `source`, another handle of the same stream on this
+   * client (a request repeated with its client_message_id): the same events,
+   * from the first.
+   */
+  mirror(source: StreamHandle): void {
+    this.withReasoning ||= source.withReasoning;
+    this.accept({
+      stream_id: source.streamId as string,
+      session_id: source.sessionId as string,
+      message_id: source.messageId,
+      epoch: source.epoch,
+      regenerates: source.regenerates,
+    });
+    if (source.started !== undefined) this.start(source.started);
+    for (const event of source.thoughts) this.addReasoning(event);
+    for (const event of source.tokens) this.token(event);
+    if (source.result !== undefined) return this.complete(source.result);
+    if (source.error !== undefined) return this.fail(source.error);
+    const offs = [
+      source.on("start", (event) => this.start(event)),
+      source.on("reasoning", (_, event) => this.addReasoning(event)),
+      source.on("token", (_, event) => this.token(event)),
+      source.on("complete", (event) => this.complete(event)),
+      source.on("error", (error) => this.fail(error)),
+    ];
+    this.done.then(() => offs.forEach((off) => off()), () => offs.forEach((off) => off()));
+  }
+
   /** @internal */
   complete(event: ChatComplete): void {
     if (this.ended) return;
     this.flushPending();
     this.result = event;
     this.messageId = event.message_id;
+    this.regenerates = event.regenerates ?? this.regenerates;
     this.provider = event.provider ?? this.provider;
     this.model = event.model ?? this.model;
     this.status = event.stopped ? "stopped" : "complete";
@@ -156,29 +223,49 @@ export class StreamHandle extends Emitter<StreamEvents> {
 
   private drain(): void {
     for (;;) {
+      const next = this.pendingReasoning.get(this.lastReasoningSeq + 1);
+      if (next === undefined) break;
+      this.pendingReasoning.delete(next.seq);
+      this.lastReasoningSeq = next.seq;
+      this.pushReasoning(next);
+    }
+    for (;;) {
       const next = this.pending.get(this.lastSeq + 1);
       if (next === undefined) return;
       this.pending.delete(next.seq);
       this.lastSeq = next.seq;
-      this.push(next.token, next);
+      this.push(next);
     }
   }
 
+  /** At the end: whatever is still out of order goes out in seq order (a gap cannot fill any more). */
   private flushPending(): void {
     this.drain();
+    for (const seq of [...this.pendingReasoning.keys()].sort((a, b) => a - b)) {
+      this.lastReasoningSeq = seq;
+      this.pushReasoning(this.pendingReasoning.get(seq) as ChatReasoning);
+    }
+    this.pendingReasoning.clear();
     for (const seq of [...this.pending.keys()].sort((a, b) => a - b)) {
-      const event = this.pending.get(seq) as ChatToken;
       this.lastSeq = seq;
-      this.push(event.token, event);
+      this.push(this.pending.get(seq) as ChatToken);
     }
     this.pending.clear();
   }
 
-  private push(text: string, event?: ChatToken): void {
+  private push(event: ChatToken): void {
     if (this.status === "starting") this.status = "streaming";
-    this.text += text;
-    this.chunks.push(text);
-    if (event !== undefined) this.emit("token", text, event);
+    this.text += event.token;
+    this.tokens.push(event);
+    this.emit("token", event.token, event);
+    this.wake();
+  }
+
+  private pushReasoning(event: ChatReasoning): void {
+    if (this.status === "starting") this.status = "streaming";
+    this.reasoning += event.reasoning;
+    this.thoughts.push(event);
+    this.emit("reasoning", event.reasoning, event);
     this.wake();
   }
 

@@ -1,14 +1,14 @@
 /** Vue binding: the `useChatsock()` composable, a thin view of ChatStore. */
 import { getCurrentScope, onScopeDispose, readonly, shallowRef, type Ref, type ShallowRef } from "vue";
 
-import type { ChatClient, ConnectOptions, SendOptions } from "./client.js";
+import type { ChatClient, ConnectOptions, RegenerateOptions, SendOptions } from "./client.js";
 import { connect } from "./index.js";
 import type { ChatsockError } from "./errors.js";
 import { ChatStore, type ChatMessage, type ChatStatus } from "./store.js";
 import type { ConnectionStatus } from "./client.js";
 import type { StreamHandle } from "./stream.js";
 
-export type { ChatMessage, ChatState, ChatStatus } from "./store.js";
+export type { ChatMessage, ChatMessageVersion, ChatState, ChatStatus } from "./store.js";
 
 export interface UseChatsockOptions extends ConnectOptions {
   url?: string;
@@ -28,6 +28,8 @@ export interface UseChatsock {
   send: (text: string, options?: SendOptions) => StreamHandle | undefined;
   stop: () => Promise<boolean>;
   retry: () => StreamHandle | undefined;
+  /** A new reply to the last user message, in the place of the last reply (kept in its `versions`). */
+  regenerate: (options?: RegenerateOptions) => StreamHandle | undefined;
   /** Opens another session (or a new chat, with undefined). */
   open: (sessionId: string | undefined) => Promise<void>;
   store: ChatStore;
@@ -37,7 +39,7 @@ export interface UseChatsock {
 
 export function useChatsock(options: UseChatsockOptions = {}): UseChatsock {
   const { url = "", client, sessionId, provider, model, systemPrompt } = options;
-  const store = new ChatStore({ sessionId, defaults: { provider, model, systemPrompt } });
+  const store = new ChatStore({ sessionId, defaults: { provider, model, systemPrompt, reasoning: options.reasoning } });
   const own = client ?? connect(url, options);
   const state = store.getState();
   const messages = shallowRef(state.messages);
@@ -72,6 +74,7 @@ export function useChatsock(options: UseChatsockOptions = {}): UseChatsock {
     send: store.send,
     stop: store.stop,
     retry: store.retry,
+    regenerate: store.regenerate,
     open: (id) => store.open(id),
     store,
     close,

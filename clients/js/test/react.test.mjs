@@ -82,3 +82,62 @@ test("an error shows the partial text and an alert; Retry sends again", { skip: 
   assert.deepEqual([...container.querySelectorAll("p")].map((p) => p.className), ["user", "assistant"]);
   unmount();
 });
+
+test("Regenerate in the docs' Chat component replaces the reply; the old one is a version", async () => {
+  const { container, unmount } = render(createElement(Chat, { url: URL_A }));
+  await ask(container, "regenerate me from react");
+  await waitFor(() => assert.ok(screen.getByText("Regenerate")), wait);
+  const reply = container.querySelector("p.assistant").textContent;
+  fireEvent.click(screen.getByText("Regenerate"));
+  await waitFor(() => assert.ok(screen.getByText("2 versions")), wait);
+  await waitFor(() => assert.ok(screen.getByText("Regenerate")), wait);
+  assert.deepEqual([...container.querySelectorAll("p")].map((p) => p.className), ["user", "assistant"], "no duplicated turn");
+  assert.equal(container.querySelector("p.assistant").textContent, reply, "the demo answers the same again");
+  const client = connect(URL_B, { transport: "http" });
+  const session = (await client.sessions({ limit: 1000 })).find((s) => s.title === "regenerate me from react");
+  const detail = await client.history(session.session_id);
+  assert.deepEqual(detail.messages.map((m) => [m.role, m.versions?.length]), [["user", undefined], ["assistant", 1]]);
+  client.close();
+  unmount();
+});
+
+test("useChatsock shows the reasoning, and regenerate() keeps the old reply and its reasoning as a version", async () => {
+  const { useChatsock } = await import("chatsock-client/react");
+  let chat;
+  const seen = [];
+  function Thinking() {
+    chat = useChatsock({ url: URL_B, reasoning: true });
+    seen.push(chat.status);
+    return createElement("div", null, chat.messages.map((m) =>
+      createElement("div", { key: m.id }, [
+        m.reasoning ? createElement("details", { key: "r" }, m.reasoning) : null,
+        createElement("p", { key: "c", className: m.role }, m.content),
+      ])));
+  }
+  const { container, unmount } = render(createElement(Thinking));
+  await waitFor(() => assert.equal(chat.connection, "connected"), wait);
+  chat.send("think in react", { thinkingBudget: 1024, maxTokens: 8 });
+  await waitFor(() => assert.ok(container.querySelector("details")?.textContent), wait);
+  await waitFor(() => assert.equal(chat.messages[1]?.status, "complete"), wait);
+  const [, first] = chat.messages;
+  assert.ok(first.reasoning && first.content, "reasoning and text, apart");
+  assert.equal(container.querySelector("details").textContent, first.reasoning);
+  chat.regenerate({ maxTokens: 4 });
+  await waitFor(() => assert.equal(chat.messages[1]?.versions?.length, 1), wait);
+  await waitFor(() => assert.equal(chat.status, "idle"), wait);
+  const [, second] = chat.messages;
+  assert.equal(chat.messages.length, 2, "the turn is not duplicated");
+  assert.equal(second.id, first.id);
+  assert.equal(second.status, "complete");
+  assert.notEqual(second.content, first.content);
+  assert.equal(second.reasoning, undefined, "this one did not reason");
+  assert.deepEqual(second.versions.map((v) => [v.content, v.reasoning]), [[first.content, first.reasoning]]);
+  assert.equal(container.querySelectorAll("p.assistant").length, 1);
+  // What the store shows is what the server keeps.
+  const reader = connect(URL_A, { transport: "http" });
+  const detail = await reader.history(chat.sessionId, { reasoning: true });
+  reader.close();
+  assert.deepEqual(detail.messages[1].versions.map((v) => [v.content, v.reasoning]), [[first.content, first.reasoning]]);
+  assert.equal(detail.messages[1].content, second.content);
+  unmount();
+});

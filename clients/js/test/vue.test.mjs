@@ -93,3 +93,17 @@ test("the composable opens a session in a second tab and follows the reply in fl
   first.close();
   unmount();
 });
+
+test("Regenerate in the docs' Chat.vue replaces the reply; the old one is a version", async () => {
+  const Chat = await loadChatVue();
+  const { root, unmount } = mount(Chat, { url: URL_B });
+  await ask(root, "regenerate me from vue");
+  await until(() => button(root, "Regenerate"), 20000, "the end of the reply");
+  const reply = root.querySelector("p.assistant").textContent;
+  button(root, "Regenerate").click();
+  await until(() => root.querySelector("small")?.textContent === "2 versions", 20000, "a second version");
+  await until(() => button(root, "Regenerate"), 20000, "the end of the new reply");
+  assert.deepEqual([...root.querySelectorAll("p")].map((p) => p.className), ["user", "assistant"], "no duplicated turn");
+  assert.equal(root.querySelector("p.assistant").textContent, reply, "the demo answers the same again");
+  unmount();
+});
