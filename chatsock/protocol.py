@@ -266,11 +266,14 @@ def active_stream_view(
     record: StreamRecord | None, seq: int | None = None, reasoning_seq: int | None = None
 ) -> Payload | None:
     """`seq`: the last `chat_token` seq sent before the follower's live delivery
-    began; `reasoning_seq` likewise for `chat_reasoning`, to a client that opted in."""
+    began; `reasoning_seq` likewise for `chat_reasoning`, to a client that opted in;
+    `message_id`: the reply's, which the session's messages hold once it ended (a
+    stream ending during a join is named active and stored: key replies by it)."""
     if record is None:
         return None
     view: Payload = {
         "stream_id": record.stream_id,
+        "message_id": record.message_id,
         "seq": record.last_seq if seq is None else seq,
         "epoch": record.epoch,
     }

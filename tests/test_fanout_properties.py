@@ -193,7 +193,12 @@ class FanoutMachine(RuleBasedStateMachine):
             assert view is None
         elif not member:
             first = live[0].record
-            expected = {"stream_id": first.stream_id, "seq": live[0].count, "epoch": first.epoch}
+            expected = {
+                "stream_id": first.stream_id,
+                "message_id": first.message_id,
+                "seq": live[0].count,
+                "epoch": first.epoch,
+            }
             assert view == expected
 
     @rule(

@@ -183,7 +183,12 @@ async def test_session_view_names_the_active_stream(server, http, fake_provider)
     stream_id, reader, gate = await _gated(http, base, fake_provider, "live")
     view = await _json(await http.get(f"{base}/api/chat/sessions/live"))
     active = view["active_stream"]
-    assert active == {"stream_id": stream_id, "seq": 1, "epoch": active["epoch"]}
+    assert active == {
+        "stream_id": stream_id,
+        "message_id": reader.response.headers["X-Message-Id"],
+        "seq": 1,
+        "epoch": active["epoch"],
+    }
     assert active["epoch"]  # names the stream's log (docs/protocol.md)
     gate.set()
     await reader.until_end()

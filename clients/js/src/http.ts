@@ -94,6 +94,7 @@ export class HttpClient extends ClientBase implements ChatClient {
       if (active === null) {
         active = this.resume(running.stream_id, 0, { sessionId, epoch: running.epoch, reasoning });
         if (running.regenerates !== undefined) active.regenerates = running.regenerates;
+        if (running.message_id !== undefined) active.messageId = running.message_id;
       }
     }
     return { sessionId, messages: detail.messages, active };

@@ -171,6 +171,8 @@ export interface MessageVersion {
 
 export interface ActiveStream {
   stream_id: string;
+  /** The reply's message_id: a stream that ended during the join is also in `messages`. */
+  message_id?: string;
   seq: number;
   epoch?: string;
   /** The last `chat_reasoning` seq sent before the join (a join that opted in). */

@@ -181,7 +181,14 @@ export class SocketClient extends ClientBase implements ChatClient {
     if (running !== null) {
       active = this.streams.get(running.stream_id) ?? null;
       if (active === null) {
-        active = this.follow(running.stream_id, sessionId, running.epoch, reasoning, running.regenerates);
+        active = this.follow(
+          running.stream_id,
+          sessionId,
+          running.epoch,
+          reasoning,
+          running.regenerates,
+          running.message_id,
+        );
         if (announce) this.emit("stream", active);
       } else if (reasoning && !active.withReasoning) {
         // Followed without reasoning until now: the resume fills its reasoning from seq 1.
@@ -271,11 +278,12 @@ export class SocketClient extends ClientBase implements ChatClient {
     epoch: string | undefined,
     reasoning: boolean,
     regenerates?: string,
+    messageId?: string,
   ): StreamHandle {
     const handle = new StreamHandle((id) => this.stop(id));
     this.track(handle);
     handle.withReasoning = reasoning;
-    handle.accept({ stream_id: streamId, session_id: sessionId, epoch, regenerates });
+    handle.accept({ stream_id: streamId, session_id: sessionId, message_id: messageId, epoch, regenerates });
     this.streams.set(streamId, handle);
     void this.sendResume(handle);
     return handle;

@@ -244,7 +244,13 @@ export class ChatStore {
     this.update({ messages, status: live ? "streaming" : "submitted", error: null });
     let key = id;
     const patch = (change: Partial<ChatMessage>, state: Partial<ChatState> = {}) => {
-      const messages = this.state.messages.map((m) => (m.id === key ? { ...m, ...change } : m));
+      const live = this.state.messages.findIndex((m) => m.id === key);
+      let messages = this.state.messages.map((m, i) => (i === live ? { ...m, ...change } : m));
+      if (change.id !== undefined && change.id !== key && live >= 0) {
+        // The reply's stored copy (it ended while the session was being opened)
+        // gives way to the live one: a reply is shown once.
+        messages = messages.filter((m, i) => i === live || m.id !== change.id);
+      }
       if (change.id !== undefined) key = change.id;
       const isCurrent = this.current === handle;
       this.update(isCurrent ? { messages, ...state } : { messages });
