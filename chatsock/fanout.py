@@ -69,11 +69,11 @@ class Cursor:
     """Where a follower resumes: after the `chat_token` seq `after` and, when it
     opted in to reasoning, after the `chat_reasoning` seq `after_reasoning`.
 
-    Both kinds share one token log, whose position counts the entries of both.
-    A follower that gets reasoning has had a prefix of the log, so its position
-    is exactly the sum; one that does not has had at least `after` entries.
-    Either way `position` is where its catch-up may start reading, and `event`
-    picks what it is sent."""
+    Both kinds share one token log, whose position counts the entries of both,
+    so an entry's position is at least its own seq. A follower has every entry
+    up to `position` (the smaller of its seqs), which is where its catch-up
+    starts reading; `event` picks what it lacks. (What it had need not be a
+    prefix of the log: it may have followed the text alone, then opted in.)"""
 
     after: int = 0
     after_reasoning: int = 0
@@ -81,7 +81,12 @@ class Cursor:
 
     @property
     def position(self) -> int:
-        return self.after + self.after_reasoning if self.reasoning else self.after
+        return min(self.after, self.after_reasoning) if self.reasoning else self.after
+
+    @property
+    def furthest(self) -> int:
+        """A log position the follower claims to have reached: the larger seq."""
+        return max(self.after, self.after_reasoning) if self.reasoning else self.after
 
     def event(self, entry: Payload) -> str | None:
         """The event that sends this log entry to the follower; None: not for it."""
@@ -377,7 +382,9 @@ class Fanout:
         if feed is None:
             ended = self._ended.get(record.stream_id)
             if ended is not None and ended.terminal is not None and sid in ended.finished:
-                # It had the end already: send only the tokens it lacks.
+                # It had the end already: send only the tokens it lacks (and the
+                # reasoning, when it opts in only now).
+                self.enter_room(sid, record.session_id, reasoning=after.reasoning)
                 await self._backfill(sid, ended, after)
                 return ended.terminal.status
         elif self._in_room(sid, record.session_id):
@@ -396,6 +403,7 @@ class Fanout:
                     self._remember(feed)
             return feed.terminal.status if feed.terminal is not None else "streaming"
         member = self._in_room(sid, record.session_id)
+        thinker = protocol.reasoning_room(record.session_id) in self._sio.rooms(sid)
         if feed is not None:
             feed.catching_up.add(sid)
         try:
@@ -416,8 +424,12 @@ class Fanout:
                 self._finish(feed, sid, after)
             return status
         except BaseException:
-            if not member:  # a refused resume leaves no trace
+            # A refused resume leaves no trace.
+            if not member:
                 room = protocol.session_room(record.session_id)
+                self._sio.manager.basic_leave_room(sid, "/", room)
+            if not thinker and after.reasoning:
+                room = protocol.reasoning_room(record.session_id)
                 self._sio.manager.basic_leave_room(sid, "/", room)
             raise
         finally:
@@ -442,9 +454,6 @@ class Fanout:
         live_since = feed.live_since.get(sid, 0)
         start, upto = after.position, live_since
         if after.reasoning and sid in feed.reasoning_since:
-            # Its reasoning is no prefix of the log: each kind's seq is a lower bound
-            # of its position, so the first entry it lacks lies past the smaller.
-            start = min(after.after, after.after_reasoning)
             upto = max(upto, feed.reasoning_since[sid])
         if start >= upto:
             return

@@ -176,7 +176,7 @@ class SessionService:
     ) -> str:
         """chat_resume; `stream_lost` when the store lost what the client had (see
         `_follow`)."""
-        record = await self._follow(stream_id, who, after.position, epoch)
+        record = await self._follow(stream_id, who, after.furthest, epoch)
         return await self.fanout.resume_socket(sid, record, after)
 
     async def resume_listener(
@@ -187,7 +187,7 @@ class SessionService:
         who: Identity,
         epoch: str | None = None,
     ) -> str:
-        record = await self._follow(stream_id, who, after.position, epoch)
+        record = await self._follow(stream_id, who, after.furthest, epoch)
         return await self.fanout.resume_listener(listener, record, after)
 
     async def _follow(

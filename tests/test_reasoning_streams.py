@@ -328,3 +328,49 @@ async def test_a_socket_that_opts_in_after_it_joined_gets_the_reasoning_it_misse
     assert again == {"ok": True, "status": "complete"}
     check_reasoning("after the end", reasoning_of(other, stream_id), full)
     assert len(other.of("chat_complete", stream_id)) == 1
+
+
+async def test_opting_in_on_a_resume_alone_gets_every_reasoning_entry(
+    start_server: Any, make_settings: Any, connect: Connect
+) -> None:
+    """A client that followed the text alone asks for the reasoning with its text seq
+    (chat_resume without a join; a new connection): nothing of the reasoning is
+    skipped, though it lies before that seq in the log."""
+    server = await demo_server(start_server, make_settings, tps=400)
+    owner, plain, fresh = await connect(server), await connect(server), await connect(server)
+    ack = await owner.call("chat_stream", {"message": "opt in on resume", "reasoning": True})
+    stream_id = ack["stream_id"]
+    await plain.call("chat_resume", {"stream_id": stream_id})
+    _, done = await plain.wait_terminal(stream_id, within=20)
+    full = "".join(e["reasoning"] for e in reasoning_of(owner, stream_id))
+    text_seq = len(plain.tokens(stream_id))
+    asked = {"stream_id": stream_id, "after": text_seq, "reasoning": True}
+    assert (await plain.call("chat_resume", asked))["status"] == "complete"
+    assert (await fresh.call("chat_resume", asked))["status"] == "complete"
+    for label, client in (("same socket", plain), ("new socket", fresh)):
+        check_reasoning(label, reasoning_of(client, stream_id), full)
+    assert len(fresh.tokens(stream_id)) == 0  # it had the text
+    assert done["full_response"]
+
+
+async def test_a_refused_resume_that_opted_in_leaves_no_reasoning_room_behind(
+    start_server: Any, make_settings: Any, connect: Connect
+) -> None:
+    server = await start_server(
+        make_settings(
+            demo={"tokens_per_second": 400},
+            providers={"demo": {"kind": "demo", "thinking_budget": 1024}},
+            stream={"max_log_entries": 5},  # the log keeps its last 5 entries only
+        )
+    )
+    owner, refused = await connect(server), await connect(server)
+    ack = await owner.call("chat_stream", {"message": "a long one", "reasoning": True})
+    await owner.wait_terminal(ack["stream_id"], within=20)
+    reply = await refused.call("chat_resume", {"stream_id": ack["stream_id"], "reasoning": True})
+    assert reply["error"]["code"] == "log_unavailable"
+    again = await owner.call(
+        "chat_stream", {"message": "next", "session_id": ack["session_id"], "reasoning": True}
+    )
+    await owner.wait_terminal(again["stream_id"], within=20)
+    assert refused.of("chat_reasoning") == []
+    assert refused.of("chat_token") == []
