@@ -11,9 +11,11 @@ import asyncio
 import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -129,8 +131,11 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
         where = topology.store_options()
     stores: list[Store] = []
 
-    async def make(**options: Any) -> Store:
-        store: Store = RedisStore(**where, **options) if where else MemoryStore(**options)
+    async def make(*, mixin: type | None = None, **options: Any) -> Store:
+        """`mixin`: a test subclass (a fake backend, e.g. one that pauses) over this backend."""
+        base: type[Store] = RedisStore if where else MemoryStore
+        kind = type(f"{mixin.__name__}{base.__name__}", (mixin, base), {}) if mixin else base
+        store: Store = kind(**where, **options)
         if topology is not None:
             _TOPOLOGY_OF[store] = topology
         await store.open()
@@ -261,6 +266,38 @@ async def test_a_message_for_a_deleted_session_recreates_nothing(store: Store) -
     assert await store.add_message("s1", message(1, "late", role="assistant", t=1)) is False
     assert await store.get_messages("s1") == []
     assert await store.count_messages("s1") == 0
+
+
+async def test_a_message_push_writes_nothing_once_its_header_is_gone_or_changed(
+    store: Store,
+) -> None:
+    """The one atomic step of add_message: guarded by the header it read, so a
+    delete (or a session made again) landing after the read is never undone."""
+    await store.ensure_session(session("s1"))
+    seen = await store._get(store._sk("s1"))
+    assert seen is not None
+    push = store._message_push(
+        "s1", message(1, t=1), seen, SessionInfo.from_dict(orjson.loads(seen))
+    )
+    changed = replace(push, seen=b'{"other": 1}')
+    before = await stored_keys(store)
+    assert await store._push_once(changed) == -2
+    assert await stored_keys(store) == before
+    assert await store.get_messages("s1") == []
+    await store.delete_session("s1")
+    assert await store._push_once(push) == -1
+    assert [k for k in await stored_keys(store) if ":s1" in k] == []
+    assert await store.list_sessions() == []
+
+
+async def test_add_message_after_a_delete_returns_false_and_logs_it(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.ensure_session(session("s1"))
+    await store.delete_session("s1")
+    with caplog.at_level(logging.INFO, logger="chatsock.store.base"):
+        assert await store.add_message("s1", message(1, "late", role="assistant")) is False
+    assert "session 's1' is gone: message 'msg-1'" in caplog.text
 
 
 async def test_add_message_twice_stores_it_once(store: Store) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Sequence
@@ -12,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from chatsock.logsafe import shown
 from chatsock.store.keys import SESSION_KEYS, STREAM_KEYS
 from chatsock.store.limits import RateLimits
 from chatsock.store.models import (
@@ -39,8 +41,11 @@ MAX_SEQ = 2**64 - 1  # the largest seq a token log can address (Redis stream IDs
 # Earlier versions a message keeps (the newest); a regenerated reply past it drops
 # the oldest. Bounds a session's size however often one reply is regenerated.
 MAX_VERSIONS = 20
-# Compare-and-set attempts of one new version against concurrent ones.
+# Compare-and-set attempts of one message append (on its session's header) or
+# new version (on the message) against concurrent writes.
 _SWAP_ATTEMPTS = 50
+
+log = logging.getLogger(__name__)
 
 
 class StoreUnavailable(Exception):
@@ -60,6 +65,21 @@ def _dumps(value: Any) -> bytes:
 def _score(timestamp: str) -> float:
     """Index score of an ISO 8601 timestamp."""
     return datetime.fromisoformat(timestamp).timestamp()
+
+
+def _same_session(first: SessionInfo, now: SessionInfo) -> bool:
+    """Whether `now` is the header of the session `first` was read from, not of
+    one made again under its id after a delete."""
+    return (now.created_at, now.owner) == (first.created_at, first.owner)
+
+
+def _dropped(session_id: str, message: Message) -> bool:
+    """A message for a session gone (deleted, evicted) is dropped: False."""
+    log.info(
+        "session %s is gone: message %s (%s, stream %s) dropped",
+        shown(session_id), shown(message.message_id), message.role, shown(message.stream_id),
+    )  # fmt: skip
+    return False
 
 
 def check_seq(after: int) -> None:
@@ -159,34 +179,56 @@ class Store(RateLimits):
         Idempotent by `message.message_id`: a call retried after a lost reply
         stores nothing more (returns False). An assistant reply whose id is stored
         already, streamed by another stream (a regenerate), is a new version of
-        that message: see `_add_version`."""
-        info = await self.get_session(session_id)
-        if info is None:
-            return False  # deleted or evicted: a late reply must not recreate its keys
-        info.updated_at = message.created_at
-        if info.title is None and message.role == "user":
-            info.title = " ".join(message.content.split())[:80]
-        score = _score(message.created_at)
-        stored, *_ = await self._batch(
-            [
-                PushOnceOp(
-                    self._sk(session_id, "messages"),
-                    self._sk(session_id, "message_ids"),
-                    message.message_id,
-                    _dumps(message.to_dict()),
-                    self.session_ttl,
-                    self.max_messages,
-                ),
-                SetOp(self._sk(session_id), _dumps(info.to_dict()), self.session_ttl),
-                # Sessions expire session_ttl after their last write; so do their
-                # entries in the indexes, and the indexes once all have.
-                IndexAddOp(self._k("sessions"), session_id, score, self.session_ttl),
-                IndexAddOp(self._uk(info.owner, "sessions"), session_id, score, self.session_ttl),
-            ]
-        )
+        that message: see `_add_version`.
+
+        False, writing nothing, once the session is gone: the append is guarded
+        by the header it read (`_push_once`), so a delete landing meanwhile is
+        never undone, and a session deleted and made again (even by another
+        user) never gets the old one's reply or header. Callers drop the reply."""
+        first: SessionInfo | None = None
+        for _ in range(_SWAP_ATTEMPTS):
+            seen = await self._get(self._sk(session_id))
+            info = SessionInfo.from_dict(orjson.loads(seen)) if seen else None
+            if seen is None or info is None or not _same_session(first or info, info):
+                return _dropped(session_id, message)
+            first = first or info
+            stored = await self._push_once(self._message_push(session_id, message, seen, info))
+            if stored != -2:  # else the header changed (another message): read it again
+                break
+        else:
+            raise StoreUnavailable(
+                f"session {session_id} kept changing during {_SWAP_ATTEMPTS} attempts to "
+                f"store message {message.message_id}; retry"
+            )
+        if stored < 0:
+            return _dropped(session_id, message)
         if not stored and message.role == "assistant" and message.stream_id is not None:
             return await self._add_version(session_id, message)
         return bool(stored)
+
+    def _message_push(
+        self, session_id: str, message: Message, seen: bytes, info: SessionInfo
+    ) -> PushOnceOp:
+        """The guarded append of `message` to a session whose header read `seen`."""
+        info.updated_at = message.created_at
+        if info.title is None and message.role == "user":
+            info.title = " ".join(message.content.split())[:80]
+        return PushOnceOp(
+            session=self._sk(session_id),
+            seen=seen,
+            header=_dumps(info.to_dict()),
+            key=self._sk(session_id, "messages"),
+            ids=self._sk(session_id, "message_ids"),
+            item_id=message.message_id,
+            value=_dumps(message.to_dict()),
+            ttl=self.session_ttl,
+            cap=self.max_messages,
+            # Sessions expire session_ttl after their last write; so do their
+            # entries in the indexes, and the indexes once all have.
+            indexes=(self._k("sessions"), self._uk(info.owner, "sessions")),
+            member=session_id,
+            score=_score(message.created_at),
+        )
 
     async def _add_version(self, session_id: str, message: Message) -> bool:
         """Store `message` in the place of the stored message with its id, which

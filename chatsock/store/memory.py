@@ -18,7 +18,7 @@ import orjson
 from chatsock.store.base import Store
 from chatsock.store.memory_limits import MemoryRateLimits
 from chatsock.store.models import Appended
-from chatsock.store.primitives import KeepAliveKeys, LogAppend, RegisterStep
+from chatsock.store.primitives import KeepAliveKeys, LogAppend, PushOnceOp, RegisterStep
 
 _SWEEP_EVERY = 1000
 
@@ -141,18 +141,24 @@ class MemoryStore(MemoryRateLimits, Store):
         self._touch(key, ttl)
         return dropped
 
-    async def _push_once(
-        self, key: str, ids: str, item_id: str, value: bytes, ttl: int | None, cap: int
-    ) -> bool:
-        if item_id in (self._live(ids) or {}):
-            return False
-        items = self._live(key)
+    async def _push_once(self, op: PushOnceOp) -> int:
+        now = self._live(op.session)
+        if now is None:
+            return -1
+        if now != op.seen:
+            return -2
+        self._set_now(op.session, op.header, op.ttl)
+        for index in op.indexes:
+            self._index_add_now(index, op.member, op.score, op.ttl)
+        if op.item_id in (self._live(op.ids) or {}):
+            return 0
+        items = self._live(op.key)
         if items is None:
-            items = self._data[key] = deque(maxlen=cap)
-        items.append(value)
-        self._touch(key, ttl)
-        self._append_ordered(ids, item_id, cap, ttl)
-        return True
+            items = self._data[op.key] = deque(maxlen=op.cap)
+        items.append(op.value)
+        self._touch(op.key, op.ttl)
+        self._append_ordered(op.ids, op.item_id, op.cap, op.ttl)
+        return 1
 
     async def _swap_item(self, key: str, guard: str, old: bytes, new: bytes) -> int:
         if self._live(guard) is None:
@@ -172,6 +178,9 @@ class MemoryStore(MemoryRateLimits, Store):
 
     # -- ordered index ----------------------------------------------------
     async def _index_add(self, key: str, member: str, score: float, ttl: int | None = None) -> None:
+        self._index_add_now(key, member, score, ttl)
+
+    def _index_add_now(self, key: str, member: str, score: float, ttl: int | None) -> None:
         index = self._container(key, dict)
         index[member] = score
         if ttl:

@@ -62,16 +62,26 @@ class IndexAddOp:
 
 @dataclass(frozen=True, slots=True)
 class PushOnceOp:
-    key: str
-    ids: str
+    """One message append (`_push_once`), guarded by its session's header: done
+    only while `session` still holds `seen` (the header add_message read), so an
+    append racing a delete writes nothing."""
+
+    session: str  # the header's key
+    seen: bytes  # the header as read
+    header: bytes  # the header to write (touched, titled)
+    key: str  # list: the messages
+    ids: str  # ordered set: the ids of the messages in `key`
     item_id: str
     value: bytes
-    ttl: int | None
+    ttl: int | None  # of all of them, the header and the indexes
     cap: int
+    indexes: tuple[str, ...]  # ordered sets the session is (re)scored in
+    member: str  # the session id, in `indexes`
+    score: float
 
 
-# The operations `_batch` sends together: `_get`, `_set`, `_index_add`, `_push_once`.
-Op = GetOp | SetOp | IndexAddOp | PushOnceOp
+# The operations `_batch` sends together: `_get`, `_set`, `_index_add`.
+Op = GetOp | SetOp | IndexAddOp
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +142,12 @@ class Primitives(ABC):
         if its JSON value's "stream_id" is `stream_id` when that is given."""
 
     @abstractmethod
-    async def _push_once(
-        self, key: str, ids: str, item_id: str, value: bytes, ttl: int | None, cap: int
-    ) -> bool:
-        """Atomically append `value` to a list unless `item_id` is in the ordered
-        set `ids`; keep the newest `cap` of both. True when appended."""
+    async def _push_once(self, op: PushOnceOp) -> int:
+        """Atomically, unless the header `op.session` is gone (-1) or no longer
+        `op.seen` (-2, changed meanwhile: read it again), each writing nothing:
+        write `op.header`, rescore the session in `op.indexes`, and append
+        `op.value` to the list unless `op.item_id` is in the ordered set `op.ids`
+        (keeping the newest `cap` of both): 1 when appended, else 0."""
 
     @abstractmethod
     async def _swap_item(self, key: str, guard: str, old: bytes, new: bytes) -> int:
@@ -221,10 +232,6 @@ class Primitives(ABC):
                 case IndexAddOp():
                     await self._index_add(op.key, op.member, op.score, op.ttl)
                     results.append(None)
-                case PushOnceOp():
-                    results.append(
-                        await self._push_once(op.key, op.ids, op.item_id, op.value, op.ttl, op.cap)
-                    )
         return results
 
     @abstractmethod

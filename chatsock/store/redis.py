@@ -239,11 +239,12 @@ class RedisStore(RedisRateLimits, Store):
         return bool(await self._release_field_script(keys=[key, order], args=[field, *check]))
 
     @_mapped
-    async def _push_once(
-        self, key: str, ids: str, item_id: str, value: bytes, ttl: int | None, cap: int
-    ) -> bool:
-        args: list[bytes | str | int] = [item_id, value, ttl or 0, cap]
-        return bool(await self._push_once_script(keys=[key, ids], args=args))
+    async def _push_once(self, op: PushOnceOp) -> int:
+        keys = [op.session, op.key, op.ids, *op.indexes]
+        args: list[bytes | str | int | float] = [
+            op.seen, op.header, op.item_id, op.value, op.ttl or 0, op.cap, op.member, op.score
+        ]  # fmt: skip
+        return int(await self._push_once_script(keys=keys, args=args))
 
     @_mapped
     async def _swap_item(self, key: str, guard: str, old: bytes, new: bytes) -> int:
@@ -354,29 +355,20 @@ class RedisStore(RedisRateLimits, Store):
                         pipe.execute_command("EVALSHA", sha, 1, op.key, op.member, op.score, op.ttl)
                     case IndexAddOp():
                         pipe.zadd(op.key, {op.member: op.score})
-                    case PushOnceOp():
-                        args = (op.item_id, op.value, op.ttl or 0, op.cap)
-                        pipe.execute_command(
-                            "EVALSHA", self._push_once_script.sha, 2, op.key, op.ids, *args
-                        )
             replies = await pipe.execute(raise_on_error=False)
         results: list[object] = []
         for op, reply in zip(ops, replies, strict=True):
             if isinstance(reply, NoScriptError):
                 # A restarted Redis forgot the script: this op alone runs again
                 # (its script loads on the way), the others stand.
-                if isinstance(op, PushOnceOp):
-                    reply = await self._push_once_script(
-                        keys=[op.key, op.ids], args=[op.item_id, op.value, op.ttl or 0, op.cap]
-                    )
-                elif isinstance(op, IndexAddOp):
+                if isinstance(op, IndexAddOp):
                     reply = await self._index_add_script(
                         keys=[op.key], args=[op.member, op.score, op.ttl or 0]
                     )
             if isinstance(reply, Exception):
                 raise reply
             match op:
-                case SetOp() | PushOnceOp():
+                case SetOp():
                     results.append(bool(reply))
                 case GetOp():
                     results.append(reply)

@@ -82,17 +82,34 @@ end
 return {'registered'}
 """
 
-# RPUSH unless the item's id is among the ids stored with the list. An id set
-# (ZSCORE, O(log n)) rather than a scan of the list: the check costs the same
-# whatever the messages' size, covers every message still in the list, and
-# holds at most `cap` short ids.
-# KEYS: list, ids; ARGV: id, value, ttl (0 = none), cap
+# A message append, guarded by the session's header (see PushOnceOp): nothing
+# is written once the header is gone (-1: a delete won, the session must not
+# come back) or differs from the one read (-2: read it again). Then the header,
+# the session's index entries (as INDEX_ADD), and RPUSH unless the item's id is
+# among the ids stored with the list. An id set (ZSCORE, O(log n)) rather than a
+# scan of the list: the check costs the same whatever the messages' size, covers
+# every message still in the list, and holds at most `cap` short ids.
+# KEYS: header, list, ids, indexes...
+# ARGV: seen, header, id, value, ttl (0 = none), cap, member, score
 PUSH_ONCE = """
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-redis.call('RPUSH', KEYS[1], ARGV[2])
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
-keep(KEYS[1], ARGV[3])
-append(KEYS[2], ARGV[1], ARGV[4], ARGV[3])
+local now = redis.call('GET', KEYS[1])
+if not now then return -1 end
+if now ~= ARGV[1] then return -2 end
+local ttl, score = tonumber(ARGV[5]), tonumber(ARGV[8])
+redis.call('SET', KEYS[1], ARGV[2])
+keep(KEYS[1], ttl)
+for i = 4, #KEYS do
+  redis.call('ZADD', KEYS[i], score, ARGV[7])
+  if ttl > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. (score - ttl))
+    redis.call('EXPIRE', KEYS[i], ttl)
+  end
+end
+if redis.call('ZSCORE', KEYS[3], ARGV[3]) then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[4])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
+keep(KEYS[2], ttl)
+append(KEYS[3], ARGV[3], ARGV[6], ttl)
 return 1
 """
 

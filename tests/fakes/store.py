@@ -7,7 +7,7 @@ from typing import Any
 
 from chatsock.store.base import StoreUnavailable
 from chatsock.store.memory import MemoryStore
-from chatsock.store.primitives import LogAppend
+from chatsock.store.primitives import LogAppend, PushOnceOp
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -41,24 +41,22 @@ class FlakyStore(MemoryStore):
             await hook()
         return await super()._log_append_many(appends, ttl, cap)
 
-    async def _push_once(
-        self, key: str, ids: str, item_id: str, value: bytes, ttl: int | None, cap: int
-    ) -> bool:
-        if b'"role":"user"' in value:
+    async def _push_once(self, op: PushOnceOp) -> int:
+        if b'"role":"user"' in op.value:
             if self.fail_user_messages:
                 raise StoreUnavailable("injected failure: the store refused the write")
             hook, self.before_user_message = self.before_user_message, None
             if hook is not None:
                 await hook()
-            return await super()._push_once(key, ids, item_id, value, ttl, cap)
-        if b'"role":"assistant"' not in value:
-            return await super()._push_once(key, ids, item_id, value, ttl, cap)
+            return await super()._push_once(op)
+        if b'"role":"assistant"' not in op.value:
+            return await super()._push_once(op)
         if self.fail_assistant_messages:
             raise StoreUnavailable("injected failure: the store refused the write")
         hook, self.before_assistant_message = self.before_assistant_message, None
         if hook is not None:
             await hook()
-        stored = await super()._push_once(key, ids, item_id, value, ttl, cap)
+        stored = await super()._push_once(op)
         if self.lose_assistant_replies or self.lose_next_assistant_replies > 0:
             self.lose_next_assistant_replies -= 1
             raise StoreUnavailable("injected failure: the reply to a write that landed was lost")
