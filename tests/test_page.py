@@ -130,6 +130,8 @@ async def test_light_dark_and_phone_screenshots(start_server, tmp_path):
     assert "failure" not in result, result.get("failure")
     assert result["errors"] == []
     assert result["darkBackground"] == "rgb(13, 17, 23)"
+    assert result["thinking"]["hidden"] is False  # the screenshots show a Thinking section
+    assert result["thinking"]["summary"].startswith("Thought for ")
     # On a phone the chat list hides behind the menu button, opens, and closes.
     assert result["phone"] == {
         "sidebarShown": False,

@@ -2,7 +2,7 @@
 // browser download). Usage:
 //   node tests/js/page.mjs <scenario> <url> <json-options> <chromium-path>
 // Prints one JSON object with what the page showed. Scenarios: basics, model,
-// follow, many, jwt, screens (see tests/test_page*.py for what each pins).
+// follow, many, jwt, screens, reasoning (see tests/test_page*.py for what each pins).
 import { launch } from "./browser.mjs";
 
 const [scenario, url, rawOptions, executablePath] = process.argv.slice(2);
@@ -52,7 +52,8 @@ const ended = (page, n) => page.waitForFunction((n) => {
 /** Waits until the n-th reply shows at least `chars` characters while still streaming. */
 const streaming = (page, n, chars = 1) => page.waitForFunction(([n, chars]) => {
   const bubble = document.querySelectorAll(".bubble.assistant")[n - 1];
-  return bubble && bubble.classList.contains("streaming") && bubble.textContent.length >= chars;
+  // The reply's text only: the bubble also holds the (hidden) caveat's "Retry".
+  return bubble && bubble.classList.contains("streaming") && bubble.querySelector(".markdown").textContent.length >= chars;
 }, [n, chars], WAIT);
 
 async function type(page, text) {
@@ -169,8 +170,13 @@ async function screens() {
   await ended(page, 1);
   await page.click("#new-chat");
   await page.waitForFunction(() => !document.querySelector(".msg"), null, WAIT);
+  await page.click("#think"); // this reply reasons: its Thinking section shows
   await type(page, "Show me a tiny **Python** function");
   await ended(page, 1);
+  result.thinking = await page.evaluate(() => {
+    const details = document.querySelector(".msg.assistant .thinking");
+    return { hidden: details.hidden, summary: details.querySelector("summary").textContent };
+  });
   await page.waitForFunction(() => document.querySelectorAll("#sessions li").length === 2, null, WAIT);
   const session = await sessionOf(page);
   await page.waitForTimeout(300);
@@ -334,8 +340,100 @@ async function jwt() {
   result.session = await sessionOf(page);
 }
 
+/** The socket.io events a tab emits: [[name, payload]], from its WebSocket frames. */
+function emitted(page) {
+  const sent = [];
+  page.on("websocket", (ws) => ws.on("framesent", ({ payload }) => {
+    const match = /^42\d*(\[.*)$/s.exec(String(payload));
+    if (match) sent.push(JSON.parse(match[1]));
+  }));
+  return sent;
+}
+
+/** The n-th (1-based) reply's Thinking section and text, as shown. */
+const thinkingOf = (page, n) => page.evaluate((n) => {
+  const msg = document.querySelectorAll(".msg.assistant")[n - 1];
+  if (!msg) return null;
+  const details = msg.querySelector(".thinking");
+  return {
+    hidden: details.hidden, open: details.open, summary: details.querySelector("summary").textContent,
+    reasoning: details.querySelector(".thinking-text").textContent,
+    text: msg.querySelector(".bubble .markdown").textContent, status: msg.dataset.status,
+    version: msg.querySelector(".versions").hidden ? null : msg.querySelector(".version-label").textContent,
+    regenerate: !msg.querySelector(".regenerate").hidden,
+  };
+}, n);
+
+/** Waits until the n-th reply shows reasoning with no text yet, its Thinking section open. */
+const thinkingNow = (page, n, chars = 1) => page.waitForFunction(([n, chars]) => {
+  const msg = document.querySelectorAll(".msg.assistant")[n - 1];
+  const details = msg?.querySelector(".thinking");
+  return details && !details.hidden && details.open &&
+    details.querySelector(".thinking-text").textContent.length >= chars &&
+    msg.querySelector(".bubble .markdown").textContent === "";
+}, [n, chars], WAIT);
+
+const stored = (page) => page.evaluate(() => window.chatsockPage.store.getState().messages
+  .map((m) => ({ role: m.role, content: m.content, status: m.status, reasoning: m.reasoning ?? null,
+    versions: (m.versions ?? []).map((v) => ({ content: v.content, status: v.status, reasoning: v.reasoning ?? null })),
+    result: m.result ? { reasoning_chars: m.result.reasoning_chars ?? null, reasoning_ms: m.result.reasoning_ms ?? null } : null })));
+
+async function reasoning() {
+  // Think on: the reply reasons, shown open until text comes; a reload mid-reasoning
+  // shows the same; Think off and Regenerate replace the reply, the first kept.
+  const context = await browser.newContext();
+  const page = await open(context, url);
+  const sent = emitted(page);
+  await connected(page);
+  result.thinkOff = await page.getAttribute("#think", "aria-pressed");
+  if (options.think) await page.click("#think");
+  result.thinkOn = await page.getAttribute("#think", "aria-pressed");
+  await type(page, options.message);
+  await thinkingNow(page, 1, 10);
+  result.during = await thinkingOf(page, 1);
+  if (options.reload) {
+    await page.reload();
+    await connected(page);
+    await page.waitForFunction(() => !document.querySelector(".msg.assistant .thinking")?.hidden, null, WAIT);
+    result.afterReload = await thinkingOf(page, 1);
+    result.thinkAfterReload = await page.getAttribute("#think", "aria-pressed");
+  }
+  await page.waitForFunction(() => document.querySelector(".msg.assistant .bubble .markdown").textContent.length >= 5, null, WAIT);
+  result.answering = await thinkingOf(page, 1);
+  await ended(page, 1);
+  await page.waitForSelector(".msg.assistant .regenerate:not([hidden])", WAIT);
+  result.ended = await thinkingOf(page, 1);
+  result.first = await stored(page);
+  result.injected = await injected(page);
+  if (options.regenerate) {
+    // Think off: the new reply does not reason; the first keeps its reasoning.
+    if (options.think) await page.click("#think");
+    await page.click(".msg.assistant .regenerate");
+    await page.waitForFunction(() => document.querySelector(".msg.assistant .version-label")?.textContent === "version 2 of 2" &&
+      document.querySelector(".msg.assistant .bubble").classList.contains("complete"), null, WAIT);
+    result.regenerated = await thinkingOf(page, 1);
+    result.replies = await replies(page);
+    result.second = await stored(page);
+    await page.click(".msg.assistant .versions .older");
+    result.olderVersion = await thinkingOf(page, 1);
+    result.olderDisabled = await page.evaluate(() => document.querySelector(".msg.assistant .older").disabled);
+    await page.click(".msg.assistant .versions .newer");
+    result.newerVersion = await thinkingOf(page, 1);
+    // The versions come back from the server after a reload.
+    await page.reload();
+    await connected(page);
+    await page.waitForFunction(() => document.querySelector(".msg.assistant .version-label")?.textContent === "version 2 of 2", null, WAIT);
+    result.reloaded = await stored(page);
+    await page.click(".msg.assistant .versions .older");
+    result.reloadedOlder = await thinkingOf(page, 1);
+  }
+  result.emitted = sent.map(([name, payload]) => [name, payload]).filter(([name]) => name === "chat_stream" || name === "chat_regenerate");
+  result.session = await sessionOf(page);
+  result.violations = await page.evaluate(() => window.__violations.slice());
+}
+
 try {
-  await ({ basics, model, follow, many, jwt, screens })[scenario]();
+  await ({ basics, model, follow, many, jwt, screens, reasoning })[scenario]();
 } catch (err) {
   result.failure = String(err && err.stack ? err.stack : err);
 } finally {

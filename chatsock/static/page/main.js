@@ -2,7 +2,7 @@
 // list, a provider picker and the page's URL naming the session (#/s/<id>).
 import { ChatStore, connect } from "chatsock-client";
 import { apiGet, storedToken, tokenPanel } from "./auth.js";
-import { Picker } from "./picker.js";
+import { Picker, ThinkToggle } from "./picker.js";
 import { Sidebar } from "./sidebar.js";
 import { initTheme } from "./theme.js";
 import { Thread } from "./thread.js";
@@ -19,6 +19,7 @@ async function start() {
   const auth = tokenPanel();
   const status = $("status");
   const picker = new Picker();
+  const think = new ThinkToggle();
   // Unreachable: no picker; the client keeps trying to connect on its own.
   const offer = await apiGet("/api/providers").catch(() => ({ status: 0, body: null }));
   if (offer.status === 401) {
@@ -30,9 +31,15 @@ async function start() {
   }
   if (offer.status === 200) picker.show(offer.body);
 
-  const client = connect("", { token: () => storedToken() ?? "" });
+  // The page shows the model's reasoning: every send, join and resume asks for it.
+  const client = connect("", { token: () => storedToken() ?? "", reasoning: true });
   const store = new ChatStore({ client, sessionId: hashSession() });
-  const thread = new Thread($("messages"), { onRetry: () => track(store.retry()) });
+  // What each request asks for: the picker's provider and model, and Think's budget.
+  const choice = () => ({ ...picker.choice(), ...think.options() });
+  const thread = new Thread($("messages"), {
+    onRetry: () => track(store.retry()),
+    onRegenerate: () => track(store.regenerate(choice())),
+  });
   const sidebar = new Sidebar(client, {
     onDelete: (sessionId) => {
       if (sessionId === store.getState().sessionId) location.hash = "#/";
@@ -105,7 +112,7 @@ async function start() {
     if (!text || busy) return;
     input.value = "";
     grow();
-    track(store.send(text, picker.choice()));
+    track(store.send(text, choice()));
   }
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();

@@ -56,3 +56,33 @@ function option(value, label) {
   el.textContent = label;
   return el;
 }
+
+/**
+ * "Think": asks the model to reason before it answers (`thinking_budget`, which
+ * the demo provider and Anthropic honour; OpenAI-compatible reasoning models
+ * stream their reasoning regardless). Never `reasoning_effort`: a model that
+ * does not reason would refuse it. Kept in localStorage.
+ */
+const THINK_KEY = "chatsock.think";
+export const THINKING_BUDGET = 2048;
+
+export class ThinkToggle {
+  constructor() {
+    this.button = document.getElementById("think");
+    this.set(localStorage.getItem(THINK_KEY) === "1");
+    this.button.addEventListener("click", () => {
+      this.set(!this.on);
+      localStorage.setItem(THINK_KEY, this.on ? "1" : "0");
+    });
+  }
+
+  set(on) {
+    this.on = on;
+    this.button.setAttribute("aria-pressed", String(on));
+  }
+
+  /** The send options: a thinking budget when on. */
+  options() {
+    return this.on ? { thinkingBudget: THINKING_BUDGET } : {};
+  }
+}

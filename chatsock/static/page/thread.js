@@ -3,9 +3,10 @@
 import { renderMarkdown } from "./markdown.js";
 
 export class Thread {
-  constructor(container, { onRetry }) {
+  constructor(container, { onRetry, onRegenerate }) {
     this.container = container;
     this.onRetry = onRetry;
+    this.onRegenerate = onRegenerate;
     this.views = [];
     this.sessionId = undefined;
     /** stream id -> seconds from send to first token, measured by this tab. */
@@ -23,7 +24,7 @@ export class Thread {
       let view = this.views[i];
       if (view === undefined || view.role !== message.role) {
         if (view !== undefined) this.drop(i);
-        view = message.role === "user" ? userView() : assistantView(this.onRetry);
+        view = message.role === "user" ? userView() : assistantView(this.onRetry, this.onRegenerate);
         this.views[i] = view;
         this.container.append(view.root);
       }
@@ -69,12 +70,12 @@ function userView() {
   };
 }
 
-function assistantView(onRetry) {
+function assistantView(onRetry, onRegenerate) {
   const root = el("div", "msg assistant");
   const thinking = el("details", "thinking");
   thinking.hidden = true;
   const thinkingSummary = el("summary", "", "Thinking…");
-  const thinkingText = el("div", "thinking-text");
+  const thinkingText = el("div", "thinking-text markdown");
   thinking.append(thinkingSummary, thinkingText);
   const bubble = el("div", "bubble assistant");
   const body = el("div", "markdown");
@@ -90,56 +91,144 @@ function assistantView(onRetry) {
   retry.addEventListener("click", () => onRetry());
   caveat.append(caveatText, retry);
   const meta = el("div", "meta");
-  root.append(thinking, bubble, meta);
+  // Under the last reply: Regenerate, and the versions a regenerate kept (read-only).
+  const actions = el("div", "actions");
+  const versions = el("span", "versions");
+  const older = el("button", "older", "‹");
+  older.type = "button";
+  older.title = "Earlier version";
+  older.setAttribute("aria-label", "Earlier version");
+  const versionLabel = el("span", "version-label");
+  const newer = el("button", "newer", "›");
+  newer.type = "button";
+  newer.title = "Later version";
+  newer.setAttribute("aria-label", "Later version");
+  versions.append(older, versionLabel, newer);
+  const regenerate = el("button", "regenerate", "↻ Regenerate");
+  regenerate.type = "button";
+  regenerate.title = "A new reply in place of this one";
+  regenerate.addEventListener("click", () => onRegenerate());
+  actions.append(versions, regenerate);
+  root.append(thinking, bubble, meta, actions);
   bubble.append(caveat);
 
   let shown = null;
   let frame = 0;
   let text = "";
+  let reasoning = "";
+  let shownReasoning = null;
+  // The stream this view last drew, and where its Thinking section is: "none"
+  // (no reasoning yet), "thinking" (opened while reasoning), "answered".
+  let streamId;
+  let phase = "none";
+  // Which version is shown: null for the current reply, else an index into `versions`.
+  let viewing = null;
+  let last = { message: null, context: null };
   const paint = () => {
     frame = 0;
-    if (shown === text) return;
-    shown = text;
-    renderMarkdown(body, text);
+    if (shown !== text) {
+      shown = text;
+      renderMarkdown(body, text);
+    }
+    if (shownReasoning !== reasoning) {
+      shownReasoning = reasoning;
+      renderMarkdown(thinkingText, reasoning);
+    }
   };
+  const browse = (step) => {
+    const count = last.message?.versions?.length ?? 0;
+    const at = (viewing ?? count) + step;
+    viewing = at >= count ? null : Math.max(0, at);
+    draw(last.message, last.context);
+  };
+  older.addEventListener("click", () => browse(-1));
+  newer.addEventListener("click", () => browse(1));
+
+  function draw(message, context) {
+    const { state, firstToken } = context;
+    const count = message.versions?.length ?? 0;
+    if (viewing !== null && viewing >= count) viewing = null;
+    const live = message.status === "pending" || message.status === "streaming";
+    if (live) viewing = null; // a new reply streams: show it
+    const version = viewing === null ? null : message.versions[viewing];
+    const shownMessage = version ?? message;
+    root.dataset.status = shownMessage.status;
+    root.dataset.version = String(viewing === null ? count + 1 : viewing + 1);
+    for (const s of ["pending", "streaming", "complete", "stopped", "error"]) {
+      bubble.classList.toggle(s, shownMessage.status === s);
+    }
+    bubble.classList.toggle("old-version", version !== null);
+    text = shownMessage.content;
+    reasoning = shownMessage.reasoning ?? "";
+    if (live) {
+      if (!frame) frame = requestAnimationFrame(paint);
+    } else {
+      if (frame) cancelAnimationFrame(frame);
+      paint();
+    }
+    // Typing dots until the first token (or the first reasoning).
+    if (message.status === "pending" && !text && !reasoning) {
+      if (!dots.isConnected) bubble.insertBefore(dots, body);
+    } else if (dots.isConnected) {
+      dots.remove();
+    }
+    showThinking(shownMessage, live && version === null, version !== null);
+    if (version === null) showCaveat(message, context.last, state);
+    else caveat.hidden = true;
+    meta.textContent = version === null ? metrics(message, firstToken) : versionMetrics(version);
+    // Regenerate: the last reply, once nothing streams, when its stream ran.
+    const busy = state.status === "submitted" || state.status === "streaming";
+    regenerate.hidden = !(context.last && !busy && !live && message.streamId && version === null);
+    versions.hidden = count === 0;
+    versionLabel.textContent = `version ${viewing === null ? count + 1 : viewing + 1} of ${count + 1}`;
+    older.disabled = live || viewing === 0;
+    newer.disabled = live || viewing === null;
+    actions.hidden = regenerate.hidden && versions.hidden;
+  }
 
   return {
     role: "assistant",
     root,
-    update(message, { last, state, firstToken }) {
-      root.dataset.status = message.status;
-      for (const s of ["pending", "streaming", "complete", "stopped", "error"]) {
-        bubble.classList.toggle(s, message.status === s);
+    update(message, context) {
+      last = { message, context };
+      if (message.streamId !== streamId) {
+        // Another stream in this place (a regenerate): its own Thinking section.
+        streamId = message.streamId;
+        phase = "none";
+        viewing = null;
       }
-      text = message.content;
-      const live = message.status === "pending" || message.status === "streaming";
-      if (live) {
-        if (!frame) frame = requestAnimationFrame(paint);
-      } else {
-        if (frame) cancelAnimationFrame(frame);
-        paint();
-      }
-      // Typing dots until the first token.
-      if (message.status === "pending" && !text) {
-        if (!dots.isConnected) bubble.insertBefore(dots, body);
-      } else if (dots.isConnected) {
-        dots.remove();
-      }
-      showThinking(message.reasoning);
-      showCaveat(message, last, state);
-      meta.textContent = metrics(message, firstToken);
+      draw(message, context);
     },
   };
 
-  // The hook for reasoning streams: a collapsible section above the reply.
-  function showThinking(reasoning) {
-    thinking.hidden = !reasoning;
-    if (reasoning && thinkingText.textContent !== reasoning) thinkingText.textContent = reasoning;
+  // The reasoning, above the reply: open while the model thinks and no text has
+  // come, collapsed once text arrives; after that, as the reader leaves it.
+  function showThinking(message, live, old) {
+    const thought = message.reasoning ?? "";
+    thinking.hidden = !thought;
+    if (!thought) return;
+    if (old) {
+      thinking.open = false;
+    } else if (phase === "none") {
+      phase = live && !message.content ? "thinking" : "answered";
+      thinking.open = phase === "thinking";
+    } else if (phase === "thinking" && (message.content || !live)) {
+      phase = "answered";
+      thinking.open = false;
+    }
+    thinking.dataset.phase = phase;
+    thinkingSummary.textContent = live && !message.content ? "Thinking…" : thoughtFor(message.result);
   }
 
   function showCaveat(message, last, state) {
     if (message.status !== "error") {
-      caveat.hidden = true;
+      // A refused regenerate leaves the reply as it was, and says why under it.
+      const refused = last && state.status === "error" && state.error;
+      caveat.hidden = !refused;
+      if (refused) {
+        caveatText.textContent = `Could not regenerate: ${state.error.message}.`;
+        retry.hidden = !state.error.retryable;
+      }
       return;
     }
     const error = last ? state.error : null;
@@ -151,6 +240,24 @@ function assistantView(onRetry) {
     retry.hidden = !(last && error?.retryable);
     caveat.hidden = false;
   }
+}
+
+/** "Thought for 1.2 s · 245 characters" from chat_complete, when it says. */
+function thoughtFor(result) {
+  const ms = result?.reasoning_ms;
+  const chars = result?.reasoning_chars;
+  if (typeof ms !== "number") return "Thought process";
+  const parts = [`Thought for ${(ms / 1000).toFixed(1)} s`];
+  if (typeof chars === "number") parts.push(`${chars} characters`);
+  return parts.join(" · ");
+}
+
+/** An earlier version: which model wrote it, and how it ended. */
+function versionMetrics(version) {
+  const parts = ["earlier version"];
+  if (version.provider) parts.push(version.model ? `${version.provider}/${version.model}` : version.provider);
+  if (version.status !== "complete") parts.push(version.status);
+  return parts.join(" · ");
 }
 
 /** "31.4 tok/s · first token 0.21 s · 21 in / 57 out · openai/gpt-4o-mini". */
