@@ -311,12 +311,21 @@ class Fanout:
         return sum(len(f.listeners) for f in self.feeds.values() if f.session_id == session_id)
 
     # -- following ----------------------------------------------------------
-    async def join(self, sid: str, session_id: str, *, reasoning: bool = False) -> Payload | None:
+    async def join(
+        self,
+        sid: str,
+        session_id: str,
+        *,
+        reasoning: bool = False,
+        catch_up: Cursor | None = None,
+    ) -> Payload | None:
         """Put `sid` in the session's room; return `{stream_id, seq}` of its active stream.
 
         Tokens with seq greater than the returned `seq` reach `sid` live (and,
         opted in to reasoning, reasoning after `reasoning_seq`); the same holds,
-        unreported, for every other stream of the session.
+        unreported, for every other stream of the session. With `catch_up` the
+        active stream's earlier tokens after it are sent too, before the join
+        answers and before that stream's end, as `chat_resume` would.
         """
         before = [f for f in self.feeds.values() if f.session_id == session_id]
         active = await self._store.active_streams(session_id)
@@ -335,11 +344,29 @@ class Fanout:
             # elsewhere): its end went out before the socket entered the room. It
             # is over for this socket too; the caller reads the messages after this.
             return None
-        live_since = feed.live_since.get(sid, 0)
-        text_seq, reasoning_seq = await self.seqs_at(feed, live_since)
-        if reasoning and sid in feed.reasoning_since:  # it opted in after it joined
-            reasoning_seq = (await self.seqs_at(feed, feed.reasoning_since[sid]))[1]
+        if catch_up is not None:
+            # In the same step as its entry: the stream's end waits for the catch-up.
+            feed.backfilling.add(sid)
+        try:
+            live_since = feed.live_since.get(sid, 0)
+            text_seq, reasoning_seq = await self.seqs_at(feed, live_since)
+            if reasoning and sid in feed.reasoning_since:  # it opted in after it joined
+                reasoning_seq = (await self.seqs_at(feed, feed.reasoning_since[sid]))[1]
+            if catch_up is not None:
+                async with self._turn(sid, feed.stream_id):
+                    await self._backfill(sid, feed, catch_up)
+        finally:
+            if catch_up is not None:
+                await self._held_end(sid, feed)
         return protocol.active_stream_view(record, text_seq, reasoning_seq if reasoning else None)
+
+    async def _held_end(self, sid: str, feed: Feed) -> None:
+        """Release `sid` from `feed.backfilling`: the end, if it came meanwhile, now."""
+        feed.backfilling.discard(sid)
+        if feed.terminal is not None and sid not in feed.finished:
+            await self._to(sid)(feed.terminal.event, feed.terminal.payload)
+            feed.finished.add(sid)
+            self._remember(feed)
 
     async def seqs_at(self, feed: Feed, position: int) -> tuple[int, int]:
         """The `chat_token` and `chat_reasoning` seqs at a log position the feed
@@ -396,11 +423,7 @@ class Fanout:
             try:
                 await self._backfill(sid, feed, after)
             finally:
-                feed.backfilling.discard(sid)
-                if feed.terminal is not None and sid not in feed.finished:
-                    await self._to(sid)(feed.terminal.event, feed.terminal.payload)
-                    feed.finished.add(sid)
-                    self._remember(feed)
+                await self._held_end(sid, feed)
             return feed.terminal.status if feed.terminal is not None else "streaming"
         member = self._in_room(sid, record.session_id)
         thinker = protocol.reasoning_room(record.session_id) in self._sio.rooms(sid)

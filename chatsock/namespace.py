@@ -208,8 +208,11 @@ class ChatNamespace(socketio.AsyncNamespace):
         async def work() -> protocol.Payload:
             who = self._who(sid)
             request = parse(JoinRequest, data)
+            catch_up = None
+            if request.after is not None:
+                catch_up = Cursor(request.after, request.after_reasoning, request.reasoning)
             messages, active = await self.sessions.join(
-                sid, request.session_id, who, reasoning=request.reasoning
+                sid, request.session_id, who, reasoning=request.reasoning, catch_up=catch_up
             )
             return protocol.ack_ok(
                 session_id=request.session_id,

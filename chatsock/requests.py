@@ -54,6 +54,10 @@ class StopRequest(_Request):
 class JoinRequest(_Request):
     session_id: SessionId
     reasoning: bool = False  # also follow the session's reasoning (`chat_reasoning`)
+    # Also send the active stream's tokens after `after` (reasoning after
+    # `after_reasoning`) sent before the join, ahead of that stream's end.
+    after: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
+    after_reasoning: Annotated[int, Field(ge=0, le=MAX_SEQ)] = 0
 
 
 class ResumeRequest(_Request):

@@ -157,7 +157,13 @@ class SessionService:
         return record
 
     async def join(
-        self, sid: str, session_id: str, who: Identity, *, reasoning: bool = False
+        self,
+        sid: str,
+        session_id: str,
+        who: Identity,
+        *,
+        reasoning: bool = False,
+        catch_up: Cursor | None = None,
     ) -> tuple[list[Message], Payload | None]:
         """session_join: the messages, and the active stream this sid now follows.
         The sid joins the room only once `who` is known to own the session."""
@@ -165,7 +171,7 @@ class SessionService:
         await self._present(session_id)
         for record in await self.store.active_streams(session_id):
             await self._follow_elsewhere(record)
-        active = await self.fanout.join(sid, session_id, reasoning=reasoning)
+        active = await self.fanout.join(sid, session_id, reasoning=reasoning, catch_up=catch_up)
         # After the join (and any worker_lost record): a stream that ended while the
         # socket joined is reported inactive, so its reply must be in these messages.
         messages = await self.store.get_messages(session_id)

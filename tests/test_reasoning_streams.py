@@ -374,3 +374,47 @@ async def test_a_refused_resume_that_opted_in_leaves_no_reasoning_room_behind(
     await owner.wait_terminal(again["stream_id"], within=20)
     assert refused.of("chat_reasoning") == []
     assert refused.of("chat_token") == []
+
+
+async def test_a_join_with_after_sends_the_reply_so_far_before_its_end(
+    start_server: Any, make_settings: Any, connect: Connect
+) -> None:
+    """session_join {after: 0}: the active reply's earlier tokens (and reasoning, opted
+    in) come with the join, so a stream that ends right after the join never sends
+    its end before them. Many streams end around their tabs' joins."""
+    server = await demo_server(start_server, make_settings, tps=300)
+    count = 16
+    owners = [await connect(server) for _ in range(count)]
+    tabs = [await connect(server) for _ in range(count)]
+    acks = await asyncio.gather(
+        *(
+            o.call("chat_stream", {"message": f"j{n}", "reasoning": True})
+            for n, o in enumerate(owners)
+        )
+    )
+
+    async def join(n: int) -> None:
+        await asyncio.sleep(0.02 * n)
+        asked = {"session_id": acks[n]["session_id"], "after": 0, "reasoning": n % 2 == 0}
+        assert (await tabs[n].call("session_join", asked))["ok"]
+
+    await asyncio.gather(*(join(n) for n in range(count)))
+    problems: list[str] = []
+    for n, ack in enumerate(acks):
+        stream_id = ack["stream_id"]
+        _, done = await owners[n].wait_terminal(stream_id, within=30)
+        joined_late = not tabs[n].of("chat_complete", stream_id)
+        if joined_late:  # it ended before the join: its reply is in the messages
+            continue
+        view = seen(tabs[n].events, stream_id)
+        problems += check_follower(f"tab {n}", view, start=1, must_end=True)
+        # The catch-up and live tokens may interleave: a client orders them by seq.
+        text = "".join(t["token"] for t in sorted(view.tokens, key=lambda t: t["seq"]))
+        if text != done["full_response"]:
+            problems.append(f"tab {n}: text differs")
+        if n % 2 == 0:
+            full = "".join(e["reasoning"] for e in reasoning_of(owners[n], stream_id))
+            got = tabs[n].of("chat_reasoning", stream_id)
+            if "".join(e["reasoning"] for e in sorted(got, key=lambda e: e["seq"])) != full:
+                problems.append(f"tab {n}: reasoning differs")
+    assert_none(problems)

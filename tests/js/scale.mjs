@@ -4,8 +4,9 @@
 // - ownerUrls: starter sockets connect to these in turn; each starts streamsPerSocket
 //   streams, each in a session of its own (message `${prefix} ${index}`), all running at once;
 // - followUrls (optional): for every stream, a second socket (a second tab) on these in turn
-//   does session_join, then (if it names the stream active) chat_resume after 0, as
-//   docs/protocol.md says a tab does;
+//   does session_join with `after: 0` (the earlier tokens come with the join, ahead of
+//   the end), then (if it names the stream active) chat_resume after 0, which then
+//   has nothing more to send;
 // - starts are spread evenly over rampMs; every socket waits for its streams' terminals
 //   up to withinMs.
 // Prints one JSON object: {streams, sockets, problems}; sockets[i].events holds every event
@@ -60,7 +61,7 @@ const follow = async (stream, number) => {
   const tab = open(url, "follower");
   stream.follower = tab.index;
   if (!(await tab.connected)) return;
-  stream.join = await call(tab.socket, "session_join", { session_id: stream.ack.session_id });
+  stream.join = await call(tab.socket, "session_join", { session_id: stream.ack.session_id, after: 0 });
   // As docs/protocol.md says: with no active stream, the reply is in the join's messages.
   if (!stream.join.ok || !stream.join.active_stream) return;
   stream.resume = await call(tab.socket, "chat_resume", { stream_id: stream.ack.stream_id, after: 0 });

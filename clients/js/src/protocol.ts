@@ -135,6 +135,9 @@ export interface SessionJoinRequest {
   session_id: string;
   /** Also follow the session's reasoning; the messages then carry `reasoning`. */
   reasoning?: boolean;
+  /** Also send the active reply's tokens after this seq, ahead of its end. */
+  after?: number;
+  after_reasoning?: number;
 }
 
 export type MessageStatus = "complete" | "stopped" | "error" | "streaming";

@@ -164,7 +164,8 @@ export class SocketClient extends ClientBase implements ChatClient {
       await this.connected();
       reply = await this.socket
         .timeout(this.ackTimeout)
-        .emitWithAck("session_join", reasoning ? { session_id: sessionId, reasoning } : { session_id: sessionId });
+        // `after: 0`: a reply in flight comes whole with the join, ahead of its end.
+        .emitWithAck("session_join", { session_id: sessionId, after: 0, ...(reasoning ? { reasoning } : {}) });
     } catch (error) {
       this.joined.delete(sessionId);
       throw toError(error);
