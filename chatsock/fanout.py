@@ -34,7 +34,7 @@ from chatsock import protocol
 from chatsock.errors import ChatsockError
 from chatsock.protocol import Payload
 from chatsock.store import Store
-from chatsock.store.models import StreamRecord, Terminal
+from chatsock.store.models import LogEntry, StreamRecord, Terminal
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,12 @@ class Feed:
         if position >= self.last_seq:
             return self.text_seq, self.reasoning_seq
         return max(0, position - self.reasoning_seq), max(0, position - self.text_seq)
+
+
+def count_kinds(entries: list[LogEntry]) -> tuple[int, int]:
+    """How many `chat_token` and `chat_reasoning` entries `entries` holds."""
+    reasoning = sum(1 for e in entries if protocol.is_reasoning(e.payload))
+    return len(entries) - reasoning, reasoning
 
 
 def log_unavailable(stream_id: str, first: int, last: int | None = None) -> ChatsockError:
@@ -373,9 +379,7 @@ class Fanout:
         passed: from the feed once it has counted them, else from the log."""
         if feed.counted or not position:
             return feed.seqs_at(position)
-        entries = await self._store.read_tokens(feed.stream_id, 0, position)
-        reasoning = sum(1 for e in entries if protocol.is_reasoning(e.payload))
-        return len(entries) - reasoning, reasoning
+        return count_kinds(await self._store.read_tokens(feed.stream_id, 0, position))
 
     async def resume_socket(self, sid: str, record: StreamRecord, after: Cursor) -> str:
         """Replay what follows `after` to `sid`, then keep it live in the room; return

@@ -23,7 +23,7 @@ from typing import Any
 from chatsock import protocol
 from chatsock.ending import declare_lost
 from chatsock.errors import ChatsockError, stream_lost
-from chatsock.fanout import Fanout, Feed, log_unavailable
+from chatsock.fanout import Fanout, Feed, count_kinds, log_unavailable
 from chatsock.outcome import error_terminal
 from chatsock.store import Store, StoreUnavailable
 from chatsock.store.models import LogEntry, StreamRecord, Terminal
@@ -76,6 +76,7 @@ class _Tail:
         # The end and whole log a session delete handed over (see `hand_over`).
         self.handed: tuple[Terminal, list[LogEntry]] | None = None
         self.was_handed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None  # the task that runs it
 
 
 class Tailers:
@@ -85,8 +86,12 @@ class Tailers:
         self.store = store
         self.fanout = fanout
         self._is_local = is_local
-        self.tasks: dict[str, asyncio.Task[None]] = {}
         self.tails: dict[str, _Tail] = {}
+
+    @property
+    def tasks(self) -> dict[str, asyncio.Task[None]]:
+        """The running tail task of each stream tailed here."""
+        return {stream_id: t.task for stream_id, t in self.tails.items() if t.task is not None}
 
     def ensure(
         self, record: StreamRecord, start_at: int, start: dict[str, Any] | None = None
@@ -102,15 +107,15 @@ class Tailers:
         task = asyncio.get_running_loop().create_task(
             self._tail(tail), name=f"tail {record.stream_id}"
         )
-        self.tasks[record.stream_id] = task
+        tail.task = task
         task.add_done_callback(functools.partial(self._done, record.stream_id))
         return feed
 
     def _done(self, stream_id: str, task: asyncio.Task[None]) -> None:
         # A newer tailer may follow the same stream by now: it is not ours to drop.
-        if self.tasks.get(stream_id) is task:
-            del self.tasks[stream_id]
-            self.tails.pop(stream_id, None)
+        tail = self.tails.get(stream_id)
+        if tail is not None and tail.task is task:
+            del self.tails[stream_id]
 
     async def hand_over(self, ends: Ends, within: float = HAND_OVER_WAIT_S) -> None:
         """A session delete removes these ended streams from the store: each tail
@@ -118,7 +123,8 @@ class Tailers:
         the session's followers hear of the delete (wait at most `within`)."""
         waiting = []
         for stream_id, end in ends.items():
-            tail, task = self.tails.get(stream_id), self.tasks.get(stream_id)
+            tail = self.tails.get(stream_id)
+            task = tail.task if tail is not None else None
             if tail is None or task is None or tail.feed.ended.is_set():
                 continue
             tail.handed = end
@@ -264,9 +270,7 @@ class Tailers:
         entries = await self.store.read_tokens(tail.record.stream_id, 0, tail.start_at)
         feed = tail.feed
         if feed.last_seq == tail.start_at:  # nothing relayed yet
-            texts = [e for e in entries if not protocol.is_reasoning(e.payload)]
-            feed.text_seq = len(texts)
-            feed.reasoning_seq = len(entries) - len(texts)
+            feed.text_seq, feed.reasoning_seq = count_kinds(entries)
             feed.counted = True
         return "".join(str(e.payload.get("token", "")) for e in entries)
 
