@@ -54,6 +54,15 @@ def manager_options(store: StoreConfig) -> tuple[str, dict[str, Any]]:
     return f"redis+sentinel://{hosts}/{db}/{store.redis_sentinel_master}", options
 
 
+async def _closed_now(writer: asyncio.StreamWriter) -> None:
+    """Close a stream at once (a TLS one without waiting for the peer's goodbye)."""
+    writer.transport.abort()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 1)
+    except (OSError, TimeoutError):
+        pass
+
+
 class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     """`AsyncRedisManager` whose listener is restarted when it dies or goes deaf."""
 
@@ -134,8 +143,13 @@ class WatchedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         """Stop the listener and close every Redis client this manager opened."""
         thread = getattr(self, "thread", None)
         if thread is not None:
+            # A cancelled read drops its connection without waiting for the close,
+            # and a TLS close waits for the server: the socket would outlive us.
+            listening = getattr(getattr(self.pubsub, "connection", None), "_writer", None)
             thread.cancel()
             await asyncio.gather(thread, return_exceptions=True)
+            if listening is not None:
+                await _closed_now(listening)
         self._retire_listener_client()
         self.redis = self.pubsub = None
         self.connected = False

@@ -298,7 +298,8 @@ async def test_the_socketio_manager_carries_messages_between_workers(
         async for data in receiver._listen():
             heard.append(data)
 
-    listening = asyncio.create_task(listen())
+    # The receiver's listener, as a worker runs it (aclose stops it).
+    receiver.thread = asyncio.create_task(listen())
     try:
 
         async def delivered() -> bool:
@@ -309,8 +310,6 @@ async def test_the_socketio_manager_carries_messages_between_workers(
         assert await eventually(delivered, within=15)
         assert b"probe" in heard[0] or "probe" in str(heard[0])
     finally:
-        listening.cancel()
-        await asyncio.gather(listening, return_exceptions=True)
         await sender.aclose()
         await receiver.aclose()
 

@@ -394,7 +394,8 @@ async function reasoning() {
   if (options.reload) {
     await page.reload();
     await connected(page);
-    await page.waitForFunction(() => !document.querySelector(".msg.assistant .thinking")?.hidden, null, WAIT);
+    // The reply comes back with the session (a missing one is not "shown").
+    await page.waitForFunction(() => document.querySelector(".msg.assistant .thinking")?.hidden === false, null, WAIT);
     result.afterReload = await thinkingOf(page, 1);
     result.thinkAfterReload = await page.getAttribute("#think", "aria-pressed");
   }
