@@ -419,8 +419,10 @@ class HttpApi:
         info = await self.sessions.session(session_id, request[IDENTITY])
         messages = await self.store.get_messages(session_id)
         active = await self.store.active_streams(session_id)
-        view = protocol.active_stream_view(active[0] if active else None)
         reasoning = _flag(request, "reasoning")
+        record = active[0] if active else None
+        seen = record.reasoning_seq if record is not None and reasoning else None
+        view = protocol.active_stream_view(record, reasoning_seq=seen)
         return json_response(protocol.session_view(info, messages, view, reasoning=reasoning))
 
     async def delete_session(self, request: web.Request) -> web.StreamResponse:

@@ -266,7 +266,8 @@ def active_stream_view(
     record: StreamRecord | None, seq: int | None = None, reasoning_seq: int | None = None
 ) -> Payload | None:
     """`seq`: the last `chat_token` seq sent before the follower's live delivery
-    began; `reasoning_seq` likewise for `chat_reasoning`, to a client that opted in;
+    began (else the last logged); `reasoning_seq` likewise for `chat_reasoning`,
+    to a client that opted in;
     `message_id`: the reply's, which the session's messages hold once it ended (a
     stream ending during a join is named active and stored: key replies by it)."""
     if record is None:
@@ -274,7 +275,7 @@ def active_stream_view(
     view: Payload = {
         "stream_id": record.stream_id,
         "message_id": record.message_id,
-        "seq": record.last_seq if seq is None else seq,
+        "seq": record.text_seq if seq is None else seq,
         "epoch": record.epoch,
     }
     if reasoning_seq is not None:
@@ -287,7 +288,8 @@ def stream_summary(record: StreamRecord) -> Payload:
         "stream_id": record.stream_id,
         "session_id": record.session_id,
         "started_at": record.started_at,
-        "seq": record.last_seq,
+        "seq": record.text_seq,
+        "reasoning_seq": record.reasoning_seq,
         "epoch": record.epoch,
         "provider": record.provider,
         "model": record.model,

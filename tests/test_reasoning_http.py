@@ -114,6 +114,43 @@ async def test_last_event_id_resumes_mid_reasoning_with_no_gap_and_no_duplicate(
             assert (await refused.json())["error"]["message"].startswith("Last-Event-ID")
 
 
+async def test_the_seqs_a_session_and_the_active_list_report_resume_with_nothing_skipped(
+    start_server: Any, make_settings: Any, http: aiohttp.ClientSession
+) -> None:
+    """`seq` is the last chat_token seq and `reasoning_seq` the last chat_reasoning
+    one (they once both read the log's position, the two kinds' sum): a client that
+    resumes after them, as docs/http.md says to, gets the rest of each exactly."""
+    url = url_of(await reasoning_demo(start_server, make_settings, tps=30))
+    body = {"message": "count my seqs", "reasoning": True}
+    response = await http.post(f"{url}/api/chat/stream", json=body, headers=SSE)
+    reader = SSEReader(response)
+    seen: list[Any] = []
+    while len(tokens(seen)) < 2:  # all the reasoning, then some text
+        seen.append(await reader.event())
+    stream_id, session = response.headers["X-Stream-Id"], seen[0].data["session_id"]
+    async with http.get(f"{url}/api/chat/sessions/{session}?reasoning=1") as got:
+        active = (await got.json())["active_stream"]
+    async with http.get(f"{url}/api/chat/sessions/{session}") as got:
+        plain = (await got.json())["active_stream"]
+    async with http.get(f"{url}/api/chat/stream/active?session_id={session}") as got:
+        [listed] = (await got.json())["streams"]
+    rest = await reader.until_end(within=20)
+    response.close()
+    thoughts, words = reasonings(seen + rest), tokens(seen + rest)
+    # Every reasoning entry was logged before the text began.
+    assert active["reasoning_seq"] == listed["reasoning_seq"] == len(thoughts)
+    assert "reasoning_seq" not in plain
+    for view in (active, plain, listed):
+        assert 2 <= view["seq"] < len(words), view
+    after = f"{active['seq']}.{active['reasoning_seq']}"
+    async with http.get(
+        f"{url}/api/chat/stream/{stream_id}?reasoning=1", headers={**SSE, "Last-Event-ID": after}
+    ) as again:
+        resumed = await SSEReader(again).until_end()
+    assert reasonings(resumed) == []
+    assert tokens(resumed) == words[active["seq"] :]
+
+
 async def test_json_reply_and_session_view_carry_reasoning_only_when_asked(
     start_server: Any, make_settings: Any, http: aiohttp.ClientSession
 ) -> None:

@@ -552,6 +552,22 @@ async def test_get_stream_reports_its_status_and_last_seq_from_the_log(store: St
     assert (found.status, found.last_seq) == ("stopped", 3)
 
 
+async def test_a_reasoning_stream_reports_each_kinds_last_seq(store: Store) -> None:
+    # Reasoning first, then text interleaved with more reasoning: each kind's seqs
+    # from 1, at consecutive log positions (what a reply that reasons logs).
+    record = stream("r")
+    await register(store, record)
+    entries = [("reasoning", 1), ("reasoning", 2), ("token", 1), ("reasoning", 3), ("token", 2)]
+    expected = [(1, 0, 1), (2, 0, 2), (3, 1, 2), (4, 1, 3), (5, 2, 3)]
+    for position, ((kind, seq), seqs) in enumerate(zip(entries, expected, strict=True), 1):
+        await store.append_token("r", position, {"seq": seq, kind: "x"})
+        found = await store.get_stream("r")
+        assert found is not None
+        assert (found.last_seq, found.text_seq, found.reasoning_seq) == seqs
+        [listed] = await store.active_streams("s1")
+        assert (listed.last_seq, listed.text_seq, listed.reasoning_seq) == seqs
+
+
 async def test_active_streams_are_oldest_first_and_exclude_ended_ones(store: Store) -> None:
     await register(store, stream("late", "s1", t=30), limit=5)
     await register(store, stream("early", "s1", t=10), limit=5)

@@ -88,6 +88,17 @@ def check_seq(after: int) -> None:
         raise StoreRequestError(f"seq {after} is outside 0..{MAX_SEQ}")
 
 
+def _fill_seqs(record: StreamRecord, position: int, last: bytes | None) -> None:
+    """A record's seqs from its log's position and last entry. Each kind's seqs run
+    from 1 with no gap and the log holds both, so the position is their sum: the
+    last entry's seq is its kind's, the other kind's is the rest."""
+    record.last_seq = position
+    entry: dict[str, Any] = {} if last is None else orjson.loads(last)
+    seq, reasoning = int(entry.get("seq", 0)), "reasoning" in entry  # protocol.is_reasoning
+    other = position - seq
+    record.text_seq, record.reasoning_seq = (other, seq) if reasoning else (seq, other)
+
+
 class Store(RateLimits):
     """Async store. Public methods are the contract; `_`-methods are the backend.
 
@@ -353,7 +364,7 @@ class Store(RateLimits):
         terminal = await self.get_terminal(stream_id)
         if terminal is not None:
             record.status = terminal.status
-        record.last_seq = await self._log_last(self._tk(stream_id, "log"))
+        _fill_seqs(record, *await self._log_last(self._tk(stream_id, "log")))
         return record
 
     async def active_streams(
@@ -414,8 +425,8 @@ class Store(RateLimits):
 
     async def _with_last_seq(self, records: list[StreamRecord]) -> list[StreamRecord]:
         lasts = await self._log_lasts([self._tk(r.stream_id, "log") for r in records])
-        for record, last in zip(records, lasts, strict=True):
-            record.last_seq = last
+        for record, (position, entry) in zip(records, lasts, strict=True):
+            _fill_seqs(record, position, entry)
         return records
 
     async def keep_streams_alive(

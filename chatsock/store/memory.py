@@ -344,12 +344,12 @@ class MemoryStore(MemoryRateLimits, Store):
         end = len(seqs) if limit is None else start + max(limit, 0)
         return list(zip(seqs[start:end], items[start:end], strict=True))
 
-    def _last_seq(self, key: str) -> int:
+    def _last_entry(self, key: str) -> tuple[int, bytes | None]:
         log = self._live(key)
-        return log[0][-1] if log and log[0] else 0
+        return (log[0][-1], log[1][-1]) if log and log[0] else (0, None)
 
-    async def _log_last(self, key: str) -> int:
-        return self._last_seq(key)
+    async def _log_last(self, key: str) -> tuple[int, bytes | None]:
+        return self._last_entry(key)
 
-    async def _log_lasts(self, keys: Sequence[str]) -> list[int]:
-        return [self._last_seq(key) for key in keys]
+    async def _log_lasts(self, keys: Sequence[str]) -> list[tuple[int, bytes | None]]:
+        return [self._last_entry(key) for key in keys]

@@ -93,7 +93,9 @@ def new_epoch() -> str:
 
 @dataclass(slots=True)
 class StreamRecord:
-    """The registry entry of one stream. `status` and `last_seq` are filled on read."""
+    """The registry entry of one stream. `status` and the seqs are filled on read:
+    `last_seq`, its token log's position (entries of both kinds); `text_seq` and
+    `reasoning_seq`, the last `chat_token` and `chat_reasoning` seqs logged."""
 
     stream_id: str
     session_id: str
@@ -106,6 +108,8 @@ class StreamRecord:
     user: str | None = None  # who started it (the session's owner); None: before owners
     status: StreamStatus = "streaming"
     last_seq: int = 0
+    text_seq: int = 0
+    reasoning_seq: int = 0
     # Names this incarnation of the stream's token log (see `new_epoch`); "" for
     # records written before epochs, whose logs are not checked.
     epoch: str = field(default_factory=new_epoch)

@@ -251,9 +251,9 @@ class Primitives(ABC):
         """Entries with seq > after, at most `limit` (all when None)."""
 
     @abstractmethod
-    async def _log_last(self, key: str) -> int:
-        """The highest seq in the log, 0 when empty."""
+    async def _log_last(self, key: str) -> tuple[int, bytes | None]:
+        """The highest seq (log position) in the log and that entry, (0, None) when empty."""
 
     @abstractmethod
-    async def _log_lasts(self, keys: Sequence[str]) -> list[int]:
+    async def _log_lasts(self, keys: Sequence[str]) -> list[tuple[int, bytes | None]]:
         """`_log_last` of several logs, in one round trip."""

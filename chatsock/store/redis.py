@@ -86,6 +86,11 @@ def _seq(entry_id: bytes) -> int:
     return int(entry_id.rpartition(b"-")[2])
 
 
+def _last(entries: _Entries) -> tuple[int, bytes | None]:
+    """A log's position and last entry from an XREVRANGE COUNT 1 reply."""
+    return (_seq(entries[0][0]), entries[0][1][b"d"]) if entries else (0, None)
+
+
 def _decoded(members: Any) -> list[str]:
     return [bytes(m).decode() for m in members]
 
@@ -418,19 +423,19 @@ class RedisStore(RedisRateLimits, Store):
         return [(_seq(entry_id), fields[b"d"]) for entry_id, fields in entries]
 
     @_mapped
-    async def _log_last(self, key: str) -> int:
+    async def _log_last(self, key: str) -> tuple[int, bytes | None]:
         entries = cast(_Entries, await self._client.xrevrange(key, max="+", min="-", count=1))
-        return _seq(entries[0][0]) if entries else 0
+        return _last(entries)
 
     @_mapped
-    async def _log_lasts(self, keys: Sequence[str]) -> list[int]:
+    async def _log_lasts(self, keys: Sequence[str]) -> list[tuple[int, bytes | None]]:
         if not keys:
             return []
         async with self._client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.xrevrange(key, max="+", min="-", count=1)
             replies = cast(list[_Entries], await pipe.execute())
-        return [_seq(entries[0][0]) if entries else 0 for entries in replies]
+        return [_last(entries) for entries in replies]
 
     # -- cross-worker helpers --------------------------------------------
     @property
