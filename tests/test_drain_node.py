@@ -36,7 +36,7 @@ from tests.support.node import CLIENT, require_node
 from tests.support.process import ROOT, Worker
 from tests.support.redis_server import RedisServer
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
 SCRIPT = CLIENT.parent / "drain.mjs"
 COUNT = 6
@@ -53,8 +53,16 @@ async def _owner(redis_url: str, stream_id: str) -> str:
 
 
 async def _line(proc: asyncio.subprocess.Process) -> dict[str, Any]:
+    """The client's next line; on a timeout, fail with what it wrote to stderr."""
     assert proc.stdout is not None
-    raw = await asyncio.wait_for(proc.stdout.readline(), 60)
+    assert proc.stderr is not None
+    try:
+        raw = await asyncio.wait_for(proc.stdout.readline(), 40)
+    except TimeoutError:
+        proc.kill()
+        pytest.fail(
+            f"the node client said nothing for 40 s:\n{(await proc.stderr.read()).decode()}"
+        )
     assert raw, "the node client exited early"
     found: dict[str, Any] = json.loads(raw)
     return found

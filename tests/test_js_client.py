@@ -25,6 +25,7 @@ from tests.support.invariants import assert_none, log_problems, worker_problems
 from tests.support.nginx import Nginx
 from tests.support.process import ROOT, Worker, free_port
 from tests.support.redis_server import RedisServer
+from tests.support.subprocesses import run_group
 
 pytestmark = [pytest.mark.node, pytest.mark.redis, pytest.mark.timeout(180)]
 
@@ -104,22 +105,9 @@ async def _assert_workers_clean(workers: list[Worker]) -> None:
 
 
 async def _run(args: list[str], env: dict[str, str]) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        cwd=PACKAGE,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 150)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    text = out.decode(errors="replace")
-    print(text)  # the spec reporter's lines, shown with -s or on failure
-    assert proc.returncode == 0, text[-20000:]
+    done = await run_group(args, within=150, cwd=PACKAGE, env=env, merge=True)
+    print(done.out)  # the spec reporter's lines, shown with -s or on failure
+    assert done.returncode == 0, done.explain()
 
 
 async def test_socket_transport(workers: list[Worker]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.support.node import ROOT, require_node
+from tests.support.subprocesses import run_group
 
 
 def chromium() -> str:
@@ -21,11 +21,8 @@ def chromium() -> str:
 
 async def run_browser_script(script: str, *args: str, within: float = 90) -> dict[str, Any]:
     """Run tests/js/`script` with `args` and the Chromium path; its last line is JSON."""
-    proc = await asyncio.create_subprocess_exec(
-        require_node(), str(ROOT / "tests" / "js" / script), *args, chromium(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), within)
-    assert proc.returncode == 0, err.decode()
-    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    args_ = [require_node(), str(ROOT / "tests" / "js" / script), *args, chromium()]
+    done = await run_group(args_, within=within, cwd=ROOT)
+    assert done.returncode == 0, done.explain()
+    result: dict[str, Any] = json.loads(done.out.strip().splitlines()[-1])
     return result

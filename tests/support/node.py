@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.subprocesses import run_group
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CLIENT = ROOT / "tests" / "js" / "client.mjs"
@@ -22,17 +23,8 @@ def require_node() -> str:
 
 
 async def run_node_client(url: str, scenario: str, **args: Any) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        require_node(),
-        str(CLIENT),
-        url,
-        scenario,
-        json.dumps(args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    command = [require_node(), str(CLIENT), url, scenario, json.dumps(args)]
+    done = await run_group(command, within=60, cwd=ROOT)
+    assert done.returncode == 0, done.explain()
+    result: dict[str, Any] = json.loads(done.out.strip().splitlines()[-1])
     return result
