@@ -616,7 +616,7 @@ async def test_lapsed_streams_are_the_running_streams_whose_lease_lapsed(
     assert await store.lapsed_streams() == []
 
     await asyncio.sleep(1.5)
-    lapsing.last_seq = 1
+    lapsing.last_seq = lapsing.text_seq = 1
     assert await store.lapsed_streams() == [lapsing]
     assert await store.lapsed_streams(limit=1) == [lapsing]  # the oldest entries first
     await store.refresh_lease("lapsing", "worker-b", 10)
