@@ -144,7 +144,9 @@ class TcpProxy:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
-            await self._server.wait_closed()
+            # Bounded: it waits for every accepted connection to be gone.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
             self._server = None
 
     async def __aenter__(self) -> Self:
@@ -182,6 +184,11 @@ class TcpProxy:
         except OSError:
             writer.transport.abort()
             return
+        except BaseException:
+            # Cancelled by close(): an accepted connection left open would hold
+            # the server's wait_closed() for ever (one hung a test's teardown).
+            writer.transport.abort()
+            raise
         link = _Link(writer, target_writer)
         self._links.add(link)
         link.pumps = [
