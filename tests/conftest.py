@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -37,6 +38,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     # Everything imported so far lives for the whole run; keeping it out of
     # the collector makes the per-test collection below cheap.
     gc.freeze()
+
+
+@pytest.fixture(autouse=True)
+def _one_stress_test_at_a_time(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """The load tests (marked `stress`) saturate the box by design: each holds a
+    lock shared by the run's xdist processes, so they never run together (the
+    soak once lost a client on a box saturated by three of them at once)."""
+    if request.node.get_closest_marker("stress") is None:
+        yield
+        return
+    lock = tmp_path_factory.getbasetemp().parent / "stress.lock"
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.node, pytest.mark.redis]
+pytestmark = [pytest.mark.node, pytest.mark.redis, pytest.mark.stress]
 
 
 @pytest.mark.timeout(300)

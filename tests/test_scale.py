@@ -29,7 +29,7 @@ from tests.support.scale import (
     store_warnings,
 )
 
-pytestmark = [pytest.mark.redis, pytest.mark.node]
+pytestmark = [pytest.mark.redis, pytest.mark.node, pytest.mark.stress]
 
 PREFIX = "scale"
 TOKENS_PER_SECOND = 20  # the load: 300 streams x 20 tok/s

@@ -628,7 +628,7 @@ async def _until_no_tasks(http: aiohttp.ClientSession, urls: list[str], within: 
         await asyncio.sleep(0.2)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)  # it may wait for the other stress tests
 async def test_many_streams_started_stopped_resumed_and_joined_keep_every_promise(
     cluster: Cluster,
 ) -> None:
