@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from chatsock import protocol  # a module reference: protocol imports the store's models
 from chatsock.logsafe import shown
 from chatsock.store.keys import SESSION_KEYS, STREAM_KEYS
 from chatsock.store.limits import RateLimits
@@ -94,9 +95,11 @@ def _fill_seqs(record: StreamRecord, position: int, last: bytes | None) -> None:
     last entry's seq is its kind's, the other kind's is the rest."""
     record.last_seq = position
     entry: dict[str, Any] = {} if last is None else orjson.loads(last)
-    seq, reasoning = int(entry.get("seq", 0)), "reasoning" in entry  # protocol.is_reasoning
+    seq = int(entry.get("seq", 0))
     other = position - seq
-    record.text_seq, record.reasoning_seq = (other, seq) if reasoning else (seq, other)
+    record.text_seq, record.reasoning_seq = (
+        (other, seq) if protocol.is_reasoning(entry) else (seq, other)
+    )
 
 
 class Store(RateLimits):
