@@ -22,6 +22,7 @@ from tests.support.invariants import assert_none, log_problems
 from tests.support.node import CLIENT, require_node
 from tests.support.process import ROOT, Worker
 from tests.support.redis_server import RedisServer
+from tests.support.subprocesses import json_line
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.redis
@@ -37,14 +38,6 @@ def _node() -> str:
         if not (ROOT / "node_modules" / package).is_dir():
             pytest.fail(f"node_modules/{package} is missing: run `npm ci` in the repository root")
     return node
-
-
-async def _line(proc: asyncio.subprocess.Process) -> dict[str, Any]:
-    assert proc.stdout is not None
-    raw = await asyncio.wait_for(proc.stdout.readline(), 60)
-    assert raw, "the node client exited early"
-    found: dict[str, Any] = json.loads(raw)
-    return found
 
 
 async def _reply(http: aiohttp.ClientSession, url: str, chat_id: str) -> dict[str, Any]:
@@ -129,13 +122,13 @@ async def test_use_chat_streams_stops_and_resumes_on_the_other_worker(
                 cwd=ROOT,
                 limit=2**24,
             )
-            ready = await _line(proc)
+            ready = await json_line(proc, 60)
             assert ready.get("ready"), ready
             assert proxy.drop_all() >= COUNT  # the drop chats' POSTs to A
             assert proc.stdin is not None
             proc.stdin.write(b"dropped\n")
             await proc.stdin.drain()
-            result = await _line(proc)
+            result = await json_line(proc, 60)
             assert not result.get("timedOut"), result
             assert await proc.wait() == 0
         chats = [c for c in result["chats"] if c["kind"] != "moved-first"]

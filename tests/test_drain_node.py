@@ -14,7 +14,6 @@ import asyncio
 import json
 import signal
 import time
-from typing import Any
 
 import aiohttp
 import orjson
@@ -35,6 +34,7 @@ from tests.support.nginx import Nginx
 from tests.support.node import CLIENT, require_node
 from tests.support.process import ROOT, Worker
 from tests.support.redis_server import RedisServer
+from tests.support.subprocesses import json_line
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -50,22 +50,6 @@ async def _owner(redis_url: str, stream_id: str) -> str:
         await client.aclose()
     assert raw is not None
     return str(orjson.loads(raw)["owner"])
-
-
-async def _line(proc: asyncio.subprocess.Process) -> dict[str, Any]:
-    """The client's next line; on a timeout, fail with what it wrote to stderr."""
-    assert proc.stdout is not None
-    assert proc.stderr is not None
-    try:
-        raw = await asyncio.wait_for(proc.stdout.readline(), 40)
-    except TimeoutError:
-        proc.kill()
-        pytest.fail(
-            f"the node client said nothing for 40 s:\n{(await proc.stderr.read()).decode()}"
-        )
-    assert raw, "the node client exited early"
-    found: dict[str, Any] = json.loads(raw)
-    return found
 
 
 @pytest.mark.parametrize("transports", [["websocket"], ["polling", "websocket"]])
@@ -97,7 +81,7 @@ async def test_sigterm_behind_nginx_loses_nothing_for_node_clients(
         limit=2**24,  # the result is one JSON line with every event
     )
     try:
-        ready = await _line(proc)
+        ready = await json_line(proc, 40)
         assert ready.get("ready"), ready
         owners = {await _owner(private_redis_server.url, s) for s in ready["streams"]}
         assert len(owners) == 1, owners  # ip_hash: one client address, one worker
@@ -105,7 +89,7 @@ async def test_sigterm_behind_nginx_loses_nothing_for_node_clients(
         staying = next(w for w in workers.values() if w is not leaving)
         t0 = time.monotonic()
         leaving.signal(signal.SIGTERM)
-        result = await _line(proc)
+        result = await json_line(proc, 40)
         assert not result.get("timedOut"), result
         code = await asyncio.to_thread(leaving.wait, 60 + 5 + 1 + 30)
         assert code == 0, leaving.log()

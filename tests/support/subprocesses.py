@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +76,19 @@ async def run_group(
     return Finished(
         proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"), timed_out
     )
+
+
+async def json_line(proc: asyncio.subprocess.Process, within: float) -> dict[str, Any]:
+    """A long-running client's next stdout line, as JSON; on a timeout, kill it and
+    fail with what it wrote to stderr."""
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    try:
+        raw = await asyncio.wait_for(proc.stdout.readline(), within)
+    except TimeoutError:
+        proc.kill()
+        said = (await proc.stderr.read()).decode(errors="replace")
+        pytest.fail(f"the node client said nothing for {within} s:\n{said}")
+    assert raw, "the node client exited early"
+    found: dict[str, Any] = json.loads(raw)
+    return found
