@@ -106,7 +106,7 @@ async def test_sigterm_behind_nginx_loses_nothing_for_node_clients(
                 if not tab["drained"]:
                     problems.append(f"{stream_id}: no server_draining")
                 if not all(r["reply"].get("ok") for r in tab["resumes"]) or not (
-                    tab["resumes"] or tab["endedBeforeDrain"]
+                    tab["resumes"] or tab["endedBeforeDrain"] or tab["endedBeforeReconnect"]
                 ):
                     problems.append(f"{stream_id}: resumes {tab['resumes']}")
                 terminal = view.terminals[0] if view.terminals else None
@@ -120,6 +120,8 @@ async def test_sigterm_behind_nginx_loses_nothing_for_node_clients(
                     messages = (await reply.json())["messages"]
                 problems += check_persisted(stream_id, messages, tab["ack"]["message_id"], terminal)
             problems += await worker_problems(http, staying.url)
+        if not any(tab["resumes"] for tab in result["tabs"]):
+            problems.append("no tab was handed off: none resumed on the other worker")
         problems += log_problems("leaving", leaving.log())
         problems += log_problems("staying", staying.log())
         assert_none(problems)

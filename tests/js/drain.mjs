@@ -32,9 +32,11 @@ const tab = () => {
     const after = Math.max(0, ...state.events
       .filter(([n, d]) => n === "chat_token" && d.stream_id === state.streamId)
       .map(([, d]) => d.seq));
-    const reply = await socket.timeout(10000).emitWithAck("chat_resume",
+    // Recorded before the ack: the replay and the end may come ahead of it.
+    const resume = { after, reply: null };
+    state.resumes.push(resume);
+    resume.reply = await socket.timeout(10000).emitWithAck("chat_resume",
       { stream_id: state.streamId, after }).catch((err) => ({ ok: false, error: String(err) }));
-    state.resumes.push({ after, reply });
   });
   return state;
 };
@@ -50,7 +52,9 @@ setTimeout(() => {
 }, args.timeoutMs ?? 60000);
 
 const view = (s) => ({ streamId: s.streamId, ack: s.ack, events: s.events, drained: s.drained,
-  resumes: s.resumes, connects: s.connects, endedBeforeDrain: s.endedBeforeDrain ?? false });
+  resumes: s.resumes, connects: s.connects, endedBeforeDrain: s.endedBeforeDrain ?? false,
+  // Its end came on the first connection (the drain had not closed it yet): nothing to resume.
+  endedBeforeReconnect: s.connects === 1 });
 
 await Promise.all(tabs.map(async (s) => {
   while (!s.socket.connected) await wait(5);
@@ -62,6 +66,8 @@ await Promise.all(tabs.map(async (s) => {
 }));
 console.log(JSON.stringify({ ready: true, streams: tabs.map((s) => s.streamId) }));
 while (!tabs.every((s) => !s.streamId || ended(s))) await wait(10);
+// Every resume sent has its answer (its replay can end the stream before the ack).
+while (tabs.some((s) => s.resumes.some((r) => r.reply === null))) await wait(10);
 for (const s of tabs) s.socket.close();
 // Exit once the whole line is written: a pipe takes it asynchronously.
 process.stdout.write(JSON.stringify({ tabs: tabs.map(view) }) + "\n", () => process.exit(0));
